@@ -1,0 +1,248 @@
+//! The narrow wrapper around wasmtime: one [`Sandbox`] owns the engine, the
+//! linker (WASI p2 with no capabilities granted, plus the `host` interface),
+//! and the epoch ticker that makes deadlines preemptive. Loading plugins
+//! lives in [`plugin`], running one task in [`run`].
+
+pub mod capture;
+pub mod plugin;
+pub mod run;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use plugin::{Plugin, PluginError, Plugins};
+pub use run::{Execution, Outcome};
+
+/// Generated from `wit/`, the single source of truth for the plugin ABI.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "task",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+/// Memory a task may grow to, unless configured otherwise.
+pub const DEFAULT_MEMORY_LIMIT: usize = 64 * 1024 * 1024;
+/// Bytes of stdout and of stderr kept per task.
+pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+/// WebAssembly call-stack budget per task.
+pub const DEFAULT_MAX_WASM_STACK: usize = 512 * 1024;
+/// Instances the pooling allocator is sized for when nobody says otherwise.
+pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+/// How often the epoch advances: the granularity of deadlines and
+/// cancellation, and how often a busy guest yields to the scheduler.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Instances in flight beyond the task concurrency (plugin loading).
+const SPARE_INSTANCES: u32 = 8;
+
+/// Limits that apply to every task a sandbox runs.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub memory_limit: usize,
+    pub output_cap: usize,
+    pub max_wasm_stack: usize,
+    /// How many tasks may be instantiated at once (sizes the pool).
+    pub max_instances: u32,
+    /// Where precompiled plugins are cached; `None` disables the cache.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            output_cap: DEFAULT_OUTPUT_CAP,
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$TASKBOX_CACHE`, else the user's cache folder.
+pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("TASKBOX_CACHE")
+        .map(Into::into)
+        .or_else(|| dirs::cache_dir().map(|dir| dir.join("taskbox")))
+}
+
+/// Per-task state inside a wasmtime `Store`.
+pub struct TaskState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    log_target: LogTarget,
+}
+
+/// Which task a plugin's log lines belong to.
+#[derive(Debug, Clone)]
+pub struct LogTarget {
+    pub task_id: Option<i64>,
+    pub plugin: Arc<str>,
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::taskbox::plugin::host::Host for TaskState {
+    fn log(&mut self, level: bindings::taskbox::plugin::host::Level, message: String) {
+        use bindings::taskbox::plugin::host::Level;
+        let task = self.log_target.task_id;
+        let plugin = &*self.log_target.plugin;
+        match level {
+            Level::Trace => tracing::trace!(task, plugin, "{message}"),
+            Level::Debug => tracing::debug!(task, plugin, "{message}"),
+            Level::Info => tracing::info!(task, plugin, "{message}"),
+            Level::Warn => tracing::warn!(task, plugin, "{message}"),
+            Level::Error => tracing::error!(task, plugin, "{message}"),
+        }
+    }
+}
+
+/// Refuses memory growth past the limit and remembers that it did, so the
+/// task's error can name the limit rather than the trap that follows.
+#[derive(Debug)]
+struct MemoryLimiter {
+    limit: usize,
+    refused: Option<usize>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("taskbox-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The engine, linker and limits shared by every task of a process.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    config: SandboxConfig,
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Arc<Self>, PluginError> {
+        let engine = match Engine::new(&engine_config(&config, true)) {
+            Ok(engine) => engine,
+            Err(err) => {
+                // The pool reserves address space up front; where that is
+                // refused (ulimit -v, small VMs) run with on-demand allocation.
+                tracing::warn!("pooling allocator unavailable ({err}); using on-demand allocation");
+                Engine::new(&engine_config(&config, false)).map_err(PluginError::engine)?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(PluginError::engine)?;
+        bindings::Task::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(PluginError::engine)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Arc::new(Sandbox {
+            engine,
+            linker,
+            config,
+            _ticker: ticker,
+        }))
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+fn engine_config(limits: &SandboxConfig, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .max_wasm_stack(limits.max_wasm_stack)
+        // Guests do not use component-model async; leaving it on costs ~20 µs
+        // per async task (see shared/wasmtime-facts.md).
+        .concurrency_support(false)
+        .memory_init_cow(true);
+    if pooling {
+        let instances = limits.max_instances + SPARE_INSTANCES;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size(limits.memory_limit)
+            .linear_memory_keep_resident(1024 * 1024)
+            .table_keep_resident(64 * 1024)
+            .async_stack_keep_resident(64 * 1024)
+            .pagemap_scan(Enabled::Auto);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}

@@ -1,0 +1,247 @@
+//! Running one call in a fresh store: instantiate from the plugin's
+//! pre-linked `InstancePre`, enforce the deadline (epoch interruption inside
+//! the guest, a timer around host calls), the memory limit and the stack
+//! limit, capture output, and name whatever limit ended the call.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+
+use super::bindings::{TaskPre, exports::taskbox::plugin::describe::Signature};
+use super::capture::CappedOutput;
+use super::{LogTarget, MemoryLimiter, Sandbox, TaskState};
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The plugin returned these postcard bytes.
+    Success(Vec<u8>),
+    /// The plugin returned an error, trapped, panicked or hit a limit.
+    Error(String),
+    /// The deadline passed.
+    Timeout(String),
+    /// Stopped from outside (cancellation or shutdown) before it finished.
+    Interrupted,
+}
+
+/// An attempt's outcome with its captured output.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub outcome: Outcome,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+/// What to call in the fresh instance.
+pub(crate) enum Call<'a> {
+    Run(&'a [u8]),
+    Describe,
+}
+
+/// What the call returned, before it is classified.
+pub(crate) enum Returned {
+    Run(Result<Vec<u8>, String>),
+    Describe(Signature),
+}
+
+impl Sandbox {
+    pub(crate) async fn call(
+        &self,
+        pre: &TaskPre<TaskState>,
+        log_target: LogTarget,
+        call: Call<'_>,
+        timeout: Duration,
+        interrupt: &CancellationToken,
+    ) -> (Result<Returned, Outcome>, CappedOutput, CappedOutput) {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let stdout = CappedOutput::new(self.config.output_cap);
+        let stderr = CappedOutput::new(self.config.output_cap);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            TaskState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter {
+                    limit: self.config.memory_limit,
+                    refused: None,
+                },
+                log_target,
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        let token = interrupt.clone();
+        store.epoch_deadline_callback(move |_| {
+            if token.is_cancelled() || Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Let other tasks on this thread run between ticks.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let invoked = async {
+            let task = pre.instantiate_async(&mut store).await?;
+            match call {
+                Call::Run(args) => Ok(Returned::Run(task.call_run(&mut store, args).await?)),
+                Call::Describe => Ok(Returned::Describe(
+                    task.taskbox_plugin_describe()
+                        .call_describe(&mut store)
+                        .await?,
+                )),
+            }
+        };
+        // Epochs cannot interrupt a guest blocked in a host call (a WASI
+        // sleep), so the same deadline also bounds the whole future.
+        let finished: Option<wasmtime::Result<Returned>> = tokio::select! {
+            result = invoked => Some(result),
+            _ = tokio::time::sleep_until(deadline.into()) => None,
+            _ = interrupt.cancelled() => None,
+        };
+        let outcome = match finished {
+            Some(Ok(returned)) => Ok(returned),
+            Some(Err(err)) => Err(self.classify(&err, store.data(), &stderr, timeout, interrupt)),
+            None if interrupt.is_cancelled() => Err(Outcome::Interrupted),
+            None => Err(timeout_outcome(timeout)),
+        };
+        (outcome, stdout, stderr)
+    }
+
+    /// Run a task's `run` export once and report how it ended.
+    pub async fn run(
+        &self,
+        plugin: &super::Plugin,
+        task_id: Option<i64>,
+        args: &[u8],
+        timeout: Duration,
+        interrupt: &CancellationToken,
+    ) -> Execution {
+        let started = Instant::now();
+        let target = LogTarget {
+            task_id,
+            plugin: plugin.log_name.clone(),
+        };
+        let (returned, stdout, stderr) = self
+            .call(&plugin.pre, target, Call::Run(args), timeout, interrupt)
+            .await;
+        let outcome = match returned {
+            Ok(Returned::Run(Ok(result))) => Outcome::Success(result),
+            Ok(Returned::Run(Err(message))) => {
+                Outcome::Error(format!("the plugin returned an error: {message}"))
+            }
+            Ok(Returned::Describe(_)) => unreachable!("asked to run, not to describe"),
+            Err(outcome) => outcome,
+        };
+        Execution {
+            outcome,
+            stdout: stdout.take(),
+            stderr: stderr.take(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn classify(
+        &self,
+        err: &wasmtime::Error,
+        state: &TaskState,
+        stderr: &CappedOutput,
+        timeout: Duration,
+        interrupt: &CancellationToken,
+    ) -> Outcome {
+        let trap = err.downcast_ref::<Trap>().copied();
+        if trap == Some(Trap::Interrupt) {
+            return if interrupt.is_cancelled() {
+                Outcome::Interrupted
+            } else {
+                timeout_outcome(timeout)
+            };
+        }
+        if let Some(desired) = state.limiter.refused {
+            return Outcome::Error(format!(
+                "memory limit: the plugin tried to grow its memory to {} past the limit of {}",
+                bytes(desired),
+                bytes(self.config.memory_limit)
+            ));
+        }
+        match trap {
+            Some(Trap::StackOverflow) => Outcome::Error(format!(
+                "stack limit: the plugin overflowed its {} call stack",
+                bytes(self.config.max_wasm_stack)
+            )),
+            Some(Trap::UnreachableCodeReached) => match panic_message(&stderr.peek()) {
+                Some(message) => Outcome::Error(format!("the plugin panicked: {message}")),
+                None => Outcome::Error(format!("the plugin trapped: {err}")),
+            },
+            Some(trap) => Outcome::Error(format!("the plugin trapped: {trap}")),
+            None => Outcome::Error(format!("the plugin failed: {err:#}")),
+        }
+    }
+}
+
+fn timeout_outcome(timeout: Duration) -> Outcome {
+    Outcome::Timeout(format!(
+        "deadline: the task ran past its timeout of {}",
+        humantime::format_duration(timeout)
+    ))
+}
+
+/// The message of a Rust panic as the default hook prints it to stderr.
+fn panic_message(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let (_, after) = text.split_once("panicked at ")?;
+    let message: Vec<&str> = after
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.starts_with("note:"))
+        .collect();
+    let message = message.join("\n");
+    Some(if message.is_empty() {
+        after.lines().next().unwrap_or_default().to_owned()
+    } else {
+        message
+    })
+}
+
+/// Sizes in the unit people set them in.
+fn bytes(n: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    const KIB: usize = 1024;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n % KIB == 0 {
+        format!("{} KiB", n / KIB)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_panic_message_from_the_default_hook() {
+        let stderr = b"\nthread '<unnamed>' panicked at src/lib.rs:9:5:\ndeliberate panic\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(panic_message(stderr).as_deref(), Some("deliberate panic"));
+        assert_eq!(panic_message(b"no panic here"), None);
+    }
+
+    #[test]
+    fn sizes_read_like_settings() {
+        assert_eq!(bytes(64 * 1024 * 1024), "64 MiB");
+        assert_eq!(bytes(512 * 1024), "512 KiB");
+        assert_eq!(bytes(1000), "1000 bytes");
+    }
+}

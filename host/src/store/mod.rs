@@ -1,0 +1,299 @@
+//! The storage contract: everything the worker and the CLI need from the
+//! database, behind one trait so that Postgres (production) and SQLite (the
+//! embedded default) are interchangeable. All SQL lives in the submodules.
+
+pub mod postgres;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use postgres::PgStore;
+
+/// Queue a task goes to when the caller names none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// A task's place in its life cycle; the schema enforces the same set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Waiting,
+    Running,
+    Success,
+    Error,
+    Timeout,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Waiting,
+        Status::Running,
+        Status::Success,
+        Status::Error,
+        Status::Timeout,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Waiting => "waiting",
+            Status::Running => "running",
+            Status::Success => "success",
+            Status::Error => "error",
+            Status::Timeout => "timeout",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Waiting | Status::Running)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status `{s}`; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// A task as the caller hands it in; `args` are already postcard bytes.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub plugin: String,
+    pub args: Vec<u8>,
+    pub queue: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+    /// `None`: the running worker's default timeout applies.
+    pub timeout: Option<Duration>,
+    /// `None`: runnable at once.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+impl NewTask {
+    pub fn new(plugin: impl Into<String>, args: Vec<u8>) -> Self {
+        NewTask {
+            plugin: plugin.into(),
+            args,
+            queue: DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            max_attempts: 1,
+            timeout: None,
+            run_at: None,
+        }
+    }
+}
+
+/// What a worker asks for when it claims.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub worker_id: &'a str,
+    pub limit: usize,
+    /// Empty: every queue.
+    pub queues: &'a [String],
+    /// Applied to tasks enqueued without a timeout of their own.
+    pub default_timeout: Duration,
+}
+
+/// A task a worker now owns for one attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedTask {
+    pub id: i64,
+    pub plugin: String,
+    pub args: Vec<u8>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+}
+
+impl ClaimedTask {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(0) as u64)
+    }
+}
+
+/// How an attempt ended, as the completer writes it.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: i64,
+    pub attempt: i32,
+    /// `Waiting` means "retry at `retry_at`"; anything else is final.
+    pub status: Status,
+    pub result: Option<Vec<u8>>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub error: Option<String>,
+    pub plugin_digest: Option<String>,
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// A whole row, for `show` and `list`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRecord {
+    pub id: i64,
+    pub queue: String,
+    pub plugin: String,
+    pub args: Vec<u8>,
+    pub status: Status,
+    pub priority: i32,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: Option<i64>,
+    pub run_at: DateTime<Utc>,
+    pub enqueued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub plugin_digest: Option<String>,
+    pub result: Option<Vec<u8>>,
+    pub stdout: Option<Vec<u8>>,
+    pub stderr: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub errors: Vec<String>,
+    pub worker_id: Option<String>,
+}
+
+/// Filters for `list`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub plugin: Option<String>,
+    pub limit: i64,
+}
+
+/// Counts per status; every status is present.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub waiting: i64,
+    pub running: i64,
+    pub success: i64,
+    pub error: i64,
+    pub timeout: i64,
+    pub cancelled: i64,
+}
+
+impl Stats {
+    pub fn set(&mut self, status: Status, count: i64) {
+        let slot = match status {
+            Status::Waiting => &mut self.waiting,
+            Status::Running => &mut self.running,
+            Status::Success => &mut self.success,
+            Status::Error => &mut self.error,
+            Status::Timeout => &mut self.timeout,
+            Status::Cancelled => &mut self.cancelled,
+        };
+        *slot = count;
+    }
+
+    pub fn total(&self) -> i64 {
+        self.waiting + self.running + self.success + self.error + self.timeout + self.cancelled
+    }
+
+    pub fn finished(&self) -> i64 {
+        self.success + self.error + self.timeout + self.cancelled
+    }
+}
+
+/// Something the database tells listening workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// New tasks may be claimable.
+    TasksAvailable,
+}
+
+/// Storage failures, typed so callers can tell a lost connection (retry
+/// later) from a refused write.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// True when the database could not be reached at all: the caller should
+    /// keep its work and try again once the database is back.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Database(err) => {
+                matches!(
+                    err,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::Protocol(_)
+                        | sqlx::Error::WorkerCrashed
+                ) || err
+                    .as_database_error()
+                    .and_then(|db| db.code())
+                    .is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations taskbox needs from a database. Implementations must make
+/// `claim` safe under concurrent workers and fence `complete` on the attempt.
+pub trait TaskStore: Send + Sync + Clone + 'static {
+    /// Apply the embedded migrations; safe to call every start.
+    fn migrate(&self) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Insert all tasks in one transaction (all or nothing) and wake workers
+    /// once; returns the new ids in input order.
+    fn enqueue(&self, tasks: &[NewTask]) -> impl Future<Output = StoreResult<Vec<i64>>> + Send;
+
+    /// Claim up to `limit` runnable tasks: lowest priority number first, then
+    /// oldest `run_at`, then id. Each claimed row is `running` with its
+    /// attempt incremented.
+    fn claim(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> impl Future<Output = StoreResult<Vec<ClaimedTask>>> + Send;
+
+    /// Record outcomes; a row is written only while it is still `running`
+    /// at the same attempt. Returns how many rows were written.
+    fn complete(&self, completions: &[Completion])
+    -> impl Future<Output = StoreResult<u64>> + Send;
+
+    fn get(&self, id: i64) -> impl Future<Output = StoreResult<Option<TaskRecord>>> + Send;
+
+    fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> impl Future<Output = StoreResult<Vec<TaskRecord>>> + Send;
+
+    fn stats(&self) -> impl Future<Output = StoreResult<Stats>> + Send;
+
+    /// True while any task is running, or waiting and due (retries in
+    /// backoff count; tasks scheduled by the user for later do not).
+    fn has_pending(&self) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// A stream of wake-ups from other processes.
+    fn subscribe(
+        &self,
+    ) -> impl Future<Output = StoreResult<tokio::sync::mpsc::Receiver<Notification>>> + Send;
+}

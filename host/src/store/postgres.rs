@@ -1,0 +1,293 @@
+//! The Postgres store: production storage, shared by any number of workers
+//! on any number of machines. Claims use `FOR UPDATE SKIP LOCKED`, completions
+//! are one fenced `UPDATE ... FROM unnest(...)` per batch, and wake-ups travel
+//! over LISTEN/NOTIFY.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
+
+use super::{
+    ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification, Stats, Status,
+    StoreResult, TaskRecord, TaskStore,
+};
+
+/// Channel every enqueue notifies and every worker listens on.
+pub const TASKS_CHANNEL: &str = "taskbox_tasks";
+/// Connections a process keeps open at most (the listener has its own).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+/// How long a caller waits for a pooled connection before giving up.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, max_attempts, \
+     timeout_ms, run_at, enqueued_at, started_at, finished_at, plugin_digest, result, stdout, \
+     stderr, error, errors, worker_id";
+
+const CLAIM_ALL_QUEUES: &str = "
+WITH picked AS (
+    SELECT id FROM tasks
+    WHERE status = 'waiting' AND run_at <= now()
+    ORDER BY priority, run_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'running',
+    attempt = t.attempt + 1,
+    started_at = now(),
+    deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
+    worker_id = $2
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
+          coalesce(t.timeout_ms, $3) AS timeout_ms";
+
+const CLAIM_SOME_QUEUES: &str = "
+WITH picked AS (
+    SELECT id FROM tasks
+    WHERE status = 'waiting' AND run_at <= now() AND queue = ANY($4)
+    ORDER BY priority, run_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'running',
+    attempt = t.attempt + 1,
+    started_at = now(),
+    deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
+    worker_id = $2
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
+          coalesce(t.timeout_ms, $3) AS timeout_ms";
+
+const COMPLETE: &str = "
+UPDATE tasks t
+SET status = c.status,
+    result = c.result,
+    stdout = c.stdout,
+    stderr = c.stderr,
+    error = c.error,
+    errors = CASE WHEN c.error IS NULL THEN t.errors ELSE array_append(t.errors, c.error) END,
+    finished_at = CASE WHEN c.status = 'waiting' THEN NULL ELSE now() END,
+    run_at = coalesce(c.retry_at, t.run_at),
+    plugin_digest = coalesce(c.plugin_digest, t.plugin_digest)
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[],
+            $7::text[], $8::text[], $9::timestamptz[])
+     AS c(id, attempt, status, result, stdout, stderr, error, plugin_digest, retry_at)
+WHERE t.id = c.id AND t.attempt = c.attempt AND t.status = 'running'";
+
+const ENQUEUE: &str = "
+WITH inserted AS (
+    INSERT INTO tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at)
+    SELECT queue, plugin, args, priority, max_attempts, timeout_ms, coalesce(run_at, now())
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::int[], $6::bigint[],
+                $7::timestamptz[]) WITH ORDINALITY
+         AS n(queue, plugin, args, priority, max_attempts, timeout_ms, run_at, ord)
+    ORDER BY ord
+    RETURNING id
+), wake AS (
+    SELECT pg_notify('taskbox_tasks', '')
+)
+SELECT id FROM inserted, wake ORDER BY id";
+
+/// Postgres-backed [`TaskStore`].
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connect lazily: the pool opens connections on first use, so a worker
+    /// can start while the database is still coming up.
+    pub fn connect_lazy(url: &str) -> StoreResult<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(DEFAULT_MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(PgStore { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl TaskStore for PgStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+        let plugins: Vec<&str> = tasks.iter().map(|t| t.plugin.as_str()).collect();
+        let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
+        let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
+        let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
+        let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout.map(millis)).collect();
+        let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
+        let ids = sqlx::query_scalar(ENQUEUE)
+            .bind(queues)
+            .bind(plugins)
+            .bind(args)
+            .bind(priorities)
+            .bind(max_attempts)
+            .bind(timeouts)
+            .bind(run_ats)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids)
+    }
+
+    async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let sql = if request.queues.is_empty() {
+            CLAIM_ALL_QUEUES
+        } else {
+            CLAIM_SOME_QUEUES
+        };
+        let mut query = sqlx::query_as(sql)
+            .bind(limit)
+            .bind(request.worker_id)
+            .bind(millis(request.default_timeout));
+        if !request.queues.is_empty() {
+            query = query.bind(request.queues);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
+        let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
+        let statuses: Vec<&str> = completions.iter().map(|c| c.status.as_str()).collect();
+        let results: Vec<Option<&[u8]>> = completions.iter().map(|c| c.result.as_deref()).collect();
+        let stdouts: Vec<&[u8]> = completions.iter().map(|c| c.stdout.as_slice()).collect();
+        let stderrs: Vec<&[u8]> = completions.iter().map(|c| c.stderr.as_slice()).collect();
+        let errors: Vec<Option<&str>> = completions.iter().map(|c| c.error.as_deref()).collect();
+        let digests: Vec<Option<&str>> = completions
+            .iter()
+            .map(|c| c.plugin_digest.as_deref())
+            .collect();
+        let retry_ats: Vec<Option<DateTime<Utc>>> =
+            completions.iter().map(|c| c.retry_at).collect();
+        let done = sqlx::query(COMPLETE)
+            .bind(ids)
+            .bind(attempts)
+            .bind(statuses)
+            .bind(results)
+            .bind(stdouts)
+            .bind(stderrs)
+            .bind(errors)
+            .bind(digests)
+            .bind(retry_ats)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+        Ok(sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<TaskRecord>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR plugin = $2)
+             ORDER BY id DESC LIMIT $3"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(filter.status.map(Status::as_str))
+            .bind(filter.plugin.as_deref())
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn stats(&self) -> StoreResult<Stats> {
+        let rows: Vec<(Status, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut stats = Stats::default();
+        for (status, count) in rows {
+            stats.set(status, count);
+        }
+        Ok(stats)
+    }
+
+    async fn has_pending(&self) -> StoreResult<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'running')
+                 OR EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting'
+                            AND (run_at <= now() OR attempt > 0))",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn subscribe(&self) -> StoreResult<mpsc::Receiver<Notification>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(TASKS_CHANNEL).await?;
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut connected = true;
+            loop {
+                // `try_recv` reconnects by itself; `None` marks a lost
+                // connection, after which notifications may have been missed.
+                let event = match listener.try_recv().await {
+                    Ok(Some(_)) => {
+                        if !connected {
+                            tracing::info!("listening for new tasks again");
+                            connected = true;
+                        }
+                        Notification::TasksAvailable
+                    }
+                    Ok(None) => {
+                        if connected {
+                            tracing::warn!("lost the notification connection; reconnecting");
+                            connected = false;
+                        }
+                        Notification::TasksAvailable
+                    }
+                    Err(err) => {
+                        if connected {
+                            tracing::warn!("notification connection down: {err}; retrying");
+                            connected = false;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                match sender.try_send(event) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+        });
+        Ok(receiver)
+    }
+}

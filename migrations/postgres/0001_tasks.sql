@@ -1,0 +1,56 @@
+-- The task queue. The status machine is enforced here, not only in code:
+--   waiting -> running -> success | error | timeout | cancelled
+--   running -> waiting (a retry with attempts left, or a rescued attempt)
+-- Finished rows carry finished_at; live rows never do.
+CREATE TABLE tasks (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue         text        NOT NULL DEFAULT 'default' CHECK (queue <> ''),
+    plugin        text        NOT NULL CHECK (plugin <> ''),
+    args          bytea       NOT NULL,
+    status        text        NOT NULL DEFAULT 'waiting',
+    priority      integer     NOT NULL DEFAULT 0,
+    attempt       integer     NOT NULL DEFAULT 0,
+    max_attempts  integer     NOT NULL DEFAULT 1,
+    timeout_ms    bigint,
+    run_at        timestamptz NOT NULL DEFAULT now(),
+    enqueued_at   timestamptz NOT NULL DEFAULT now(),
+    started_at    timestamptz,
+    deadline_at   timestamptz,
+    finished_at   timestamptz,
+    worker_id     text,
+    plugin_digest text,
+    result        bytea,
+    stdout        bytea,
+    stderr        bytea,
+    error         text,
+    errors        text[]      NOT NULL DEFAULT '{}',
+
+    CONSTRAINT status_known CHECK (
+        status IN ('waiting', 'running', 'success', 'error', 'timeout', 'cancelled')),
+    CONSTRAINT attempts_in_range CHECK (
+        max_attempts >= 1 AND attempt >= 0 AND attempt <= max_attempts),
+    CONSTRAINT timeout_positive CHECK (timeout_ms IS NULL OR timeout_ms > 0),
+    -- A running row was claimed by a worker for a counted attempt with a deadline.
+    CONSTRAINT running_is_claimed CHECK (
+        status <> 'running'
+        OR (attempt >= 1 AND started_at IS NOT NULL AND deadline_at IS NOT NULL
+            AND worker_id IS NOT NULL)),
+    -- Exactly the final rows are finished.
+    CONSTRAINT finished_iff_final CHECK (
+        (status IN ('waiting', 'running')) = (finished_at IS NULL)),
+    -- Only success has a result; error and timeout say why.
+    CONSTRAINT success_has_result CHECK ((status = 'success') = (result IS NOT NULL)),
+    CONSTRAINT failure_has_error CHECK (
+        status NOT IN ('error', 'timeout') OR error IS NOT NULL),
+    -- success, error and timeout are reached only by running an attempt.
+    CONSTRAINT ran_before_ending CHECK (
+        status NOT IN ('success', 'error', 'timeout') OR attempt >= 1)
+);
+
+-- Serves the claim query exactly: equality on status (partial), then the
+-- claim order.
+CREATE INDEX tasks_claim ON tasks (priority, run_at, id) WHERE status = 'waiting';
+-- Serves the rescuer: running rows by deadline.
+CREATE INDEX tasks_running_deadline ON tasks (deadline_at) WHERE status = 'running';
+-- Serves `list` filtered by status, newest first.
+CREATE INDEX tasks_status_id ON tasks (status, id);
