@@ -18,6 +18,7 @@ CREATE TABLE tasks (
     deadline_at   timestamptz,
     finished_at   timestamptz,
     worker_id     text,
+    cancel_requested_at timestamptz,
     plugin_digest text,
     result        bytea,
     stdout        bytea,
@@ -54,3 +55,11 @@ CREATE INDEX tasks_claim ON tasks (priority, run_at, id) WHERE status = 'waiting
 CREATE INDEX tasks_running_deadline ON tasks (deadline_at) WHERE status = 'running';
 -- Serves `list` filtered by status, newest first.
 CREATE INDEX tasks_status_id ON tasks (status, id);
+
+-- Live workers. The rescuer returns a running row only when its worker has
+-- stopped sending heartbeats, so a slow but live worker is never overtaken.
+CREATE TABLE workers (
+    id           text        PRIMARY KEY,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);

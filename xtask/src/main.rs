@@ -1,1 +1,195 @@
-fn main() {}
+//! `cargo xtask`: the project's own set-up and checks, so a fresh machine
+//! needs nothing installed by hand.
+//!
+//! - `plugins`: build every plugin in `plugins/` for wasm32-wasip2 (adding the
+//!   target when missing) into `target/plugins/NAME.wasm`;
+//! - `demo`: plugins, then the release binary, then `taskbox demo`;
+//! - `test`: plugins, a reachable Postgres, then every test in the workspace;
+//! - `bench`: plugins, Postgres, then the benchmark (see BENCHMARKS.md).
+
+use std::env;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+/// Where tests and the demo find Postgres unless DATABASE_URL says otherwise.
+const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const LOCAL_POSTGRES_ADDR: &str = "127.0.0.1:5432";
+const POSTGRES_START_WAIT: Duration = Duration::from_secs(30);
+
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> Result<()> {
+    let task = env::args().nth(1).unwrap_or_default();
+    let rest: Vec<String> = env::args().skip(2).collect();
+    match task.as_str() {
+        "plugins" => build_plugins().map(drop),
+        "demo" => demo(&rest),
+        "test" => test(&rest),
+        "bench" => bench(&rest),
+        _ => {
+            eprintln!("usage: cargo xtask <plugins|demo|test|bench> [args...]");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32-wasip2 target")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.trim() == WASM_TARGET)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {WASM_TARGET} target");
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// Build the plugin workspace and copy each component to target/plugins.
+fn build_plugins() -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let root = root();
+    let build_dir = root.join("target/wasm");
+    run(cargo()
+        .current_dir(root.join("plugins"))
+        .env("CARGO_TARGET_DIR", &build_dir)
+        .args(["build", "--release", "--target", WASM_TARGET]))?;
+    let out = root.join("target/plugins");
+    std::fs::create_dir_all(&out)?;
+    let built = build_dir.join(WASM_TARGET).join("release");
+    let mut copied = 0;
+    for entry in
+        std::fs::read_dir(&built).with_context(|| format!("reading {}", built.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "wasm") {
+            let name = path.file_name().expect("a file has a name");
+            std::fs::copy(&path, out.join(name))?;
+            copied += 1;
+        }
+    }
+    if copied == 0 {
+        bail!(
+            "the plugin build produced no .wasm files in {}",
+            built.display()
+        );
+    }
+    eprintln!("xtask: {copied} plugins in {}", out.display());
+    Ok(out)
+}
+
+/// Make sure Postgres answers at the local address, starting the local
+/// cluster when it does not. Returns the URL to use.
+fn ensure_postgres() -> Result<String> {
+    if let Ok(url) = env::var("DATABASE_URL") {
+        return Ok(url);
+    }
+    let addr: SocketAddr = LOCAL_POSTGRES_ADDR.parse().expect("a valid address");
+    let answers = || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
+    if !answers() {
+        eprintln!("xtask: Postgres does not answer at {addr}; starting the local cluster");
+        start_local_cluster()?;
+        let started = Instant::now();
+        while !answers() {
+            if started.elapsed() > POSTGRES_START_WAIT {
+                bail!(
+                    "Postgres still does not answer at {addr}; start it or set DATABASE_URL to one that does"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(LOCAL_POSTGRES.to_owned())
+}
+
+fn start_local_cluster() -> Result<()> {
+    let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .context("no Postgres found: install it, or set DATABASE_URL to a server that answers")?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    let version = versions
+        .iter()
+        .max()
+        .context("/etc/postgresql holds no cluster: install Postgres or set DATABASE_URL")?;
+    run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", version, "main", "start"]))
+}
+
+fn test(rest: &[String]) -> Result<()> {
+    let plugins = build_plugins()?;
+    let url = ensure_postgres()?;
+    run(cargo()
+        .current_dir(root())
+        .env("DATABASE_URL", url)
+        .env("TASKBOX_PLUGINS", plugins)
+        .args(["test", "--workspace", "--all-targets"])
+        .args(rest))
+}
+
+fn demo(rest: &[String]) -> Result<()> {
+    let plugins = build_plugins()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--release", "-p", "taskbox"]))?;
+    let mut command = Command::new(root().join("target/release/taskbox"));
+    command.env("TASKBOX_PLUGINS", plugins);
+    if env::var_os("DATABASE_URL").is_none() {
+        command.env("DATABASE_URL", ensure_postgres()?);
+    }
+    run(command.arg("demo").args(rest))
+}
+
+fn bench(rest: &[String]) -> Result<()> {
+    let plugins = build_plugins()?;
+    let url = ensure_postgres()?;
+    run(cargo()
+        .current_dir(root())
+        .env("DATABASE_URL", url)
+        .env("TASKBOX_PLUGINS", plugins)
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "taskbox",
+            "--example",
+            "bench",
+            "--",
+        ])
+        .args(rest))
+}

@@ -184,6 +184,10 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<TaskState>,
     config: SandboxConfig,
+    /// Guests run here, one thread per core, apart from the caller's
+    /// runtime: a guest busy between epoch ticks never delays claiming,
+    /// completing or listening.
+    guest_runtime: Option<tokio::runtime::Runtime>,
     _ticker: EpochTicker,
 }
 
@@ -202,13 +206,27 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(PluginError::engine)?;
         bindings::Task::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(PluginError::engine)?;
+        let guest_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .thread_name("taskbox-guest")
+            .enable_all()
+            .build()
+            .map_err(PluginError::engine)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Arc::new(Sandbox {
             engine,
             linker,
             config,
+            guest_runtime: Some(guest_runtime),
             _ticker: ticker,
         }))
+    }
+
+    fn guest_runtime(&self) -> &tokio::runtime::Handle {
+        self.guest_runtime
+            .as_ref()
+            .expect("present until drop")
+            .handle()
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -217,6 +235,15 @@ impl Sandbox {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // May run inside another runtime, where a blocking shutdown panics.
+        if let Some(runtime) = self.guest_runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

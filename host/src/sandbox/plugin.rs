@@ -222,7 +222,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-async fn load(sandbox: &Sandbox, name: &str, path: &Path) -> Result<Plugin, PluginError> {
+async fn load(sandbox: &Arc<Sandbox>, name: &str, path: &Path) -> Result<Plugin, PluginError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|err| PluginError::Io {
         path: shown.clone(),

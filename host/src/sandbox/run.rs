@@ -3,6 +3,7 @@
 //! the guest, a timer around host calls), the memory limit and the stack
 //! limit, capture output, and name whatever limit ended the call.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -37,10 +38,13 @@ pub struct Execution {
 }
 
 /// What to call in the fresh instance.
-pub(crate) enum Call<'a> {
-    Run(&'a [u8]),
+pub(crate) enum Call {
+    Run(Vec<u8>),
     Describe,
 }
+
+/// A call's result with the output it captured.
+pub(crate) type CallResult = (Result<Returned, Outcome>, CappedOutput, CappedOutput);
 
 /// What the call returned, before it is classified.
 pub(crate) enum Returned {
@@ -49,14 +53,41 @@ pub(crate) enum Returned {
 }
 
 impl Sandbox {
+    /// Make `call` on a fresh instance of `pre`, on the guest runtime so a
+    /// busy guest never holds up the caller's I/O.
     pub(crate) async fn call(
+        self: &Arc<Self>,
+        pre: &TaskPre<TaskState>,
+        log_target: LogTarget,
+        call: Call,
+        timeout: Duration,
+        interrupt: &CancellationToken,
+    ) -> CallResult {
+        let this = self.clone();
+        let pre = pre.clone();
+        let interrupt = interrupt.clone();
+        let joined = self
+            .guest_runtime()
+            .spawn(async move {
+                this.call_here(&pre, log_target, call, timeout, &interrupt)
+                    .await
+            })
+            .await;
+        joined.unwrap_or_else(|err| {
+            let message = format!("the sandbox failed: {err}");
+            let empty = CappedOutput::new(0);
+            (Err(Outcome::Error(message)), empty.clone(), empty)
+        })
+    }
+
+    async fn call_here(
         &self,
         pre: &TaskPre<TaskState>,
         log_target: LogTarget,
-        call: Call<'_>,
+        call: Call,
         timeout: Duration,
         interrupt: &CancellationToken,
-    ) -> (Result<Returned, Outcome>, CappedOutput, CappedOutput) {
+    ) -> CallResult {
         let started = Instant::now();
         let deadline = started + timeout;
         let stdout = CappedOutput::new(self.config.output_cap);
@@ -95,7 +126,7 @@ impl Sandbox {
         let invoked = async {
             let task = pre.instantiate_async(&mut store).await?;
             match call {
-                Call::Run(args) => Ok(Returned::Run(task.call_run(&mut store, args).await?)),
+                Call::Run(args) => Ok(Returned::Run(task.call_run(&mut store, &args).await?)),
                 Call::Describe => Ok(Returned::Describe(
                     task.taskbox_plugin_describe()
                         .call_describe(&mut store)
@@ -121,10 +152,10 @@ impl Sandbox {
 
     /// Run a task's `run` export once and report how it ended.
     pub async fn run(
-        &self,
+        self: &Arc<Self>,
         plugin: &super::Plugin,
         task_id: Option<i64>,
-        args: &[u8],
+        args: Vec<u8>,
         timeout: Duration,
         interrupt: &CancellationToken,
     ) -> Execution {
@@ -218,9 +249,9 @@ fn panic_message(stderr: &[u8]) -> Option<String> {
 fn bytes(n: usize) -> String {
     const MIB: usize = 1024 * 1024;
     const KIB: usize = 1024;
-    if n >= MIB && n % MIB == 0 {
+    if n >= MIB && n.is_multiple_of(MIB) {
         format!("{} MiB", n / MIB)
-    } else if n >= KIB && n % KIB == 0 {
+    } else if n >= KIB && n.is_multiple_of(KIB) {
         format!("{} KiB", n / KIB)
     } else {
         format!("{n} bytes")

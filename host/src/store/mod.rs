@@ -135,14 +135,43 @@ impl ClaimedTask {
 pub struct Completion {
     pub id: i64,
     pub attempt: i32,
-    /// `Waiting` means "retry at `retry_at`"; anything else is final.
+    /// `Waiting` means "run again at `retry_at`"; anything else is final.
     pub status: Status,
+    /// False when the attempt was interrupted by a shutdown before it could
+    /// finish: it does not count against `max_attempts`.
+    pub spend_attempt: bool,
     pub result: Option<Vec<u8>>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub error: Option<String>,
     pub plugin_digest: Option<String>,
     pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl Completion {
+    /// An attempt that ends (or retries) with `status`, nothing else set.
+    pub fn new(id: i64, attempt: i32, status: Status) -> Self {
+        Completion {
+            id,
+            attempt,
+            status,
+            spend_attempt: true,
+            result: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            error: None,
+            plugin_digest: None,
+            retry_at: None,
+        }
+    }
+
+    /// Give the task back unrun: waiting again, the attempt not spent.
+    pub fn release(id: i64, attempt: i32) -> Self {
+        Completion {
+            spend_attempt: false,
+            ..Completion::new(id, attempt, Status::Waiting)
+        }
+    }
 }
 
 /// A whole row, for `show` and `list`.

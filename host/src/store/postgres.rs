@@ -68,6 +68,7 @@ RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
 const COMPLETE: &str = "
 UPDATE tasks t
 SET status = c.status,
+    attempt = CASE WHEN c.spend_attempt THEN t.attempt ELSE t.attempt - 1 END,
     result = c.result,
     stdout = c.stdout,
     stderr = c.stderr,
@@ -77,8 +78,9 @@ SET status = c.status,
     run_at = coalesce(c.retry_at, t.run_at),
     plugin_digest = coalesce(c.plugin_digest, t.plugin_digest)
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[],
-            $7::text[], $8::text[], $9::timestamptz[])
-     AS c(id, attempt, status, result, stdout, stderr, error, plugin_digest, retry_at)
+            $7::text[], $8::text[], $9::timestamptz[], $10::bool[])
+     AS c(id, attempt, status, result, stdout, stderr, error, plugin_digest, retry_at,
+          spend_attempt)
 WHERE t.id = c.id AND t.attempt = c.attempt AND t.status = 'running'";
 
 const ENQUEUE: &str = "
@@ -190,6 +192,7 @@ impl TaskStore for PgStore {
             .collect();
         let retry_ats: Vec<Option<DateTime<Utc>>> =
             completions.iter().map(|c| c.retry_at).collect();
+        let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
         let done = sqlx::query(COMPLETE)
             .bind(ids)
             .bind(attempts)
@@ -200,6 +203,7 @@ impl TaskStore for PgStore {
             .bind(errors)
             .bind(digests)
             .bind(retry_ats)
+            .bind(spends)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
@@ -258,7 +262,12 @@ impl TaskStore for PgStore {
             loop {
                 // `try_recv` reconnects by itself; `None` marks a lost
                 // connection, after which notifications may have been missed.
-                let event = match listener.try_recv().await {
+                let received = tokio::select! {
+                    received = listener.try_recv() => received,
+                    // The subscriber is gone: close the connection with it.
+                    _ = sender.closed() => break,
+                };
+                let event = match received {
                     Ok(Some(_)) => {
                         if !connected {
                             tracing::info!("listening for new tasks again");
@@ -278,8 +287,10 @@ impl TaskStore for PgStore {
                             tracing::warn!("notification connection down: {err}; retrying");
                             connected = false;
                         }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            _ = sender.closed() => break,
+                        }
                     }
                 };
                 match sender.try_send(event) {

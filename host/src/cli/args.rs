@@ -1,0 +1,205 @@
+//! The command line, as the design's contract defines it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::Status;
+
+/// The plugins folder `cargo xtask plugins` fills.
+pub const DEFAULT_PLUGINS_DIR: &str = "target/plugins";
+/// Tasks `taskbox demo` enqueues unless told otherwise.
+pub const DEFAULT_DEMO_COUNT: usize = 2000;
+/// Rows `taskbox list` prints unless told otherwise.
+pub const DEFAULT_LIST_LIMIT: i64 = 50;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskbox",
+    version,
+    about = "Run tasks as sandboxed WebAssembly plugins from a database queue"
+)]
+pub struct Cli {
+    /// Postgres URL (postgres://...) or SQLite (sqlite:PATH).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Folder of plugin components (NAME.wasm).
+    #[arg(long = "plugins", env = "TASKBOX_PLUGINS", global = true, default_value = DEFAULT_PLUGINS_DIR)]
+    pub plugins_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations (idempotent).
+    Migrate,
+    /// Validate args against the plugin's schema and queue a task.
+    Enqueue(EnqueueArgs),
+    /// Run tasks until SIGINT/SIGTERM.
+    Worker(WorkerArgs),
+    /// Show one task.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tasks, newest first.
+    List {
+        #[arg(long, value_parser = parse_status)]
+        status: Option<Status>,
+        #[arg(long)]
+        plugin: Option<String>,
+        #[arg(long, default_value_t = DEFAULT_LIST_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count tasks per status.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load every plugin and show what each takes, or why it was refused.
+    Plugins {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue N `puts` tasks and run them, with a progress bar.
+    Demo {
+        #[arg(long, default_value_t = DEFAULT_DEMO_COUNT)]
+        count: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The plugin's name (its file stem).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub plugin: Option<String>,
+    /// The args as JSON; leave out when the plugin takes none.
+    #[arg(conflicts_with = "file")]
+    pub args: Option<String>,
+    /// JSON lines of {"plugin": ..., "args": ...}; all or nothing.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: TaskOptions,
+}
+
+/// Per-task settings, for single and file enqueue alike.
+#[derive(Debug, Clone, Args)]
+pub struct TaskOptions {
+    /// Deadline per attempt (default: the worker's --timeout).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+    pub max_attempts: i32,
+    /// Lower runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Do not run before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub run_at: Option<DateTime<Utc>>,
+    #[arg(long, default_value = crate::store::DEFAULT_QUEUE)]
+    pub queue: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Tasks run at once (default: 12 per CPU core).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
+    /// Deadline for tasks enqueued without one.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Memory each task may grow to (bytes; KiB, MiB, GiB suffixes work).
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<usize>,
+    /// Time running tasks get to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Exit once nothing is running or due.
+    #[arg(long)]
+    pub drain: bool,
+    /// Serve only these queues (repeatable; default: all).
+    #[arg(long = "queue")]
+    pub queues: Vec<String>,
+    /// Delay before the first retry of a failed task (doubles per attempt).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub backoff: Duration,
+}
+
+fn parse_status(text: &str) -> Result<Status, String> {
+    text.parse()
+}
+
+/// `250ms`, `1s`, `2m`: a unit is required, and zero is not a deadline.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|_| {
+        format!("`{text}` is not a duration; write it with a unit, like 250ms, 1s or 2m")
+    })?;
+    if duration.is_zero() {
+        return Err("a duration must be longer than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|_| format!("`{text}` is not an RFC 3339 time, like 2026-11-24T09:00:00Z"))
+}
+
+/// Bytes, optionally with a KiB, MiB or GiB suffix.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let bad = || format!("`{text}` is not a size; write bytes, or a number with KiB, MiB or GiB");
+    let trimmed = text.trim();
+    let (number, unit) = match trimmed.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => trimmed.split_at(at),
+        None => (trimmed, ""),
+    };
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let value: usize = number.parse().map_err(|_| bad())?;
+    match value.checked_mul(scale) {
+        Some(0) | None => Err(bad()),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_bytes("65536").unwrap(), 65536);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,464 @@
+//! The `taskbox` command line: parse, pick the store, run the command, and
+//! turn failures into one sentence on stderr with the contract's exit code
+//! (2: bad input, nothing written; 1: anything else).
+
+pub mod args;
+mod demo;
+mod view;
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::sandbox::{PluginError, Plugins, Sandbox, SandboxConfig};
+use crate::store::{ListFilter, NewTask, PgStore, StoreError, TaskStore};
+use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency};
+use args::{Cli, Command, EnqueueArgs, TaskOptions, WorkerArgs};
+use view::TaskView;
+
+/// Instances a short-lived command needs (loading plugins one at a time).
+const CLI_INSTANCES: u32 = 4;
+
+/// A failed command: `Input` exits 2 and guarantees nothing was written.
+#[derive(Debug)]
+pub enum CliError {
+    Input(String),
+    Failure(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(err: anyhow::Error) -> Self {
+        CliError::Failure(err)
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(err: StoreError) -> Self {
+        CliError::Failure(err.into())
+    }
+}
+
+fn input(message: impl Into<String>) -> CliError {
+    CliError::Input(message.into())
+}
+
+/// Parse the process's arguments, run, and report.
+pub fn main() -> ExitCode {
+    let cli = match <Cli as clap::Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!("taskbox: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(matches!(cli.command, Command::Worker(_)));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("taskbox: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Input(message)) => {
+            eprintln!("taskbox: {message}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failure(err)) => {
+            eprintln!("taskbox: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(worker: bool) {
+    let default = if worker {
+        "taskbox=info"
+    } else {
+        "taskbox=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TASKBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let Some(url) = cli.database_url.clone() else {
+        return Err(input(
+            "no database given: set DATABASE_URL or pass --database-url",
+        ));
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect_lazy(&url)
+            .map_err(|err| input(format!("the database URL is not usable: {err}")))?;
+        run_with(store, cli).await
+    } else {
+        Err(input(
+            "the database URL must start with postgres:// or postgresql://",
+        ))
+    }
+}
+
+async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
+    let plugins_dir = cli.plugins_dir;
+    let cli_plugins = || -> Result<Plugins, CliError> {
+        let sandbox = Sandbox::new(SandboxConfig {
+            max_instances: CLI_INSTANCES,
+            ..SandboxConfig::default()
+        })
+        .map_err(|err| CliError::Failure(err.into()))?;
+        Ok(Plugins::new(sandbox, &plugins_dir))
+    };
+    match cli.command {
+        Command::Migrate => {
+            store.migrate().await?;
+            Ok(())
+        }
+        Command::Enqueue(args) => enqueue(&store, &cli_plugins()?, args).await,
+        Command::Worker(args) => worker(store, &plugins_dir, args).await,
+        Command::Show { id, json } => {
+            let record = store
+                .get(id)
+                .await?
+                .ok_or_else(|| input(format!("there is no task with id {id}")))?;
+            let view = TaskView::new(record, &cli_plugins()?).await;
+            if json {
+                print_json(&view)
+            } else {
+                print_out(&view.detail())
+            }
+        }
+        Command::List {
+            status,
+            plugin,
+            limit,
+            json,
+        } => {
+            let filter = ListFilter {
+                status,
+                plugin,
+                limit,
+            };
+            let views = TaskView::many(store.list(&filter).await?, &cli_plugins()?).await;
+            if json {
+                print_json(&views)
+            } else {
+                let rows: String = views.iter().map(|v| v.row() + "\n").collect();
+                print_out(&rows)
+            }
+        }
+        Command::Stats { json } => {
+            let stats = store.stats().await?;
+            if json {
+                print_json(&stats)
+            } else {
+                let value = serde_json::to_value(&stats).context("rendering stats")?;
+                let mut out = String::new();
+                for status in crate::store::Status::ALL {
+                    out.push_str(&format!(
+                        "{:<10}{}\n",
+                        status.as_str(),
+                        value[status.as_str()]
+                    ));
+                }
+                print_out(&out)
+            }
+        }
+        Command::Plugins { json } => list_plugins(&cli_plugins()?, json).await,
+        Command::Demo { count } => demo::run(store, &plugins_dir, count).await,
+    }
+}
+
+fn print_out(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+        .context("writing to stdout")?;
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).context("rendering JSON")?;
+    print_out(&(text + "\n"))
+}
+
+/// The plugin's name as a bad-input error when it cannot be used.
+async fn usable_plugin(
+    plugins: &Plugins,
+    name: &str,
+) -> Result<Arc<crate::sandbox::Plugin>, CliError> {
+    plugins.get(name).await.map_err(|err| match err {
+        PluginError::NotFound(_) => input(format!(
+            "{err} ({}); build plugins with `cargo xtask plugins` or pass --plugins",
+            plugins.dir().display()
+        )),
+        PluginError::Engine(_) => CliError::Failure(err.into()),
+        other => input(other.to_string()),
+    })
+}
+
+/// Check `args` against the plugin's schema and build the task.
+async fn checked_task(
+    plugins: &Plugins,
+    plugin: &str,
+    args: Option<Value>,
+    options: &TaskOptions,
+) -> Result<NewTask, CliError> {
+    let loaded = usable_plugin(plugins, plugin).await?;
+    let args = args.unwrap_or(Value::Null);
+    let bytes = crate::schema::encode(&loaded.args_schema, &args)
+        .map_err(|why| input(format!("args {args} do not fit plugin `{plugin}`: {why}")))?;
+    Ok(NewTask {
+        plugin: plugin.to_owned(),
+        args: bytes,
+        queue: options.queue.clone(),
+        priority: options.priority,
+        max_attempts: options.max_attempts,
+        timeout: options.timeout,
+        run_at: options.run_at,
+    })
+}
+
+/// One line of `enqueue --file`; fields left out take the command's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLine {
+    plugin: String,
+    #[serde(default)]
+    args: Option<Value>,
+    queue: Option<String>,
+    priority: Option<i32>,
+    max_attempts: Option<i32>,
+    timeout: Option<String>,
+    run_at: Option<String>,
+}
+
+async fn enqueue<S: TaskStore>(
+    store: &S,
+    plugins: &Plugins,
+    args: EnqueueArgs,
+) -> Result<(), CliError> {
+    let tasks = match (&args.file, &args.plugin) {
+        (Some(file), _) => tasks_from_file(plugins, file, &args.options).await?,
+        (None, Some(plugin)) => {
+            let json = match &args.args {
+                Some(text) => Some(serde_json::from_str(text).map_err(|err| {
+                    input(format!("the args `{text}` are not valid JSON: {err}"))
+                })?),
+                None => None,
+            };
+            vec![checked_task(plugins, plugin, json, &args.options).await?]
+        }
+        (None, None) => return Err(input("name a plugin or pass --file")),
+    };
+    store.migrate().await?;
+    let ids = store.enqueue(&tasks).await?;
+    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    print_out(&out)
+}
+
+async fn tasks_from_file(
+    plugins: &Plugins,
+    path: &Path,
+    defaults: &TaskOptions,
+) -> Result<Vec<NewTask>, CliError> {
+    let file = std::fs::File::open(path)
+        .map_err(|err| input(format!("cannot read {}: {err}", path.display())))?;
+    let mut tasks = Vec::new();
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let at = || format!("{} line {}", path.display(), index + 1);
+        let line = line.map_err(|err| input(format!("cannot read {}: {err}", at())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: FileLine = serde_json::from_str(&line).map_err(|err| {
+            input(format!(
+                "{} is not a task line ({{\"plugin\": ..., \"args\": ...}}): {err}",
+                at()
+            ))
+        })?;
+        let mut options = defaults.clone();
+        if let Some(queue) = entry.queue {
+            options.queue = queue;
+        }
+        if let Some(priority) = entry.priority {
+            options.priority = priority;
+        }
+        if let Some(max_attempts) = entry.max_attempts {
+            if max_attempts < 1 {
+                return Err(input(format!("{}: max_attempts must be at least 1", at())));
+            }
+            options.max_attempts = max_attempts;
+        }
+        if let Some(timeout) = entry.timeout {
+            options.timeout = Some(
+                args::parse_duration(&timeout).map_err(|why| input(format!("{}: {why}", at())))?,
+            );
+        }
+        if let Some(run_at) = entry.run_at {
+            let time = chrono::DateTime::parse_from_rfc3339(&run_at)
+                .map_err(|_| input(format!("{}: `{run_at}` is not an RFC 3339 time", at())))?;
+            options.run_at = Some(time.with_timezone(&chrono::Utc));
+        }
+        let task = checked_task(plugins, &entry.plugin, entry.args, &options)
+            .await
+            .map_err(|err| match err {
+                CliError::Input(message) => input(format!("{}: {message}", at())),
+                other => other,
+            })?;
+        tasks.push(task);
+    }
+    if tasks.is_empty() {
+        return Err(input(format!("{} holds no tasks", path.display())));
+    }
+    Ok(tasks)
+}
+
+async fn worker<S: TaskStore>(
+    store: S,
+    plugins_dir: &Path,
+    args: WorkerArgs,
+) -> Result<(), CliError> {
+    if !plugins_dir.is_dir() {
+        return Err(input(format!(
+            "the plugins folder {} does not exist; build plugins with `cargo xtask plugins` or pass --plugins",
+            plugins_dir.display()
+        )));
+    }
+    let concurrency = args
+        .concurrency
+        .map_or_else(default_concurrency, |n| n as usize);
+    let mut sandbox_config = SandboxConfig {
+        max_instances: u32::try_from(concurrency).unwrap_or(u32::MAX),
+        ..SandboxConfig::default()
+    };
+    if let Some(memory) = args.memory {
+        sandbox_config.memory_limit = memory;
+    }
+    let sandbox = Sandbox::new(sandbox_config).map_err(anyhow::Error::from)?;
+    let plugins = Arc::new(Plugins::new(sandbox, plugins_dir));
+    let listings = plugins.load_all().await.map_err(anyhow::Error::from)?;
+    let ready = listings.iter().filter(|l| l.loaded.is_ok()).count();
+    store.migrate().await?;
+    let config = WorkerConfig {
+        concurrency,
+        default_timeout: args.timeout,
+        queues: args.queues,
+        drain: args.drain,
+        backoff: crate::worker::retry::Backoff {
+            base: args.backoff,
+            ..Default::default()
+        },
+        ..WorkerConfig::default()
+    };
+    tracing::info!(
+        worker = %config.worker_id,
+        concurrency,
+        plugins = ready,
+        refused = listings.len() - ready,
+        "worker started"
+    );
+    let shutdown = Shutdown::default();
+    let signals = tokio::spawn(watch_signals(shutdown.clone(), args.shutdown_timeout));
+    let report = Worker::new(store, plugins, config).run(shutdown).await?;
+    signals.abort();
+    tracing::info!(claimed = report.claimed, "worker stopped");
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: stop claiming, give running tasks `grace`, then
+/// interrupt them. A second signal interrupts at once.
+async fn watch_signals(shutdown: Shutdown, grace: std::time::Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot watch for signals; stop the worker with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!(
+        "stopping: no new tasks; running tasks get {}",
+        humantime::format_duration(grace)
+    );
+    shutdown.stop.cancel();
+    tokio::select! {
+        _ = term.recv() => tracing::info!("second signal: interrupting running tasks"),
+        _ = int.recv() => tracing::info!("second signal: interrupting running tasks"),
+        _ = tokio::time::sleep(grace) => tracing::info!("shutdown timeout: interrupting running tasks"),
+    }
+    shutdown.interrupt.cancel();
+}
+
+async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
+    let listings = plugins
+        .load_all()
+        .await
+        .map_err(|err| input(err.to_string()))?;
+    #[derive(serde::Serialize)]
+    struct Row {
+        name: String,
+        digest: Option<String>,
+        args_schema: Option<String>,
+        result_schema: Option<String>,
+        error: Option<String>,
+    }
+    let rows: Vec<Row> = listings
+        .into_iter()
+        .map(|listing| match listing.loaded {
+            Ok(plugin) => Row {
+                name: listing.name,
+                digest: Some(plugin.digest.clone()),
+                args_schema: Some(plugin.args_schema.to_pseudocode()),
+                result_schema: Some(plugin.result_schema.to_pseudocode()),
+                error: None,
+            },
+            Err(err) => Row {
+                name: listing.name,
+                digest: None,
+                args_schema: None,
+                result_schema: None,
+                error: Some(err.to_string()),
+            },
+        })
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    let mut out = String::new();
+    for row in rows {
+        match row.error {
+            None => out.push_str(&format!(
+                "{:<12} {} -> {}  {}\n",
+                row.name,
+                row.args_schema.unwrap_or_default(),
+                row.result_schema.unwrap_or_default(),
+                row.digest.unwrap_or_default()
+            )),
+            Some(error) => out.push_str(&format!("{:<12} REFUSED: {error}\n", row.name)),
+        }
+    }
+    print_out(&out)
+}

@@ -1,0 +1,302 @@
+//! The worker: a producer that claims only as many tasks as there are free
+//! consumer slots (GenStage demand), consumers that run them in the sandbox,
+//! and a completer that records outcomes in batches. One [`Shutdown`] is
+//! passed into every loop.
+
+pub mod completer;
+pub mod executor;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::sandbox::Plugins;
+use crate::store::{ClaimRequest, ClaimedTask, Notification, StoreError, TaskStore};
+use completer::CompleterConfig;
+use executor::{Executor, InterruptCause};
+use retry::Backoff;
+
+/// Consumers per CPU core, as in the tutorial.
+pub const CONSUMERS_PER_CORE: usize = 12;
+/// Task timeout for tasks enqueued without one.
+pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long running tasks may finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle producer looks for due tasks without being notified
+/// (scheduled tasks, retries, and a lost notification connection).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Pause after a failed claim, doubling up to [`MAX_CLAIM_RETRY_DELAY`].
+const FIRST_CLAIM_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// The default concurrency: 12 consumers per core.
+pub fn default_concurrency() -> usize {
+    CONSUMERS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Recorded on every row this worker claims.
+    pub worker_id: String,
+    pub concurrency: usize,
+    pub default_timeout: Duration,
+    /// Empty: every queue.
+    pub queues: Vec<String>,
+    pub poll_interval: Duration,
+    /// Exit once nothing is running or due.
+    pub drain: bool,
+    pub backoff: Backoff,
+    pub completer: CompleterConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            worker_id: new_worker_id(),
+            concurrency: default_concurrency(),
+            default_timeout: DEFAULT_TASK_TIMEOUT,
+            queues: Vec::new(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            drain: false,
+            backoff: Backoff::default(),
+            completer: CompleterConfig::default(),
+        }
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in `show`.
+pub fn new_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// The two stages of stopping: `stop` ends claiming and lets running tasks
+/// finish; `interrupt` stops running tasks and gives them back unspent.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    pub stop: CancellationToken,
+    pub interrupt: CancellationToken,
+}
+
+/// Tasks this worker is running, so they can be interrupted by id.
+#[derive(Debug, Default)]
+struct Running {
+    tasks: Mutex<HashMap<i64, CancellationToken>>,
+}
+
+impl Running {
+    fn insert(&self, id: i64, token: CancellationToken) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, token);
+    }
+
+    fn remove(&self, id: i64) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+/// What a worker did, reported when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub claimed: u64,
+}
+
+pub struct Worker<S: TaskStore> {
+    store: S,
+    plugins: Arc<Plugins>,
+    config: WorkerConfig,
+}
+
+impl<S: TaskStore> Worker<S> {
+    pub fn new(store: S, plugins: Arc<Plugins>, config: WorkerConfig) -> Self {
+        Worker {
+            store,
+            plugins,
+            config,
+        }
+    }
+
+    /// Serve until `shutdown.stop` fires (or, with `drain`, until nothing is
+    /// left), then wait for running tasks and for their results to be
+    /// written.
+    pub async fn run(self, shutdown: Shutdown) -> Result<WorkerReport, StoreError> {
+        let config = self.config.clone();
+        let slots = Arc::new(Semaphore::new(config.concurrency));
+        let wake = Arc::new(Notify::new());
+        let flushed = Arc::new(Notify::new());
+        let running = Arc::new(Running::default());
+        let executor = Arc::new(Executor {
+            plugins: self.plugins.clone(),
+            backoff: config.backoff,
+        });
+
+        let (outcomes, completions) = mpsc::channel(config.concurrency.max(1) * 4);
+        let completer = tokio::spawn(completer::run(
+            self.store.clone(),
+            config.completer.clone(),
+            completions,
+            flushed.clone(),
+        ));
+        let listener = self.start_listener(wake.clone()).await;
+
+        let mut report = WorkerReport::default();
+        let mut retry_delay = FIRST_CLAIM_RETRY_DELAY;
+        let mut claim_failing = false;
+        let consumers = tokio_util::task::TaskTracker::new();
+        loop {
+            let mut permits = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = shutdown.stop.cancelled() => break,
+            };
+            let free = slots.available_permits();
+            if free > 0
+                && let Ok(more) = slots.clone().try_acquire_many_owned(free as u32)
+            {
+                permits.merge(more);
+            }
+            let request = ClaimRequest {
+                worker_id: &config.worker_id,
+                limit: permits.num_permits(),
+                queues: &config.queues,
+                default_timeout: config.default_timeout,
+            };
+            let claimed = match self.store.claim(&request).await {
+                Ok(claimed) => {
+                    if claim_failing {
+                        tracing::info!("claiming again");
+                        claim_failing = false;
+                    }
+                    retry_delay = FIRST_CLAIM_RETRY_DELAY;
+                    claimed
+                }
+                Err(err) => {
+                    if !claim_failing {
+                        tracing::warn!("cannot claim tasks: {err}; retrying");
+                        claim_failing = true;
+                    }
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_delay) => {}
+                        _ = shutdown.stop.cancelled() => break,
+                    }
+                    retry_delay = (retry_delay * 2).min(MAX_CLAIM_RETRY_DELAY);
+                    continue;
+                }
+            };
+            let got = claimed.len();
+            report.claimed += got as u64;
+            for task in claimed {
+                let permit = permits.split(1).expect("one permit per claimed task");
+                let token = shutdown.interrupt.child_token();
+                running.insert(task.id, token.clone());
+                consumers.spawn(consume(
+                    executor.clone(),
+                    task,
+                    token,
+                    shutdown.interrupt.clone(),
+                    running.clone(),
+                    outcomes.clone(),
+                    permit,
+                ));
+            }
+            drop(permits);
+            if got > 0 {
+                continue;
+            }
+            if config.drain
+                && slots.available_permits() == config.concurrency
+                && !self.has_pending_or_unknown().await
+            {
+                break;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = flushed.notified(), if config.drain => {}
+                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = shutdown.stop.cancelled() => break,
+            }
+        }
+
+        consumers.close();
+        consumers.wait().await;
+        drop(outcomes);
+        let _ = completer.await;
+        if let Some(listener) = listener {
+            listener.abort();
+            let _ = listener.await;
+        }
+        Ok(report)
+    }
+
+    async fn has_pending_or_unknown(&self) -> bool {
+        match self.store.has_pending().await {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!("cannot tell whether tasks remain: {err}");
+                true
+            }
+        }
+    }
+
+    /// Forward database notifications to `wake`. Without them the worker
+    /// still runs, on polling alone.
+    async fn start_listener(&self, wake: Arc<Notify>) -> Option<tokio::task::JoinHandle<()>> {
+        match self.store.subscribe().await {
+            Ok(mut notifications) => Some(tokio::spawn(async move {
+                while let Some(notification) = notifications.recv().await {
+                    match notification {
+                        Notification::TasksAvailable => wake.notify_one(),
+                    }
+                }
+            })),
+            Err(err) => {
+                tracing::warn!("cannot listen for new tasks ({err}); polling instead");
+                None
+            }
+        }
+    }
+}
+
+/// One consumer slot: run the task, hand the outcome to the completer, and
+/// free the slot only once the completer has room (backpressure).
+async fn consume(
+    executor: Arc<Executor>,
+    task: ClaimedTask,
+    token: CancellationToken,
+    shutdown: CancellationToken,
+    running: Arc<Running>,
+    outcomes: mpsc::Sender<crate::store::Completion>,
+    permit: OwnedSemaphorePermit,
+) {
+    let cause = || {
+        if shutdown.is_cancelled() {
+            InterruptCause::Shutdown
+        } else {
+            InterruptCause::Cancelled
+        }
+    };
+    let completion = executor.execute(&task, &token, cause).await;
+    running.remove(task.id);
+    if outcomes.send(completion).await.is_err() {
+        tracing::error!(
+            task = task.id,
+            "the completer stopped; the rescuer will recover this task"
+        );
+    }
+    drop(permit);
+}

@@ -1,0 +1,137 @@
+//! Shared set-up for the integration tests: the built plugins, a store on
+//! the test's fresh database, a worker run to completion, and the `taskbox`
+//! binary. Nothing here is mocked.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
+use taskbox::store::{NewTask, PgStore, TaskRecord, TaskStore};
+use taskbox::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
+
+/// The folder `cargo xtask plugins` fills. A missing folder fails the test
+/// with the command that builds it; nothing is skipped.
+pub fn plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("TASKBOX_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    assert!(
+        dir.join("puts.wasm").is_file(),
+        "no built plugins in {}: run the tests with `cargo xtask test` (or `cargo xtask plugins` first)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn plugins() -> Arc<Plugins> {
+    plugins_with(SandboxConfig::default())
+}
+
+pub fn plugins_with(config: SandboxConfig) -> Arc<Plugins> {
+    let sandbox = Sandbox::new(config).expect("the sandbox starts");
+    Arc::new(Plugins::new(sandbox, plugins_dir()))
+}
+
+/// Log lines go to the test's captured output (shown when it fails).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TASKBOX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("taskbox=info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn store(pool: PgPool) -> PgStore {
+    init_logging();
+    let store = PgStore::from_pool(pool);
+    store.migrate().await.expect("migrations apply");
+    store
+}
+
+/// A task for `plugin` with JSON args, checked against its schema.
+pub async fn task(plugins: &Plugins, plugin: &str, args: Value) -> NewTask {
+    let loaded = plugins.get(plugin).await.expect("the plugin loads");
+    let bytes = taskbox::schema::encode(&loaded.args_schema, &args).expect("args fit");
+    NewTask::new(plugin, bytes)
+}
+
+pub fn worker_config(concurrency: usize) -> WorkerConfig {
+    WorkerConfig {
+        concurrency,
+        drain: true,
+        ..WorkerConfig::default()
+    }
+}
+
+/// Run a draining worker until nothing is left.
+pub async fn drain(store: &PgStore, plugins: &Arc<Plugins>, config: WorkerConfig) -> WorkerReport {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        Worker::new(store.clone(), plugins.clone(), config).run(Shutdown::default()),
+    )
+    .await
+    .expect("the worker drains within two minutes")
+    .expect("the worker runs")
+}
+
+pub async fn record(store: &PgStore, id: i64) -> TaskRecord {
+    store
+        .get(id)
+        .await
+        .expect("reads")
+        .expect("the task exists")
+}
+
+pub fn text(bytes: &Option<Vec<u8>>) -> String {
+    String::from_utf8_lossy(bytes.as_deref().unwrap_or_default()).into_owned()
+}
+
+/// The URL of the test's own database, for child processes.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by `cargo xtask test`");
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("sqlx::test names its database")
+        .to_owned();
+    let mut url = url_without_database(&base);
+    url.push('/');
+    url.push_str(&database);
+    url
+}
+
+fn url_without_database(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL has a scheme");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+/// The `taskbox` binary with the test's database and the built plugins.
+pub fn taskbox(pool: &PgPool) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_taskbox"));
+    command
+        .env("DATABASE_URL", database_url(pool))
+        .env("TASKBOX_PLUGINS", plugins_dir())
+        .env_remove("TASKBOX_LOG");
+    command
+}
+
+pub fn run(command: &mut Command) -> Output {
+    command.output().expect("the binary runs")
+}
+
+pub fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

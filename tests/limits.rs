@@ -1,0 +1,61 @@
+//! Preemptive deadlines: a guest spinning in wasm and a guest blocked in a
+//! host call both end as `timeout` within the deadline plus 100 ms, while
+//! the same worker keeps running other tasks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use taskbox::store::{Status, TaskStore};
+
+const DEADLINE: Duration = Duration::from_millis(400);
+const SLACK: Duration = Duration::from_millis(100);
+
+#[sqlx::test(migrations = false)]
+async fn runaway_tasks_time_out_on_deadline_while_others_run(pool: PgPool) {
+    let store = store(pool).await;
+    let plugins = plugins();
+    let mut forever = task(&plugins, "forever", Value::Null).await;
+    let mut sleeper = task(&plugins, "sleep", json!(10_000)).await;
+    for task in [&mut forever, &mut sleeper] {
+        task.timeout = Some(DEADLINE);
+        // Claimed first, so the quick tasks run while these are stuck.
+        task.priority = -1;
+    }
+    let stuck = store.enqueue(&[forever, sleeper]).await.unwrap();
+    let mut quick = Vec::new();
+    for n in 0..200 {
+        quick.push(task(&plugins, "add", json!({"a": n, "b": n})).await);
+    }
+    let quick_ids = store.enqueue(&quick).await.unwrap();
+    drain(&store, &plugins, worker_config(4)).await;
+
+    let mut first_stuck_end = None;
+    for id in stuck {
+        let row = record(&store, id).await;
+        assert_eq!(row.status, Status::Timeout, "{:?}", row.error);
+        assert!(row.error.as_deref().unwrap().contains("timeout"));
+        let ran = (row.finished_at.unwrap() - row.started_at.unwrap())
+            .to_std()
+            .unwrap();
+        assert!(ran >= DEADLINE, "ended after {ran:?}, before its deadline");
+        assert!(
+            ran <= DEADLINE + SLACK,
+            "ended after {ran:?}, past deadline + slack"
+        );
+        first_stuck_end = first_stuck_end.min(row.finished_at).or(row.finished_at);
+    }
+    let mut last_quick_end = None;
+    for id in quick_ids {
+        let row = record(&store, id).await;
+        assert_eq!(row.status, Status::Success, "{:?}", row.error);
+        last_quick_end = last_quick_end.max(row.finished_at);
+    }
+    assert!(
+        last_quick_end < first_stuck_end,
+        "the quick tasks waited for the stuck ones"
+    );
+}
