@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod pg_server;
+pub mod wait;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;

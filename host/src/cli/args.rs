@@ -69,6 +69,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a waiting task, or interrupt a running one wherever it runs.
+    Cancel { id: i64 },
     /// Enqueue N `puts` tasks and run them, with a progress bar.
     Demo {
         #[arg(long, default_value_t = DEFAULT_DEMO_COUNT)]
@@ -132,6 +134,12 @@ pub struct WorkerArgs {
     /// Delay before the first retry of a failed task (doubles per attempt).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub backoff: Duration,
+    /// How far past its deadline a lost worker's task is taken back.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub rescue_grace: Duration,
+    /// How long a worker may go without a heartbeat before it counts as lost.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub worker_ttl: Duration,
 }
 
 fn parse_status(text: &str) -> Result<Status, String> {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::sandbox::{PluginError, Plugins, Sandbox, SandboxConfig};
-use crate::store::{ListFilter, NewTask, PgStore, StoreError, TaskStore};
+use crate::store::{CancelOutcome, ListFilter, NewTask, PgStore, StoreError, TaskStore};
 use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency};
 use args::{Cli, Command, EnqueueArgs, TaskOptions, WorkerArgs};
 use view::TaskView;
@@ -182,6 +182,7 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Plugins { json } => list_plugins(&cli_plugins()?, json).await,
+        Command::Cancel { id } => cancel(&store, id).await,
         Command::Demo { count } => demo::run(store, &plugins_dir, count).await,
     }
 }
@@ -367,6 +368,11 @@ async fn worker<S: TaskStore>(
             base: args.backoff,
             ..Default::default()
         },
+        rescuer: crate::worker::rescuer::RescuerConfig {
+            grace: args.rescue_grace,
+            worker_ttl: args.worker_ttl,
+            ..Default::default()
+        },
         ..WorkerConfig::default()
     };
     tracing::info!(
@@ -410,6 +416,40 @@ async fn watch_signals(shutdown: Shutdown, grace: std::time::Duration) {
         _ = tokio::time::sleep(grace) => tracing::info!("shutdown timeout: interrupting running tasks"),
     }
     shutdown.interrupt.cancel();
+}
+
+/// How long `cancel` waits to report a running task's final status.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+async fn cancel<S: TaskStore>(store: &S, id: i64) -> Result<(), CliError> {
+    match store.cancel(id).await? {
+        CancelOutcome::Cancelled => print_out(&format!("task {id} cancelled\n")),
+        CancelOutcome::NotFound => Err(input(format!("there is no task with id {id}"))),
+        CancelOutcome::AlreadyFinished(status) => Err(input(format!(
+            "task {id} already ended as {status}; nothing to cancel"
+        ))),
+        CancelOutcome::Interrupting => {
+            let started = std::time::Instant::now();
+            while started.elapsed() < CANCEL_WAIT {
+                if let Some(record) = store.get(id).await?
+                    && record.status.is_final()
+                {
+                    return print_out(&format!(
+                        "task {id} {}\n",
+                        match record.status {
+                            crate::store::Status::Cancelled => "cancelled while running".to_owned(),
+                            status => format!("ended as {status} before the cancel reached it"),
+                        }
+                    ));
+                }
+                tokio::time::sleep(CANCEL_POLL).await;
+            }
+            print_out(&format!(
+                "task {id}: cancel requested; its worker has not answered yet (a lost worker's task is cancelled when rescued)\n"
+            ))
+        }
+    }
 }
 
 async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {

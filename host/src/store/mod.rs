@@ -245,6 +245,38 @@ impl Stats {
 pub enum Notification {
     /// New tasks may be claimable.
     TasksAvailable,
+    /// Whoever runs this task should interrupt it.
+    Cancel(i64),
+}
+
+/// What `cancel` found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was waiting; it is now `cancelled`.
+    Cancelled,
+    /// It is running; its worker has been asked to interrupt it.
+    Interrupting,
+    /// It had already ended with this status.
+    AlreadyFinished(Status),
+    NotFound,
+}
+
+/// What the rescuer asks for.
+#[derive(Debug, Clone)]
+pub struct RescueRequest<'a> {
+    pub grace: Duration,
+    pub worker_ttl: Duration,
+    /// The asking worker and the tasks it holds (running or unwritten).
+    pub worker_id: &'a str,
+    pub in_flight: &'a [i64],
+}
+
+/// A running row the rescuer took back from a dead worker.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Rescued {
+    pub id: i64,
+    /// `waiting` (attempts remain), `error` ("worker lost") or `cancelled`.
+    pub status: Status,
 }
 
 /// Storage failures, typed so callers can tell a lost connection (retry
@@ -320,6 +352,27 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     /// True while any task is running, or waiting and due (retries in
     /// backoff count; tasks scheduled by the user for later do not).
     fn has_pending(&self) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Record that `worker_id` is alive (and register it the first time).
+    fn heartbeat(&self, worker_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Forget a worker that stopped cleanly.
+    fn deregister(&self, worker_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Take back rows still `running` more than `grace` past their deadline
+    /// that no live worker holds: their worker sent no heartbeat for
+    /// `worker_ttl`, or it is the asking worker and the row is not among its
+    /// `in_flight` tasks (a claim whose reply was lost). Back to `waiting`
+    /// while attempts remain, else `error` ("worker lost"); `cancelled` when
+    /// a cancel was asked for. Safe to run concurrently.
+    fn rescue(
+        &self,
+        request: &RescueRequest<'_>,
+    ) -> impl Future<Output = StoreResult<Vec<Rescued>>> + Send;
+
+    /// Cancel a waiting task at once, or ask whichever worker runs it to
+    /// interrupt it.
+    fn cancel(&self, id: i64) -> impl Future<Output = StoreResult<CancelOutcome>> + Send;
 
     /// A stream of wake-ups from other processes.
     fn subscribe(

@@ -10,12 +10,14 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{
-    ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification, Stats, Status,
-    StoreResult, TaskRecord, TaskStore,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
+    RescueRequest, Rescued, Stats, Status, StoreResult, TaskRecord, TaskStore,
 };
 
 /// Channel every enqueue notifies and every worker listens on.
 pub const TASKS_CHANNEL: &str = "taskbox_tasks";
+/// Channel carrying the id of a running task to interrupt.
+pub const CANCEL_CHANNEL: &str = "taskbox_cancel";
 /// Connections a process keeps open at most (the listener has its own).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 /// How long a caller waits for a pooled connection before giving up.
@@ -67,14 +69,16 @@ RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
 
 const COMPLETE: &str = "
 UPDATE tasks t
-SET status = c.status,
+SET status = CASE WHEN c.status = 'waiting' AND t.cancel_requested_at IS NOT NULL
+                  THEN 'cancelled' ELSE c.status END,
     attempt = CASE WHEN c.spend_attempt THEN t.attempt ELSE t.attempt - 1 END,
     result = c.result,
     stdout = c.stdout,
     stderr = c.stderr,
     error = c.error,
     errors = CASE WHEN c.error IS NULL THEN t.errors ELSE array_append(t.errors, c.error) END,
-    finished_at = CASE WHEN c.status = 'waiting' THEN NULL ELSE now() END,
+    finished_at = CASE WHEN c.status = 'waiting' AND t.cancel_requested_at IS NULL
+                       THEN NULL ELSE now() END,
     run_at = coalesce(c.retry_at, t.run_at),
     plugin_digest = coalesce(c.plugin_digest, t.plugin_digest)
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[],
@@ -82,6 +86,52 @@ FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::b
      AS c(id, attempt, status, result, stdout, stderr, error, plugin_digest, retry_at,
           spend_attempt)
 WHERE t.id = c.id AND t.attempt = c.attempt AND t.status = 'running'";
+
+const RESCUE: &str = "
+WITH lost AS (
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'running'
+      AND t.deadline_at < now() - make_interval(secs => $1)
+      AND (
+          (t.worker_id = $3 AND NOT (t.id = ANY($4)))
+          OR (t.worker_id <> $3 AND NOT EXISTS (
+              SELECT 1 FROM workers w
+              WHERE w.id = t.worker_id
+                AND w.heartbeat_at > now() - make_interval(secs => $2))))
+    FOR UPDATE SKIP LOCKED
+), decided AS (
+    SELECT t.id,
+           CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                WHEN t.attempt < t.max_attempts THEN 'waiting'
+                ELSE 'error' END AS status,
+           'worker lost: ' || coalesce(t.worker_id, 'an unknown worker')
+               || ' stopped during attempt ' || t.attempt AS error
+    FROM tasks t JOIN lost USING (id)
+)
+UPDATE tasks t
+SET status = d.status,
+    error = d.error,
+    errors = array_append(t.errors, d.error),
+    finished_at = CASE WHEN d.status = 'waiting' THEN NULL ELSE now() END,
+    run_at = now()
+FROM decided d
+WHERE t.id = d.id
+RETURNING t.id, t.status";
+
+const CANCEL_WAITING: &str = "
+UPDATE tasks
+SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
+    error = 'cancelled before it ran', errors = array_append(errors, 'cancelled before it ran')
+WHERE id = $1 AND status = 'waiting'
+RETURNING id";
+
+const CANCEL_RUNNING: &str = "
+WITH asked AS (
+    UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = $1 AND status = 'running'
+    RETURNING id
+)
+SELECT pg_notify('taskbox_cancel', id::text) FROM asked";
 
 const ENQUEUE: &str = "
 WITH inserted AS (
@@ -253,9 +303,69 @@ impl TaskStore for PgStore {
         .await?)
     }
 
+    async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO workers (id) VALUES ($1)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(worker_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(worker_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {
+        Ok(sqlx::query_as(RESCUE)
+            .bind(request.grace.as_secs_f64())
+            .bind(request.worker_ttl.as_secs_f64())
+            .bind(request.worker_id)
+            .bind(request.in_flight)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
+        // A task may be claimed or retried between the statements; try again
+        // until one of them sees it.
+        loop {
+            let waiting: Option<i64> = sqlx::query_scalar(CANCEL_WAITING)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if waiting.is_some() {
+                return Ok(CancelOutcome::Cancelled);
+            }
+            let running = sqlx::query(CANCEL_RUNNING)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if running.is_some() {
+                return Ok(CancelOutcome::Interrupting);
+            }
+            let status: Option<Status> =
+                sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            match status {
+                None => return Ok(CancelOutcome::NotFound),
+                Some(Status::Waiting | Status::Running) => continue,
+                Some(status) => return Ok(CancelOutcome::AlreadyFinished(status)),
+            }
+        }
+    }
+
     async fn subscribe(&self) -> StoreResult<mpsc::Receiver<Notification>> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(TASKS_CHANNEL).await?;
+        listener.listen_all([TASKS_CHANNEL, CANCEL_CHANNEL]).await?;
         let (sender, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut connected = true;
@@ -268,12 +378,19 @@ impl TaskStore for PgStore {
                     _ = sender.closed() => break,
                 };
                 let event = match received {
-                    Ok(Some(_)) => {
+                    Ok(Some(notification)) => {
                         if !connected {
-                            tracing::info!("listening for new tasks again");
+                            tracing::info!("listening for notifications again");
                             connected = true;
                         }
-                        Notification::TasksAvailable
+                        if notification.channel() == CANCEL_CHANNEL {
+                            match notification.payload().parse() {
+                                Ok(id) => Notification::Cancel(id),
+                                Err(_) => continue,
+                            }
+                        } else {
+                            Notification::TasksAvailable
+                        }
                     }
                     Ok(None) => {
                         if connected {
@@ -293,9 +410,8 @@ impl TaskStore for PgStore {
                         }
                     }
                 };
-                match sender.try_send(event) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                if sender.send(event).await.is_err() {
+                    break;
                 }
             }
         });

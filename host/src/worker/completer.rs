@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
+use super::InFlight;
 use crate::store::{Completion, TaskStore};
 
 /// Outcomes written per statement at most.
@@ -30,16 +31,18 @@ impl Default for CompleterConfig {
 }
 
 /// Run until every sender is gone and everything received is written.
-/// `flushed` is notified after each write.
-pub async fn run<S: TaskStore>(
+/// Written tasks leave `in_flight`; `flushed` is notified after each write.
+pub(crate) async fn run<S: TaskStore>(
     store: S,
     config: CompleterConfig,
     mut outcomes: mpsc::Receiver<Completion>,
     flushed: Arc<Notify>,
+    in_flight: Arc<InFlight>,
 ) {
     let mut batch = Vec::with_capacity(config.max_batch);
     while outcomes.recv_many(&mut batch, config.max_batch).await > 0 {
         write(&store, &batch).await;
+        in_flight.remove(batch.iter().map(|c| c.id));
         batch.clear();
         flushed.notify_one();
     }

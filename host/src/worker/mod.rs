@@ -5,6 +5,7 @@
 
 pub mod completer;
 pub mod executor;
+pub mod rescuer;
 pub mod retry;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use crate::sandbox::Plugins;
 use crate::store::{ClaimRequest, ClaimedTask, Notification, StoreError, TaskStore};
 use completer::CompleterConfig;
 use executor::{Executor, InterruptCause};
+use rescuer::RescuerConfig;
 use retry::Backoff;
 
 /// Consumers per CPU core, as in the tutorial.
@@ -51,6 +53,7 @@ pub struct WorkerConfig {
     pub drain: bool,
     pub backoff: Backoff,
     pub completer: CompleterConfig,
+    pub rescuer: RescuerConfig,
 }
 
 impl Default for WorkerConfig {
@@ -64,6 +67,7 @@ impl Default for WorkerConfig {
             drain: false,
             backoff: Backoff::default(),
             completer: CompleterConfig::default(),
+            rescuer: RescuerConfig::default(),
         }
     }
 }
@@ -88,13 +92,24 @@ pub struct Shutdown {
     pub interrupt: CancellationToken,
 }
 
-/// Tasks this worker is running, so they can be interrupted by id.
+/// Tasks this worker holds, from claim until their outcome is written, so
+/// they can be interrupted by id and so the rescuer can tell them from rows
+/// whose claim reply was lost.
 #[derive(Debug, Default)]
-struct Running {
+pub(crate) struct InFlight {
     tasks: Mutex<HashMap<i64, CancellationToken>>,
 }
 
-impl Running {
+impl InFlight {
+    pub(crate) fn ids(&self) -> Vec<i64> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     fn insert(&self, id: i64, token: CancellationToken) {
         self.tasks
             .lock()
@@ -102,11 +117,24 @@ impl Running {
             .insert(id, token);
     }
 
-    fn remove(&self, id: i64) {
-        self.tasks
+    pub(crate) fn remove(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            tasks.remove(&id);
+        }
+    }
+
+    /// Interrupt task `id` if it runs here.
+    fn cancel(&self, id: i64) {
+        if let Some(token) = self
+            .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+            .get(&id)
+        {
+            tracing::info!(task = id, "cancel requested; interrupting");
+            token.cancel();
+        }
     }
 }
 
@@ -139,7 +167,7 @@ impl<S: TaskStore> Worker<S> {
         let slots = Arc::new(Semaphore::new(config.concurrency));
         let wake = Arc::new(Notify::new());
         let flushed = Arc::new(Notify::new());
-        let running = Arc::new(Running::default());
+        let in_flight = Arc::new(InFlight::default());
         let executor = Arc::new(Executor {
             plugins: self.plugins.clone(),
             backoff: config.backoff,
@@ -151,8 +179,17 @@ impl<S: TaskStore> Worker<S> {
             config.completer.clone(),
             completions,
             flushed.clone(),
+            in_flight.clone(),
         ));
-        let listener = self.start_listener(wake.clone()).await;
+        let listener = self.start_listener(wake.clone(), in_flight.clone()).await;
+        let rescuer_stop = CancellationToken::new();
+        let rescuer = tokio::spawn(rescuer::run(
+            self.store.clone(),
+            config.worker_id.clone(),
+            config.rescuer.clone(),
+            in_flight.clone(),
+            rescuer_stop.clone(),
+        ));
 
         let mut report = WorkerReport::default();
         let mut retry_delay = FIRST_CLAIM_RETRY_DELAY;
@@ -203,13 +240,12 @@ impl<S: TaskStore> Worker<S> {
             for task in claimed {
                 let permit = permits.split(1).expect("one permit per claimed task");
                 let token = shutdown.interrupt.child_token();
-                running.insert(task.id, token.clone());
+                in_flight.insert(task.id, token.clone());
                 consumers.spawn(consume(
                     executor.clone(),
                     task,
                     token,
                     shutdown.interrupt.clone(),
-                    running.clone(),
                     outcomes.clone(),
                     permit,
                 ));
@@ -240,6 +276,11 @@ impl<S: TaskStore> Worker<S> {
             listener.abort();
             let _ = listener.await;
         }
+        rescuer_stop.cancel();
+        let _ = rescuer.await;
+        if let Err(err) = self.store.deregister(&config.worker_id).await {
+            tracing::warn!("cannot deregister this worker ({err}); its row will go stale");
+        }
         Ok(report)
     }
 
@@ -255,12 +296,17 @@ impl<S: TaskStore> Worker<S> {
 
     /// Forward database notifications to `wake`. Without them the worker
     /// still runs, on polling alone.
-    async fn start_listener(&self, wake: Arc<Notify>) -> Option<tokio::task::JoinHandle<()>> {
+    async fn start_listener(
+        &self,
+        wake: Arc<Notify>,
+        in_flight: Arc<InFlight>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         match self.store.subscribe().await {
             Ok(mut notifications) => Some(tokio::spawn(async move {
                 while let Some(notification) = notifications.recv().await {
                     match notification {
                         Notification::TasksAvailable => wake.notify_one(),
+                        Notification::Cancel(id) => in_flight.cancel(id),
                     }
                 }
             })),
@@ -279,7 +325,6 @@ async fn consume(
     task: ClaimedTask,
     token: CancellationToken,
     shutdown: CancellationToken,
-    running: Arc<Running>,
     outcomes: mpsc::Sender<crate::store::Completion>,
     permit: OwnedSemaphorePermit,
 ) {
@@ -291,7 +336,6 @@ async fn consume(
         }
     };
     let completion = executor.execute(&task, &token, cause).await;
-    running.remove(task.id);
     if outcomes.send(completion).await.is_err() {
         tracing::error!(
             task = task.id,

@@ -1,0 +1,74 @@
+//! A database outage mid-run loses nothing: the worker holds finished
+//! results, reconnects, writes them once Postgres is back, and finishes the
+//! queue; every task ends `success` on its first attempt.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::pg_server::TempPostgres;
+use common::*;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use taskbox::store::{ListFilter, PgStore, Status, TaskStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_run_loses_nothing() {
+    const TASKS: usize = 600;
+    let server = TempPostgres::start();
+    let pool = PgPoolOptions::new().connect_lazy(&server.url()).unwrap();
+    let store = PgStore::from_pool(pool);
+    store.migrate().await.unwrap();
+    let plugins = plugins();
+    let template = task(&plugins, "sleep", json!(10)).await;
+    store.enqueue(&vec![template; TASKS]).await.unwrap();
+
+    let worker = std::process::Command::new(env!("CARGO_BIN_EXE_taskbox"))
+        .env("DATABASE_URL", server.url())
+        .env("TASKBOX_PLUGINS", plugins_dir())
+        .args(["worker", "--drain", "--concurrency", "8", "--timeout", "5s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait::until("some tasks to finish", Duration::from_secs(60), || async {
+        store
+            .stats()
+            .await
+            .map(|s| s.success >= 100)
+            .unwrap_or(false)
+    })
+    .await;
+    server.stop_server();
+    server.start_server();
+
+    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = stderr_of(&output);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("unreachable") || log.contains("cannot claim"),
+        "no outage seen: {log}"
+    );
+    let rows = store
+        .list(&ListFilter {
+            limit: TASKS as i64 * 2,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), TASKS);
+    for row in rows {
+        assert_eq!(
+            row.status,
+            Status::Success,
+            "task {} {:?}",
+            row.id,
+            row.errors
+        );
+        assert_eq!(row.attempt, 1, "task {} ran twice", row.id);
+    }
+}
