@@ -53,8 +53,17 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_claim ON tasks (priority, run_at, id) WHERE status = 'waiting';
 -- Serves the rescuer: running rows by deadline.
 CREATE INDEX tasks_running_deadline ON tasks (deadline_at) WHERE status = 'running';
--- Serves `list` filtered by status, newest first.
-CREATE INDEX tasks_status_id ON tasks (status, id);
+-- No index on status alone: every claim and completion changes it, and
+-- `list --status` walks the primary key newest first instead.
+
+-- Each task's row is rewritten twice (claim, completion); vacuum often so the
+-- claim index does not fill with dead entries on long drains.
+ALTER TABLE tasks SET (
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05,
+    autovacuum_vacuum_cost_delay = 0
+);
 
 -- Live workers. The rescuer returns a running row only when its worker has
 -- stopped sending heartbeats, so a slow but live worker is never overtaken.

@@ -178,10 +178,16 @@ fn demo(rest: &[String]) -> Result<()> {
 fn bench(rest: &[String]) -> Result<()> {
     let plugins = build_plugins()?;
     let url = ensure_postgres()?;
+    let root = root();
     run(cargo()
-        .current_dir(root())
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "taskbox"]))?;
+    run(cargo()
+        .current_dir(&root)
         .env("DATABASE_URL", url)
         .env("TASKBOX_PLUGINS", plugins)
+        .env("TASKBOX_BIN", root.join("target/release/taskbox"))
+        .env("TASKBOX_ROOT", &root)
         .args([
             "run",
             "--release",

