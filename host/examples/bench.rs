@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 const DEFAULT_JOBS: usize = 20_000;
 const DEFAULT_BIG: usize = 100_000;
-const DEFAULT_CONCURRENCY: usize = 64;
+const DEFAULT_CONCURRENCY: usize = 256;
+/// The concurrency the memory figure is taken at.
+const RSS_CONCURRENCY: usize = 64;
 const ENQUEUE_BATCH: usize = 10_000;
 const SANDBOX_RUNS: usize = 20_000;
 const LATENCY_SAMPLES: usize = 300;
@@ -125,7 +127,10 @@ async fn enqueue(store: &PgStore, plugin: &str, args: &[u8], count: usize) -> Re
         store.enqueue(&batch[..n]).await?;
         left -= n;
     }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    // Untimed, as the peers' scripts do: fresh statistics for the planner.
+    sqlx::query("ANALYZE tasks").execute(store.pool()).await?;
+    Ok(rate)
 }
 
 struct Drain {
@@ -481,7 +486,6 @@ async fn main() -> Result<()> {
     let (puts_mean, puts_p50) = sandbox_overhead(&plugins, "puts").await?;
 
     let mut rows = Vec::new();
-    let mut rss = 0;
     let mut add_drain_one = 0.0;
     let mut add_enqueue = 0.0;
     let profile_path = root.join("target/bench-perf.data");
@@ -505,12 +509,22 @@ async fn main() -> Result<()> {
         enqueue(&store, plugin, &args, jobs).await?;
         let two = drain(&url, &bin, &plugins_dir, 2, concurrency, jobs, None).await?;
         if plugin == "add" {
-            rss = one.peak_rss_kib;
             add_drain_one = one.rate;
             add_enqueue = enqueue_rate;
         }
         rows.push((plugin, enqueue_rate, one, two));
     }
+
+    eprintln!("bench: add: peak RSS at concurrency {RSS_CONCURRENCY}");
+    let rss = {
+        let args = args_for(&plugins, "add").await?;
+        let url = fresh_database(&base, "taskbox_bench").await?;
+        let store = open_store(&url).await?;
+        enqueue(&store, "add", &args, jobs).await?;
+        drain(&url, &bin, &plugins_dir, 1, RSS_CONCURRENCY, jobs, None)
+            .await?
+            .peak_rss_kib
+    };
 
     eprintln!("bench: add: drain {} with one worker", options.big);
     let args = args_for(&plugins, "add").await?;

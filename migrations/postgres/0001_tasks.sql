@@ -51,8 +51,12 @@ CREATE TABLE tasks (
 -- Serves the claim query exactly: equality on status (partial), then the
 -- claim order.
 CREATE INDEX tasks_claim ON tasks (priority, run_at, id) WHERE status = 'waiting';
--- Serves the rescuer: running rows by deadline.
-CREATE INDEX tasks_running_deadline ON tasks (deadline_at) WHERE status = 'running';
+-- Serves the rescuer: running rows by deadline. The redundant second
+-- condition keeps the planner from using this index for the completion's
+-- `status = 'running'` fence, where it would walk every dead entry a long
+-- drain leaves behind instead of probing the primary key.
+CREATE INDEX tasks_running_deadline ON tasks (deadline_at)
+    WHERE status = 'running' AND deadline_at IS NOT NULL;
 -- No index on status alone: every claim and completion changes it, and
 -- `list --status` walks the primary key newest first instead.
 

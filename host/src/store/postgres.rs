@@ -20,6 +20,10 @@ pub const TASKS_CHANNEL: &str = "taskbox_tasks";
 pub const CANCEL_CHANNEL: &str = "taskbox_cancel";
 /// Connections a process keeps open at most (the listener has its own).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+/// Connections for claiming (one producer per process needs one).
+pub const CLAIM_CONNECTIONS: u32 = 2;
+/// Connections for writing outcomes (one completer per process needs one).
+pub const COMPLETION_CONNECTIONS: u32 = 2;
 /// How long a caller waits for a pooled connection before giving up.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -151,6 +155,15 @@ SELECT id FROM inserted, wake ORDER BY id";
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Claims only: commits without waiting for the WAL flush. A claim lost
+    /// to a database crash leaves its rows `waiting` at the old attempt, so
+    /// the fenced completion of that attempt writes nothing and the task
+    /// simply runs again; enqueues and completions stay durable.
+    claims: PgPool,
+    /// Completions only: always the generic plan, which drives the join from
+    /// the batch into the primary key. Custom plans trust statistics taken
+    /// when nothing was running and scan the whole table instead.
+    completions: PgPool,
 }
 
 impl PgStore {
@@ -161,12 +174,29 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(DEFAULT_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
-        Ok(PgStore { pool })
+            .connect_lazy_with(options.clone());
+        let claims = PgPoolOptions::new()
+            .max_connections(CLAIM_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
+        let completions = PgPoolOptions::new()
+            .max_connections(COMPLETION_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
+        Ok(PgStore {
+            pool,
+            claims,
+            completions,
+        })
     }
 
+    /// A store on an existing pool (every statement durable).
     pub fn from_pool(pool: PgPool) -> Self {
-        PgStore { pool }
+        PgStore {
+            claims: pool.clone(),
+            completions: pool.clone(),
+            pool,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -222,7 +252,7 @@ impl TaskStore for PgStore {
         if !request.queues.is_empty() {
             query = query.bind(request.queues);
         }
-        Ok(query.fetch_all(&self.pool).await?)
+        Ok(query.fetch_all(&self.claims).await?)
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
@@ -254,7 +284,7 @@ impl TaskStore for PgStore {
             .bind(digests)
             .bind(retry_ats)
             .bind(spends)
-            .execute(&self.pool)
+            .execute(&self.completions)
             .await?;
         Ok(done.rows_affected())
     }
