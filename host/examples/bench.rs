@@ -29,7 +29,6 @@ const RSS_CONCURRENCY: usize = 64;
 const ENQUEUE_BATCH: usize = 10_000;
 const SANDBOX_RUNS: usize = 20_000;
 const LATENCY_SAMPLES: usize = 300;
-const CEILING_BATCH: usize = 100;
 
 struct Options {
     jobs: usize,
@@ -319,9 +318,15 @@ fn nix_term(pid: u32) {
         .status();
 }
 
-/// taskbox's own claim + complete statements, `CEILING_BATCH` rows a round,
+/// taskbox's own claim + complete statements, `claim_batch` rows a round,
 /// with no sandbox in between: the most the SQL can do here.
-async fn sql_ceiling(url: &str, args: &[u8], count: usize, connections: usize) -> Result<f64> {
+async fn sql_ceiling(
+    url: &str,
+    args: &[u8],
+    count: usize,
+    claim_batch: usize,
+    connections: usize,
+) -> Result<f64> {
     let store = open_store(url).await?;
     let task = NewTask::new("add", args.to_vec());
     let batch = vec![task; ENQUEUE_BATCH.min(count)];
@@ -343,7 +348,7 @@ async fn sql_ceiling(url: &str, args: &[u8], count: usize, connections: usize) -
                 let claimed = store
                     .claim(&ClaimRequest {
                         worker_id: &worker_id,
-                        limit: CEILING_BATCH,
+                        limit: claim_batch,
                         queues: &[],
                         default_timeout: Duration::from_secs(1),
                     })
@@ -539,9 +544,9 @@ async fn main() -> Result<()> {
 
     eprintln!("bench: raw SQL ceiling");
     let url = fresh_database(&base, "taskbox_bench").await?;
-    let ceiling_one = sql_ceiling(&url, &args, jobs, 1).await?;
+    let ceiling_one = sql_ceiling(&url, &args, jobs, concurrency, 1).await?;
     let url = fresh_database(&base, "taskbox_bench").await?;
-    let ceiling_four = sql_ceiling(&url, &args, jobs, 4).await?;
+    let ceiling_four = sql_ceiling(&url, &args, jobs, concurrency, 4).await?;
     drop_database(&base, "taskbox_bench").await?;
 
     let mut peers: Vec<(String, Value)> = Vec::new();
@@ -613,7 +618,7 @@ async fn main() -> Result<()> {
         ratio(add_enqueue, best_enqueue)
     ));
     say(format!(
-        "- taskbox `add` drain ÷ the raw SQL ceiling (claim {CEILING_BATCH} + complete them, no sandbox): {} of {ceiling_one:.0} rows/s on 1 connection; {} of {ceiling_four:.0} rows/s on 4",
+        "- taskbox `add` drain ÷ the raw SQL ceiling (claim {concurrency} + complete them, no sandbox): {} of {ceiling_one:.0} rows/s on 1 connection; {} of {ceiling_four:.0} rows/s on 4",
         ratio(add_drain_one, Some(ceiling_one)),
         ratio(add_drain_one, Some(ceiling_four)),
     ));
@@ -642,7 +647,7 @@ async fn main() -> Result<()> {
         "| sandbox per task, `puts`, mean / p50 | {puts_mean:.1} µs / {puts_p50:.1} µs |"
     ));
     say(format!(
-        "| worker peak RSS at concurrency {concurrency} (`add` drain) | {:.1} MiB |",
+        "| worker peak RSS at concurrency {RSS_CONCURRENCY} (`add` drain) | {:.1} MiB |",
         rss as f64 / 1024.0
     ));
     say(String::new());
