@@ -31,7 +31,7 @@ async fn runaway_tasks_time_out_on_deadline_while_others_run(pool: PgPool) {
         quick.push(task(&plugins, "add", json!({"a": n, "b": n})).await);
     }
     let quick_ids = store.enqueue(&quick).await.unwrap();
-    drain(&store, &plugins, worker_config(4)).await;
+    drain(&store, &plugins, worker_config(8)).await;
 
     let mut first_stuck_end = None;
     for id in stuck {
@@ -58,4 +58,36 @@ async fn runaway_tasks_time_out_on_deadline_while_others_run(pool: PgPool) {
         last_quick_end < first_stuck_end,
         "the quick tasks waited for the stuck ones"
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_fuel_budget_stops_a_runaway_task_deterministically(pool: PgPool) {
+    let store = store(pool).await;
+    let plugins = plugins_with(taskbox::sandbox::SandboxConfig {
+        fuel: Some(50_000_000),
+        ..taskbox::sandbox::SandboxConfig::default()
+    });
+    let mut forever = task(&plugins, "forever", Value::Null).await;
+    forever.timeout = Some(Duration::from_secs(30));
+    let fib = task(&plugins, "fib", json!(10)).await;
+    let ids = store.enqueue(&[forever, fib]).await.unwrap();
+    drain(&store, &plugins, worker_config(2)).await;
+
+    let runaway = record(&store, ids[0]).await;
+    assert_eq!(runaway.status, Status::Error, "{:?}", runaway.error);
+    let message = runaway.error.unwrap();
+    assert!(
+        message.contains("fuel budget") && message.contains("50000000"),
+        "{message}"
+    );
+    let ran = (runaway.finished_at.unwrap() - runaway.started_at.unwrap())
+        .to_std()
+        .unwrap();
+    assert!(
+        ran < Duration::from_secs(30),
+        "fuel, not the deadline, ended it"
+    );
+
+    let fib = record(&store, ids[1]).await;
+    assert_eq!(fib.status, Status::Success, "{:?}", fib.error);
 }

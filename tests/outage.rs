@@ -61,6 +61,8 @@ async fn a_postgres_restart_mid_run_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut worker = worker;
+    let log = LogTail::follow(worker.stderr.take().expect("stderr is piped"));
     wait::until("some tasks to finish", Duration::from_secs(60), || async {
         store
             .stats()
@@ -70,17 +72,25 @@ async fn a_postgres_restart_mid_run_loses_nothing() {
     })
     .await;
     server.stop_server();
+    // Keep the database away until the worker has noticed, so the outage
+    // really overlaps the run.
+    wait::until(
+        "the worker to notice the outage",
+        Duration::from_secs(30),
+        || async { log.contains("cannot claim") || log.contains("unreachable") },
+    )
+    .await;
     server.start_server();
 
-    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+    let status = tokio::task::spawn_blocking(move || worker.wait())
         .await
         .unwrap()
         .unwrap();
-    let log = stderr_of(&output);
-    assert!(output.status.success(), "{log}");
+    let text = log.text();
+    assert!(status.success(), "{text}");
     assert!(
-        log.contains("unreachable") || log.contains("cannot claim"),
-        "no outage seen: {log}"
+        text.contains("claiming again") || text.contains("reachable again"),
+        "the worker never recovered: {text}"
     );
     let rows = store
         .list(&ListFilter {

@@ -52,6 +52,10 @@ pub struct SandboxConfig {
     pub max_instances: u32,
     /// Where precompiled plugins are cached; `None` disables the cache.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// A deterministic instruction budget per task (wasmtime fuel), on top
+    /// of the deadline. `None`: deadlines only (epoch interruption), which
+    /// costs less on call-heavy guests.
+    pub fuel: Option<u64>,
 }
 
 impl Default for SandboxConfig {
@@ -62,6 +66,7 @@ impl Default for SandboxConfig {
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
             max_instances: DEFAULT_MAX_INSTANCES,
             cache_dir: default_cache_dir(),
+            fuel: None,
         }
     }
 }
@@ -257,6 +262,7 @@ fn engine_config(limits: &SandboxConfig, pooling: bool) -> Config {
         // Guests do not use component-model async; leaving it on costs ~20 µs
         // per async task (see shared/wasmtime-facts.md).
         .concurrency_support(false)
+        .consume_fuel(limits.fuel.is_some())
         .memory_init_cow(true);
     if pooling {
         let instances = limits.max_instances + SPARE_INSTANCES;

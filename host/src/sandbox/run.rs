@@ -120,14 +120,23 @@ impl Sandbox {
             },
         );
         store.limiter(|state| &mut state.limiter);
+        if let Some(fuel) = self.config.fuel {
+            store
+                .set_fuel(fuel)
+                .expect("fuel is enabled whenever a budget is set");
+        }
         store.set_epoch_deadline(1);
         let token = interrupt.clone();
         store.epoch_deadline_callback(move |_| {
             if token.is_cancelled() || Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                // Let other tasks on this thread run between ticks.
-                Ok(UpdateDeadline::Yield(1))
+                // Let other tasks on this thread run between ticks; tokio's
+                // own yield puts this task behind them rather than first.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
 
@@ -215,6 +224,10 @@ impl Sandbox {
             ));
         }
         match trap {
+            Some(Trap::OutOfFuel) => Outcome::Error(format!(
+                "fuel budget: the plugin used up its {} units of fuel",
+                self.config.fuel.unwrap_or_default()
+            )),
             Some(Trap::StackOverflow) => Outcome::Error(format!(
                 "stack limit: the plugin overflowed its {} call stack",
                 bytes(self.config.max_wasm_stack)
