@@ -1,16 +1,62 @@
-//! The `taskbox` binary against its contract: bad input exits 2 with one
-//! sentence and writes nothing; the happy path round-trips through `show`,
-//! `list`, `stats` and `plugins`; broken plugin files are refused while the
-//! worker serves the rest.
+//! The `taskbox` binary against its contract, on both backends: bad input
+//! exits 2 with one sentence and writes nothing; the happy path round-trips
+//! through `show`, `list`, `stats` and `plugins`; broken plugin files are
+//! refused while the worker serves the rest. Each of those is written once
+//! and run on Postgres and on SQLite; the rest covers picking the backend
+//! and SQLite's one worker process per file.
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::Value;
-use sqlx::PgPool;
-use taskbox::store::TaskStore;
+use taskbox::store::{SqliteStore, Status, TaskStore};
+
+/// Instantiate each case, a `fn(url)`, on a fresh Postgres database and on
+/// a fresh SQLite file.
+macro_rules! on_both_backends {
+    ($($case:ident),+ $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrations = false)]
+                async fn $case(pool: sqlx::PgPool) {
+                    super::$case(&super::common::database_url(&pool));
+                }
+            )+
+        }
+
+        mod sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    let dir = tempfile::tempdir().expect("a temporary folder");
+                    super::$case(&super::common::sqlite_url(dir.path()));
+                }
+            )+
+        }
+    };
+}
+
+on_both_backends!(
+    bad_input_exits_2_and_writes_nothing,
+    enqueue_run_and_read_back,
+    broken_plugin_files_are_refused_and_the_rest_served,
+);
+
+/// How long a worker process may take to start or stop.
+const PROCESS_WAIT: Duration = Duration::from_secs(30);
+
+fn stats(url: &str) -> Value {
+    let output = run(taskbox_at(url).args(["stats", "--json"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    serde_json::from_slice(&output.stdout).expect("stats --json prints JSON")
+}
 
 fn assert_refused(output: &std::process::Output, mentions: &str) {
     let stderr = stderr_of(output);
@@ -24,9 +70,9 @@ fn assert_refused(output: &std::process::Output, mentions: &str) {
     assert!(output.stdout.is_empty(), "printed {:?}", stdout_of(output));
 }
 
-#[sqlx::test(migrations = false)]
-async fn bad_input_exits_2_and_writes_nothing(pool: PgPool) {
-    let store = store(pool.clone()).await;
+fn bad_input_exits_2_and_writes_nothing(url: &str) {
+    let output = run(taskbox_at(url).arg("migrate"));
+    assert!(output.status.success(), "{}", stderr_of(&output));
     let cases: [(&[&str], &str); 6] = [
         (&["enqueue", "puts", "42"], "do not fit plugin `puts`"),
         (&["enqueue", "nosuch", "\"x\""], "no plugin named `nosuch`"),
@@ -42,7 +88,7 @@ async fn bad_input_exits_2_and_writes_nothing(pool: PgPool) {
         ),
     ];
     for (args, mentions) in cases {
-        let output = run(taskbox(&pool).args(args));
+        let output = run(taskbox_at(url).args(args));
         assert_refused(&output, mentions);
     }
 
@@ -53,19 +99,18 @@ async fn bad_input_exits_2_and_writes_nothing(pool: PgPool) {
         r#"{{"plugin": "add", "args": {{"a": "two", "b": 2}}}}"#
     )
     .unwrap();
-    let output = run(taskbox(&pool).args(["enqueue", "--file"]).arg(file.path()));
+    let output = run(taskbox_at(url).args(["enqueue", "--file"]).arg(file.path()));
     assert_refused(&output, "line 2");
 
     assert_eq!(
-        store.stats().await.unwrap().total(),
-        0,
+        stats(url),
+        serde_json::json!({"waiting": 0, "running": 0, "success": 0, "error": 0, "timeout": 0, "cancelled": 0}),
         "something was written"
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn enqueue_run_and_read_back(pool: PgPool) {
-    let output = run(taskbox(&pool).args(["enqueue", "puts", "\"hi there\""]));
+fn enqueue_run_and_read_back(url: &str) {
+    let output = run(taskbox_at(url).args(["enqueue", "puts", "\"hi there\""]));
     assert!(output.status.success(), "{}", stderr_of(&output));
     let id: i64 = stdout_of(&output)
         .trim()
@@ -75,7 +120,7 @@ async fn enqueue_run_and_read_back(pool: PgPool) {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(file, r#"{{"plugin": "add", "args": {{"a": 20, "b": 22}}}}"#).unwrap();
     writeln!(file, r#"{{"plugin": "forever", "timeout": "50ms"}}"#).unwrap();
-    let output = run(taskbox(&pool).args(["enqueue", "--file"]).arg(file.path()));
+    let output = run(taskbox_at(url).args(["enqueue", "--file"]).arg(file.path()));
     assert!(output.status.success(), "{}", stderr_of(&output));
     let ids: Vec<i64> = stdout_of(&output)
         .lines()
@@ -83,10 +128,10 @@ async fn enqueue_run_and_read_back(pool: PgPool) {
         .collect();
     assert_eq!(ids.len(), 2);
 
-    let output = run(taskbox(&pool).args(["worker", "--drain", "--concurrency", "2"]));
+    let output = run(taskbox_at(url).args(["worker", "--drain", "--concurrency", "2"]));
     assert!(output.status.success(), "{}", stderr_of(&output));
 
-    let output = run(taskbox(&pool).args(["show", &id.to_string(), "--json"]));
+    let output = run(taskbox_at(url).args(["show", &id.to_string(), "--json"]));
     assert!(output.status.success(), "{}", stderr_of(&output));
     let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
     for key in [
@@ -111,29 +156,26 @@ async fn enqueue_run_and_read_back(pool: PgPool) {
     assert_eq!(shown["args"], "hi there");
     assert_eq!(shown["stdout"], "hi there\n");
 
-    let output = run(taskbox(&pool).args(["show", &ids[0].to_string(), "--json"]));
+    let output = run(taskbox_at(url).args(["show", &ids[0].to_string(), "--json"]));
     let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(shown["result"], 42);
 
-    let output = run(taskbox(&pool).args(["list", "--json", "--status", "timeout"]));
+    let output = run(taskbox_at(url).args(["list", "--json", "--status", "timeout"]));
     let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["id"], ids[1]);
     assert_eq!(listed[0]["plugin"], "forever");
 
-    let output = run(taskbox(&pool).args(["stats", "--json"]));
-    let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
-        stats,
+        stats(url),
         serde_json::json!({"waiting": 0, "running": 0, "success": 2, "error": 0, "timeout": 1, "cancelled": 0})
     );
 
-    let output = run(taskbox(&pool).args(["show", "999999"]));
+    let output = run(taskbox_at(url).args(["show", "999999"]));
     assert_refused(&output, "no task with id 999999");
 }
 
-#[sqlx::test(migrations = false)]
-async fn broken_plugin_files_are_refused_and_the_rest_served(pool: PgPool) {
+fn broken_plugin_files_are_refused_and_the_rest_served(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(plugins_dir().join("add.wasm"), dir.path().join("add.wasm")).unwrap();
     std::fs::write(dir.path().join("garbage.wasm"), b"this is not wasm at all").unwrap();
@@ -141,7 +183,7 @@ async fn broken_plugin_files_are_refused_and_the_rest_served(pool: PgPool) {
     // A valid component that exports nothing: the wrong world.
     std::fs::write(dir.path().join("empty.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
 
-    let output = run(taskbox(&pool)
+    let output = run(taskbox_at(url)
         .arg("--plugins")
         .arg(dir.path())
         .args(["plugins", "--json"]));
@@ -182,17 +224,150 @@ async fn broken_plugin_files_are_refused_and_the_rest_served(pool: PgPool) {
             .contains("not a taskbox task")
     );
 
-    let output = run(taskbox(&pool).arg("--plugins").arg(dir.path()).args([
+    let output = run(taskbox_at(url).arg("--plugins").arg(dir.path()).args([
         "enqueue",
         "add",
         "{\"a\": 1, \"b\": 1}",
     ]));
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let output = run(taskbox(&pool)
+    let output = run(taskbox_at(url)
         .arg("--plugins")
         .arg(dir.path())
         .args(["worker", "--drain"]));
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let stats = store(pool).await.stats().await.unwrap();
-    assert_eq!(stats.success, 1);
+    assert_eq!(stats(url)["success"], 1);
+}
+
+#[test]
+fn without_a_database_url_the_default_is_taskbox_db_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = |args: &[&str]| {
+        let mut command = taskbox_at("unused");
+        command
+            .env_remove("DATABASE_URL")
+            .current_dir(dir.path())
+            .args(args);
+        run(&mut command)
+    };
+    let output = here(&["enqueue", "puts", "\"embedded\""]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        dir.path().join("taskbox.db").is_file(),
+        "no ./taskbox.db was created"
+    );
+    let output = here(&["worker", "--drain"]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let output = here(&["stats", "--json"]);
+    let counts: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(counts["success"], 1, "{counts}");
+}
+
+#[test]
+fn an_unknown_database_url_is_refused() {
+    let output = run(taskbox_at("mysql://localhost/tasks").args(["stats"]));
+    assert_refused(
+        &output,
+        "must start with postgres://, postgresql:// or sqlite:",
+    );
+    let output = run(taskbox_at("sqlite::memory:").args(["stats"]));
+    assert_refused(&output, "name a file");
+}
+
+/// A `taskbox worker` with its log lines forwarded to a channel.
+struct WorkerProcess {
+    child: Child,
+    log: mpsc::Receiver<String>,
+}
+
+impl WorkerProcess {
+    fn start(mut command: Command) -> Self {
+        let mut child = command
+            .args(["worker", "--concurrency", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the worker starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (lines, log) = mpsc::channel();
+        // Keep reading to the end so the worker never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WorkerProcess { child, log }
+    }
+
+    /// Wait for a log line containing `needle`.
+    fn wait_for(&self, needle: &str) {
+        loop {
+            match self.log.recv_timeout(PROCESS_WAIT) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => continue,
+                Err(err) => panic!("no log line with `{needle}` ({err})"),
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> Option<i32> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("a pid fits"));
+        kill(pid, Signal::SIGTERM).expect("SIGTERM is delivered");
+        self.child.wait().expect("the worker exits").code()
+    }
+}
+
+#[tokio::test]
+async fn one_worker_process_per_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let first = WorkerProcess::start(taskbox_at(&url));
+    first.wait_for("worker started");
+
+    // A second worker, and the demo (which runs one), are refused.
+    for args in [&["worker", "--drain"][..], &["demo", "--count", "1"]] {
+        let output = run(taskbox_at(&url).args(args));
+        assert_refused(&output, "another taskbox worker");
+        let stderr = stderr_of(&output);
+        assert!(
+            stderr.contains(&format!("(process {})", first.child.id())),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("one worker process per database file"),
+            "{stderr}"
+        );
+    }
+
+    // Every other command works beside the worker, which runs what they
+    // enqueue and honours their cancels.
+    let store = SqliteStore::open(dir.path().join(SQLITE_FILE));
+    let output = run(taskbox_at(&url).args(["enqueue", "forever", "--timeout", "60s"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let id: i64 = stdout_of(&output).trim().parse().expect("an id");
+    wait::until("the worker to run the task", PROCESS_WAIT, || async {
+        record(&store, id).await.status == Status::Running
+    })
+    .await;
+    let output = run(taskbox_at(&url).args(["cancel", &id.to_string()]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        stdout_of(&output).trim(),
+        format!("task {id} cancelled while running")
+    );
+    assert_eq!(record(&store, id).await.status, Status::Cancelled);
+    for args in [&["list"][..], &["show", &id.to_string()], &["stats"]] {
+        let output = run(taskbox_at(&url).args(args));
+        assert!(output.status.success(), "{args:?}: {}", stderr_of(&output));
+    }
+
+    assert_eq!(first.stop(), Some(0), "the worker stops cleanly");
+    // The lock went with the process.
+    let output = run(taskbox_at(&url).args(["enqueue", "puts", "\"after\""]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let output = run(taskbox_at(&url).args(["worker", "--drain"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(store.stats().await.unwrap().success, 1);
 }

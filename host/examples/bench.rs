@@ -655,9 +655,10 @@ async fn main() -> Result<()> {
     say(String::new());
     match profiling.then(|| perf_top(&profile_path, 25)).flatten() {
         Some(top) => {
-            say(format!(
+            say(
                 "`perf record -F 2000 -g` on the worker during the one-process `add` drain, top entries by self time:"
-            ));
+                    .into(),
+            );
             say(String::new());
             say("```".into());
             say(top);

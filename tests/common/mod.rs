@@ -1,6 +1,7 @@
 //! Shared set-up for the integration tests: the built plugins, a store on
-//! the test's fresh database, a worker run to completion, and the `taskbox`
-//! binary. Nothing here is mocked.
+//! the test's fresh database (Postgres from `sqlx::test`, or SQLite in a
+//! temporary folder), a worker run to completion, and the `taskbox` binary.
+//! Nothing here is mocked.
 
 #![allow(dead_code)]
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgPool;
 use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
-use taskbox::store::{NewTask, PgStore, TaskRecord, TaskStore};
+use taskbox::store::{NewTask, PgStore, SqliteStore, TaskRecord, TaskStore};
 use taskbox::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
 
 /// The folder `cargo xtask plugins` fills. A missing folder fails the test
@@ -59,6 +60,36 @@ pub async fn store(pool: PgPool) -> PgStore {
     store
 }
 
+/// A migrated SQLite store on a fresh file in its own temporary folder,
+/// which goes when this is dropped.
+pub struct SqliteDb {
+    pub store: SqliteStore,
+    pub dir: tempfile::TempDir,
+}
+
+impl SqliteDb {
+    pub async fn new() -> Self {
+        init_logging();
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let store = SqliteStore::open(dir.path().join(SQLITE_FILE));
+        store.migrate().await.expect("migrations apply");
+        SqliteDb { store, dir }
+    }
+
+    /// The `sqlite:` URL of the same file, for child processes.
+    pub fn url(&self) -> String {
+        sqlite_url(self.dir.path())
+    }
+}
+
+/// The database file's name inside a test's temporary folder.
+pub const SQLITE_FILE: &str = "t.db";
+
+/// The `sqlite:` URL of [`SQLITE_FILE`] in `dir`.
+pub fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite:{}", dir.join(SQLITE_FILE).display())
+}
+
 /// A task for `plugin` with JSON args, checked against its schema.
 pub async fn task(plugins: &Plugins, plugin: &str, args: Value) -> NewTask {
     let loaded = plugins.get(plugin).await.expect("the plugin loads");
@@ -75,7 +106,11 @@ pub fn worker_config(concurrency: usize) -> WorkerConfig {
 }
 
 /// Run a draining worker until nothing is left.
-pub async fn drain(store: &PgStore, plugins: &Arc<Plugins>, config: WorkerConfig) -> WorkerReport {
+pub async fn drain<S: TaskStore>(
+    store: &S,
+    plugins: &Arc<Plugins>,
+    config: WorkerConfig,
+) -> WorkerReport {
     tokio::time::timeout(
         Duration::from_secs(120),
         Worker::new(store.clone(), plugins.clone(), config).run(Shutdown::default()),
@@ -85,7 +120,7 @@ pub async fn drain(store: &PgStore, plugins: &Arc<Plugins>, config: WorkerConfig
     .expect("the worker runs")
 }
 
-pub async fn record(store: &PgStore, id: i64) -> TaskRecord {
+pub async fn record<S: TaskStore>(store: &S, id: i64) -> TaskRecord {
     store
         .get(id)
         .await
@@ -119,9 +154,14 @@ fn url_without_database(url: &str) -> String {
 
 /// The `taskbox` binary with the test's database and the built plugins.
 pub fn taskbox(pool: &PgPool) -> Command {
+    taskbox_at(&database_url(pool))
+}
+
+/// The `taskbox` binary on the database at `url`, with the built plugins.
+pub fn taskbox_at(url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_taskbox"));
     command
-        .env("DATABASE_URL", database_url(pool))
+        .env("DATABASE_URL", url)
         .env("TASKBOX_PLUGINS", plugins_dir())
         .env_remove("TASKBOX_LOG");
     command

@@ -3,8 +3,10 @@
 //!
 //! - `plugins`: build every plugin in `plugins/` for wasm32-wasip2 (adding the
 //!   target when missing) into `target/plugins/NAME.wasm`;
-//! - `demo`: plugins, then the release binary, then `taskbox demo`;
-//! - `test`: plugins, a reachable Postgres, then every test in the workspace;
+//! - `demo`: plugins, then the release binary, then `taskbox demo` (on the
+//!   embedded SQLite default unless `DATABASE_URL` is set: no server needed);
+//! - `test`: plugins, a reachable Postgres (the Postgres half of every
+//!   suite needs one), then every test in the workspace;
 //! - `bench`: plugins, Postgres, then the benchmark (see BENCHMARKS.md).
 
 use std::env;
@@ -16,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-/// Where tests and the demo find Postgres unless DATABASE_URL says otherwise.
+/// The file the binary uses when `DATABASE_URL` is not set.
+const SQLITE_DEFAULT_FILE: &str = "taskbox.db";
+/// Where tests and benchmarks find Postgres unless DATABASE_URL says otherwise.
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const LOCAL_POSTGRES_ADDR: &str = "127.0.0.1:5432";
 const POSTGRES_START_WAIT: Duration = Duration::from_secs(30);
@@ -118,8 +122,14 @@ fn build_plugins() -> Result<PathBuf> {
 /// Make sure Postgres answers at the local address, starting the local
 /// cluster when it does not. Returns the URL to use.
 fn ensure_postgres() -> Result<String> {
-    if let Ok(url) = env::var("DATABASE_URL") {
-        return Ok(url);
+    match env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            return Ok(url);
+        }
+        Ok(url) if !url.is_empty() => bail!(
+            "this needs Postgres, but DATABASE_URL is `{url}`; unset it to use the local server or point it at Postgres"
+        ),
+        _ => {}
     }
     let addr: SocketAddr = LOCAL_POSTGRES_ADDR.parse().expect("a valid address");
     let answers = || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
@@ -162,17 +172,26 @@ fn test(rest: &[String]) -> Result<()> {
         .args(rest))
 }
 
+/// The demo needs no database server: without `DATABASE_URL` the binary
+/// uses its embedded SQLite default, `./taskbox.db` in the current folder.
 fn demo(rest: &[String]) -> Result<()> {
     let plugins = build_plugins()?;
     run(cargo()
         .current_dir(root())
         .args(["build", "--release", "-p", "taskbox"]))?;
-    let mut command = Command::new(root().join("target/release/taskbox"));
-    command.env("TASKBOX_PLUGINS", plugins);
-    if env::var_os("DATABASE_URL").is_none() {
-        command.env("DATABASE_URL", ensure_postgres()?);
+    let binary = root().join("target/release/taskbox");
+    if env::var_os("DATABASE_URL").is_none_or(|url| url.is_empty()) {
+        let here = env::current_dir().context("cannot read the current folder")?;
+        eprintln!(
+            "xtask: DATABASE_URL is not set, so the demo uses SQLite in {}; read it back with `{} stats`",
+            here.join(SQLITE_DEFAULT_FILE).display(),
+            binary.display()
+        );
     }
-    run(command.arg("demo").args(rest))
+    run(Command::new(&binary)
+        .env("TASKBOX_PLUGINS", plugins)
+        .arg("demo")
+        .args(rest))
 }
 
 fn bench(rest: &[String]) -> Result<()> {

@@ -22,7 +22,7 @@ pub const DEFAULT_LIST_LIMIT: i64 = 50;
     about = "Run tasks as sandboxed WebAssembly plugins from a database queue"
 )]
 pub struct Cli {
-    /// Postgres URL (postgres://...) or SQLite (sqlite:PATH).
+    /// Postgres URL (postgres://...) or SQLite (sqlite:PATH); default sqlite:./taskbox.db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -122,6 +122,10 @@ pub struct WorkerArgs {
     /// Memory each task may grow to (bytes; KiB, MiB, GiB suffixes work).
     #[arg(long, value_parser = parse_bytes)]
     pub memory: Option<usize>,
+    /// A deterministic instruction budget per task (wasmtime fuel), on top
+    /// of the deadline.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fuel: Option<u64>,
     /// Time running tasks get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -23,6 +23,8 @@ pub async fn run<S: TaskStore>(store: S, plugins_dir: &Path, count: usize) -> Re
     if count == 0 {
         return Err(input("--count must be at least 1"));
     }
+    // The demo runs a worker: on SQLite, the only one on its file.
+    store.lock_worker()?;
     let concurrency = default_concurrency();
     let sandbox = Sandbox::new(SandboxConfig {
         max_instances: u32::try_from(concurrency).unwrap_or(u32::MAX),

@@ -16,7 +16,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::sandbox::{PluginError, Plugins, Sandbox, SandboxConfig};
-use crate::store::{CancelOutcome, ListFilter, NewTask, PgStore, StoreError, TaskStore};
+use crate::store::sqlite::DEFAULT_DATABASE_URL;
+use crate::store::{
+    CancelOutcome, ListFilter, NewTask, PgStore, SqliteStore, StoreError, TaskStore,
+};
 use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency};
 use args::{Cli, Command, EnqueueArgs, TaskOptions, WorkerArgs};
 use view::TaskView;
@@ -39,7 +42,11 @@ impl From<anyhow::Error> for CliError {
 
 impl From<StoreError> for CliError {
     fn from(err: StoreError) -> Self {
-        CliError::Failure(err.into())
+        match err {
+            // Starting a second worker on an SQLite file is bad usage.
+            StoreError::WorkerLocked { .. } => CliError::Input(err.to_string()),
+            err => CliError::Failure(err.into()),
+        }
     }
 }
 
@@ -99,20 +106,42 @@ fn init_logging(worker: bool) {
         .try_init();
 }
 
+/// The store a database URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Backend {
+    Postgres(String),
+    Sqlite(String),
+}
+
+impl Backend {
+    /// No URL (or an empty one): the embedded SQLite default.
+    fn from_url(url: Option<&str>) -> Result<Backend, CliError> {
+        match url.map(str::trim).filter(|url| !url.is_empty()) {
+            None => Ok(Backend::Sqlite(DEFAULT_DATABASE_URL.to_owned())),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Backend::Postgres(url.to_owned()))
+            }
+            Some(url) if url.starts_with("sqlite:") => Ok(Backend::Sqlite(url.to_owned())),
+            Some(_) => Err(input(format!(
+                "the database URL must start with postgres://, postgresql:// or sqlite: (or leave DATABASE_URL unset to use {DEFAULT_DATABASE_URL})"
+            ))),
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let Some(url) = cli.database_url.clone() else {
-        return Err(input(
-            "no database given: set DATABASE_URL or pass --database-url",
-        ));
-    };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PgStore::connect_lazy(&url)
-            .map_err(|err| input(format!("the database URL is not usable: {err}")))?;
-        run_with(store, cli).await
-    } else {
-        Err(input(
-            "the database URL must start with postgres:// or postgresql://",
-        ))
+    let unusable = |err: StoreError| input(format!("the database URL is not usable: {err}"));
+    match Backend::from_url(cli.database_url.as_deref())? {
+        Backend::Postgres(url) => {
+            run_with(PgStore::connect_lazy(&url).map_err(unusable)?, cli).await
+        }
+        Backend::Sqlite(url) => {
+            let store = SqliteStore::connect_lazy(&url).map_err(unusable)?;
+            let outcome = run_with(store.clone(), cli).await;
+            // Leaves one tidy file behind rather than a WAL beside it.
+            store.close().await;
+            outcome
+        }
     }
 }
 
@@ -344,6 +373,7 @@ async fn worker<S: TaskStore>(
             plugins_dir.display()
         )));
     }
+    store.lock_worker()?;
     let concurrency = args
         .concurrency
         .map_or_else(default_concurrency, |n| n as usize);
@@ -354,6 +384,7 @@ async fn worker<S: TaskStore>(
     if let Some(memory) = args.memory {
         sandbox_config.memory_limit = memory;
     }
+    sandbox_config.fuel = args.fuel;
     let sandbox = Sandbox::new(sandbox_config).map_err(anyhow::Error::from)?;
     let plugins = Arc::new(Plugins::new(sandbox, plugins_dir));
     let listings = plugins.load_all().await.map_err(anyhow::Error::from)?;
@@ -501,4 +532,34 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
         }
     }
     print_out(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_url_picks_the_backend() {
+        let sqlite = |url: &str| Backend::Sqlite(url.to_owned());
+        assert_eq!(
+            Backend::from_url(None).unwrap(),
+            sqlite(DEFAULT_DATABASE_URL)
+        );
+        assert_eq!(
+            Backend::from_url(Some("")).unwrap(),
+            sqlite(DEFAULT_DATABASE_URL)
+        );
+        assert_eq!(
+            Backend::from_url(Some("sqlite:/tmp/t.db")).unwrap(),
+            sqlite("sqlite:/tmp/t.db")
+        );
+        assert_eq!(
+            Backend::from_url(Some("postgresql://h/db")).unwrap(),
+            Backend::Postgres("postgresql://h/db".to_owned())
+        );
+        assert!(matches!(
+            Backend::from_url(Some("mysql://h/db")),
+            Err(CliError::Input(message)) if message.contains("must start with")
+        ));
+    }
 }

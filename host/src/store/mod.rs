@@ -3,14 +3,17 @@
 //! embedded default) are interchangeable. All SQL lives in the submodules.
 
 pub mod postgres;
+pub mod sqlite;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 /// Queue a task goes to when the caller names none.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -289,11 +292,27 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// The database admits one worker process and another one holds it.
+    #[error(
+        "another taskbox worker{} already runs on {}; SQLite allows one worker process per database file, so stop that one first or use Postgres for several",
+        .holder.map(|pid| format!(" (process {pid})")).unwrap_or_default(),
+        .database.display()
+    )]
+    WorkerLocked {
+        database: PathBuf,
+        holder: Option<u32>,
+    },
+    #[error("cannot use the worker lock file {}: {source}", .path.display())]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
-    /// True when the database could not be reached at all: the caller should
-    /// keep its work and try again once the database is back.
+    /// True when the database could not be reached at all (or, for SQLite,
+    /// stayed locked by another process past the busy timeout): the caller
+    /// should keep its work and try again once the database is back.
     pub fn is_connection(&self) -> bool {
         match self {
             StoreError::Database(err) => {
@@ -309,6 +328,7 @@ impl StoreError {
                     .as_database_error()
                     .and_then(|db| db.code())
                     .is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
+                    || sqlite::is_busy(err)
             }
             _ => false,
         }
@@ -378,4 +398,13 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     fn subscribe(
         &self,
     ) -> impl Future<Output = StoreResult<tokio::sync::mpsc::Receiver<Notification>>> + Send;
+
+    /// Make sure this process may run a worker on this database. A store
+    /// whose database admits one worker process at a time (SQLite) takes an
+    /// exclusive lock here, held while any clone of the store lives, and
+    /// fails with [`StoreError::WorkerLocked`] while another process holds
+    /// it. Idempotent; the default admits any number of worker processes.
+    fn lock_worker(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

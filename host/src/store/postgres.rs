@@ -33,29 +33,12 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
      timeout_ms, run_at, enqueued_at, started_at, finished_at, plugin_digest, result, stdout, \
      stderr, error, errors, worker_id";
 
-const CLAIM_ALL_QUEUES: &str = "
+/// `$4` is NULL for every queue, else the queues to serve.
+const CLAIM: &str = "
 WITH picked AS (
     SELECT id FROM tasks
     WHERE status = 'waiting' AND run_at <= now()
-    ORDER BY priority, run_at, id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks t
-SET status = 'running',
-    attempt = t.attempt + 1,
-    started_at = now(),
-    deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
-    worker_id = $2
-FROM picked
-WHERE t.id = picked.id
-RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
-          coalesce(t.timeout_ms, $3) AS timeout_ms";
-
-const CLAIM_SOME_QUEUES: &str = "
-WITH picked AS (
-    SELECT id FROM tasks
-    WHERE status = 'waiting' AND run_at <= now() AND queue = ANY($4)
+      AND ($4::text[] IS NULL OR queue = ANY($4))
     ORDER BY priority, run_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -240,18 +223,12 @@ impl TaskStore for PgStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let sql = if request.queues.is_empty() {
-            CLAIM_ALL_QUEUES
-        } else {
-            CLAIM_SOME_QUEUES
-        };
-        let mut query = sqlx::query_as(sql)
+        let queues = (!request.queues.is_empty()).then_some(request.queues);
+        let query = sqlx::query_as(CLAIM)
             .bind(limit)
             .bind(request.worker_id)
-            .bind(millis(request.default_timeout));
-        if !request.queues.is_empty() {
-            query = query.bind(request.queues);
-        }
+            .bind(millis(request.default_timeout))
+            .bind(queues);
         Ok(query.fetch_all(&self.claims).await?)
     }
 

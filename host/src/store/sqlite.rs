@@ -1,0 +1,714 @@
+//! The SQLite store: the embedded default, one file and no server. It owns
+//! the SQLite connection set-up (WAL, busy timeout, one writer connection and
+//! a few readers), every SQLite statement, the in-process wake-ups, and the
+//! lock that admits one worker process per database file.
+//!
+//! Semantics match [`super::PgStore`] statement for statement; the shared
+//! conformance suite (`tests/conformance.rs`) holds both to them. What
+//! differs is the storage form: times are integer microseconds since the Unix
+//! epoch (UTC), `errors` is a JSON array, and concurrency comes from SQLite's
+//! single writer instead of row locks. Every write is one transaction begun
+//! with `BEGIN IMMEDIATE`, so it takes the write lock before it reads and a
+//! claim, a completion batch or an enqueue batch is atomic.
+//!
+//! Durability: `synchronous = NORMAL` in WAL mode. A crashed process loses
+//! nothing; a power cut or OS crash may lose the last few committed
+//! transactions. Production belongs on Postgres.
+//!
+//! One worker process per file: wake-ups and cancels travel inside the
+//! process, and SQLite serialises writers anyway, so a second worker process
+//! would add lock contention, not throughput. [`TaskStore::lock_worker`]
+//! (called by `taskbox worker` and `taskbox demo`, and by the first `claim`)
+//! takes an exclusive lock on `<database>.lock` for the life of the store.
+//! Other processes may still enqueue, read and cancel; a cancel from another
+//! process reaches the worker through a light poll of running rows.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
+    RescueRequest, Rescued, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore,
+};
+
+/// The database a command uses when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:./taskbox.db";
+/// Appended to the database's file name to name the worker lock file.
+pub const WORKER_LOCK_SUFFIX: &str = ".lock";
+/// How long a write waits for another process's write before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections serving reads (`get`, `list`, `stats`, polling); WAL lets
+/// them read while the writer writes.
+pub const DEFAULT_READERS: u32 = 4;
+/// How long a caller waits for a pooled connection before giving up. The
+/// single writer is shared by the producer, completer and rescuer.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Wake-ups buffered per subscriber before the slowest one lags (a lagging
+/// subscriber is told to look for tasks, and cancels are polled anyway).
+const WAKE_BUFFER: usize = 256;
+/// Notifications a subscriber's channel holds.
+const NOTIFY_BUFFER: usize = 64;
+/// How often a subscriber looks for what other processes did: new tasks and
+/// cancels of running tasks.
+pub const EXTERNAL_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Pause between attempts to switch a new database to WAL while another
+/// process holds it (that switch cannot use the busy timeout).
+const WAL_RETRY: Duration = Duration::from_millis(20);
+
+const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, max_attempts, \
+     timeout_ms, run_at, enqueued_at, started_at, finished_at, plugin_digest, result, stdout, \
+     stderr, error, errors, worker_id";
+
+// ?1 now, ?2 queues as a JSON array or NULL for all, ?3 limit, ?4 worker id,
+// ?5 default timeout in ms.
+const CLAIM: &str = "
+UPDATE tasks
+SET status = 'running',
+    attempt = attempt + 1,
+    started_at = ?1,
+    deadline_at = ?1 + coalesce(timeout_ms, ?5) * 1000,
+    worker_id = ?4
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = 'waiting' AND run_at <= ?1
+      AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
+    ORDER BY priority, run_at, id
+    LIMIT ?3)
+RETURNING id, plugin, args, attempt, max_attempts, coalesce(timeout_ms, ?5) AS timeout_ms,
+          priority, run_at";
+
+// ?1 id, ?2 attempt, ?3 status, ?4 result, ?5 stdout, ?6 stderr, ?7 error,
+// ?8 plugin digest, ?9 retry at, ?10 spend attempt, ?11 now.
+const COMPLETE: &str = "
+UPDATE tasks
+SET status = CASE WHEN ?3 = 'waiting' AND cancel_requested_at IS NOT NULL
+                  THEN 'cancelled' ELSE ?3 END,
+    attempt = CASE WHEN ?10 THEN attempt ELSE attempt - 1 END,
+    result = ?4,
+    stdout = ?5,
+    stderr = ?6,
+    error = ?7,
+    errors = CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', ?7) END,
+    finished_at = CASE WHEN ?3 = 'waiting' AND cancel_requested_at IS NULL
+                       THEN NULL ELSE ?11 END,
+    run_at = coalesce(?9, run_at),
+    plugin_digest = coalesce(?8, plugin_digest)
+WHERE id = ?1 AND attempt = ?2 AND status = 'running'";
+
+// ?1 now, ?2 deadline cut-off (now - grace), ?3 asking worker, ?4 its
+// in-flight ids as a JSON array, ?5 heartbeat cut-off (now - ttl).
+// SQLite evaluates every SET expression on the row as it was.
+const RESCUE: &str = "
+UPDATE tasks
+SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                  WHEN attempt < max_attempts THEN 'waiting'
+                  ELSE 'error' END,
+    error = 'worker lost: ' || coalesce(worker_id, 'an unknown worker')
+            || ' stopped during attempt ' || attempt,
+    errors = json_insert(errors, '$[#]', 'worker lost: '
+            || coalesce(worker_id, 'an unknown worker') || ' stopped during attempt ' || attempt),
+    finished_at = CASE WHEN cancel_requested_at IS NULL AND attempt < max_attempts
+                       THEN NULL ELSE ?1 END,
+    run_at = ?1
+WHERE status = 'running'
+  AND deadline_at < ?2
+  AND ((worker_id = ?3 AND id NOT IN (SELECT value FROM json_each(?4)))
+       OR (worker_id <> ?3 AND NOT EXISTS (
+           SELECT 1 FROM workers w
+           WHERE w.id = tasks.worker_id AND w.heartbeat_at > ?5)))
+RETURNING id, status";
+
+const CANCEL_WAITING: &str = "
+UPDATE tasks
+SET status = 'cancelled', finished_at = ?2, cancel_requested_at = ?2,
+    error = 'cancelled before it ran',
+    errors = json_insert(errors, '$[#]', 'cancelled before it ran')
+WHERE id = ?1 AND status = 'waiting'";
+
+const CANCEL_RUNNING: &str = "
+UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, ?2)
+WHERE id = ?1 AND status = 'running'";
+
+const ENQUEUE: &str = "
+INSERT INTO tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at, enqueued_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+RETURNING id";
+
+/// SQLite-backed [`TaskStore`]. Clones share the connections, the wake-ups
+/// and the worker lock.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// One connection: every write in the process queues here, so writers in
+    /// one process never meet SQLite's busy error.
+    writer: SqlitePool,
+    reader: SqlitePool,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    database: PathBuf,
+    wake: broadcast::Sender<Notification>,
+    /// The locked lock file while this process may run a worker.
+    worker_lock: Mutex<Option<File>>,
+}
+
+/// True for SQLite's "database is locked" errors: another process held the
+/// write lock past the busy timeout, so the write may be tried again.
+pub(crate) fn is_busy(err: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    const SQLITE_LOCKED: i32 = 6;
+    err.as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::sqlite::SqliteError>())
+        .and_then(|db| sqlx::error::DatabaseError::code(db)?.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+impl SqliteStore {
+    /// Open the database a `sqlite:` URL names, creating the file when it is
+    /// missing. Connections open on first use.
+    pub fn connect_lazy(url: &str) -> StoreResult<Self> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::Invalid(
+                "an in-memory SQLite database would vanish with each command; name a file, like sqlite:./taskbox.db".to_owned(),
+            ));
+        }
+        let options: SqliteConnectOptions = url.parse()?;
+        Ok(Self::with_options(options))
+    }
+
+    /// Open (and create when missing) the database file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Self {
+        Self::with_options(SqliteConnectOptions::new().filename(path))
+    }
+
+    fn with_options(options: SqliteConnectOptions) -> Self {
+        let options = options
+            .create_if_missing(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Normal);
+        let database = options.get_filename().to_path_buf();
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _| Box::pin(use_wal(conn)))
+            .connect_lazy_with(options.clone());
+        let reader = SqlitePoolOptions::new()
+            .max_connections(DEFAULT_READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        let (wake, _) = broadcast::channel(WAKE_BUFFER);
+        SqliteStore {
+            writer,
+            reader,
+            shared: Arc::new(Shared {
+                database,
+                wake,
+                worker_lock: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The database file, as it was named.
+    pub fn database(&self) -> &Path {
+        &self.shared.database
+    }
+
+    /// The file whose lock admits one worker process: `<database>.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.shared.database.clone().into_os_string();
+        name.push(WORKER_LOCK_SUFFIX);
+        PathBuf::from(name)
+    }
+
+    /// Close every connection, for every clone. The last connection to go
+    /// checkpoints the WAL into the database file and removes it.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    fn wake(&self, notification: Notification) {
+        // No subscriber is not an error: nobody needs waking.
+        let _ = self.shared.wake.send(notification);
+    }
+}
+
+/// Switch the database to WAL (a lasting property of the file). Switching a
+/// new database takes an exclusive lock the busy timeout does not cover, so
+/// a concurrent first start retries here for as long as that timeout.
+async fn use_wal(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let started = Instant::now();
+    loop {
+        match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(mode) => {
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::warn!(
+                        "SQLite kept journal mode `{mode}` instead of WAL; readers will wait for writers"
+                    );
+                }
+                return Ok(());
+            }
+            Err(err) if is_busy(&err) && started.elapsed() < BUSY_TIMEOUT => {
+                tokio::time::sleep(WAL_RETRY).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn decode_error(message: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Decode(message.into()))
+}
+
+fn time(micros: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| decode_error(format!("{micros} is not a time in microseconds")))
+}
+
+fn optional_time(micros: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    micros.map(time).transpose()
+}
+
+fn status(text: &str) -> StoreResult<Status> {
+    text.parse().map_err(decode_error)
+}
+
+/// A JSON array of ids or names, for `json_each`.
+fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("a slice of ids or names serialises")
+}
+
+/// A task row as SQLite stores it.
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: i64,
+    queue: String,
+    plugin: String,
+    args: Vec<u8>,
+    status: String,
+    priority: i32,
+    attempt: i32,
+    max_attempts: i32,
+    timeout_ms: Option<i64>,
+    run_at: i64,
+    enqueued_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    plugin_digest: Option<String>,
+    result: Option<Vec<u8>>,
+    stdout: Option<Vec<u8>>,
+    stderr: Option<Vec<u8>>,
+    error: Option<String>,
+    errors: String,
+    worker_id: Option<String>,
+}
+
+impl TryFrom<TaskRow> for TaskRecord {
+    type Error = StoreError;
+
+    fn try_from(row: TaskRow) -> StoreResult<TaskRecord> {
+        let errors = serde_json::from_str(&row.errors).map_err(|err| {
+            decode_error(format!(
+                "the errors of task {} are not a JSON array of strings: {err}",
+                row.id
+            ))
+        })?;
+        Ok(TaskRecord {
+            id: row.id,
+            queue: row.queue,
+            plugin: row.plugin,
+            args: row.args,
+            status: status(&row.status)?,
+            priority: row.priority,
+            attempt: row.attempt,
+            max_attempts: row.max_attempts,
+            timeout_ms: row.timeout_ms,
+            run_at: time(row.run_at)?,
+            enqueued_at: time(row.enqueued_at)?,
+            started_at: optional_time(row.started_at)?,
+            finished_at: optional_time(row.finished_at)?,
+            plugin_digest: row.plugin_digest,
+            result: row.result,
+            stdout: row.stdout,
+            stderr: row.stderr,
+            error: row.error,
+            errors,
+            worker_id: row.worker_id,
+        })
+    }
+}
+
+/// A claimed row with the columns that order the batch.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    task: ClaimedTask,
+    priority: i32,
+    run_at: i64,
+}
+
+impl TaskStore for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        // One write transaction around the whole run, so two processes
+        // starting on a new file cannot both apply the same migration.
+        // (`run_direct` is `run` for a connection already in hand; `run`
+        // itself trips the compiler's `Send` check on `&mut` connections.)
+        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
+        MIGRATOR.run_direct(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let mut ids = Vec::with_capacity(tasks.len());
+        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
+        for task in tasks {
+            let id = sqlx::query_scalar(ENQUEUE)
+                .bind(task.queue.as_str())
+                .bind(task.plugin.as_str())
+                .bind(task.args.as_slice())
+                .bind(task.priority)
+                .bind(task.max_attempts)
+                .bind(task.timeout.map(millis))
+                .bind(task.run_at.map_or(now, |at| at.timestamp_micros()))
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        self.wake(Notification::TasksAvailable);
+        Ok(ids)
+    }
+
+    async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
+        self.lock_worker()?;
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let queues = (!request.queues.is_empty()).then(|| json_array(request.queues));
+        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
+        let mut rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
+            .bind(now_micros())
+            .bind(queues)
+            .bind(limit)
+            .bind(request.worker_id)
+            .bind(millis(request.default_timeout))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        // RETURNING has no order of its own; hand tasks out in claim order.
+        rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));
+        Ok(rows.into_iter().map(|row| row.task).collect())
+    }
+
+    async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let now = now_micros();
+        let mut written = 0;
+        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
+        for completion in completions {
+            written += sqlx::query(COMPLETE)
+                .bind(completion.id)
+                .bind(completion.attempt)
+                .bind(completion.status.as_str())
+                .bind(completion.result.as_deref())
+                .bind(completion.stdout.as_slice())
+                .bind(completion.stderr.as_slice())
+                .bind(completion.error.as_deref())
+                .bind(completion.plugin_digest.as_deref())
+                .bind(completion.retry_at.map(|at| at.timestamp_micros()))
+                .bind(completion.spend_attempt)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn get(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+        let row: Option<TaskRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(TaskRecord::try_from).transpose()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<TaskRecord>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR plugin = ?2)
+             ORDER BY id DESC LIMIT ?3"
+        );
+        let rows: Vec<TaskRow> = sqlx::query_as(&sql)
+            .bind(filter.status.map(Status::as_str))
+            .bind(filter.plugin.as_deref())
+            .bind(filter.limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(TaskRecord::try_from).collect()
+    }
+
+    async fn stats(&self) -> StoreResult<Stats> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.reader)
+                .await?;
+        let mut stats = Stats::default();
+        for (name, count) in rows {
+            stats.set(status(&name)?, count);
+        }
+        Ok(stats)
+    }
+
+    async fn has_pending(&self) -> StoreResult<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'running')
+                 OR EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting'
+                            AND (run_at <= ?1 OR attempt > 0))",
+        )
+        .bind(now_micros())
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(worker_id)
+        .bind(now_micros())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM workers WHERE id = ?1")
+            .bind(worker_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {
+        let now = now_micros();
+        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(RESCUE)
+            .bind(now)
+            .bind(now.saturating_sub(micros(request.grace)))
+            .bind(request.worker_id)
+            .bind(json_array(request.in_flight))
+            .bind(now.saturating_sub(micros(request.worker_ttl)))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|(id, name)| {
+                Ok(Rescued {
+                    id,
+                    status: status(&name)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
+        // Inside one write transaction the row cannot change under us.
+        let now = now_micros();
+        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
+        let found: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let outcome = match found.as_deref().map(status).transpose()? {
+            None => CancelOutcome::NotFound,
+            Some(Status::Waiting) => {
+                sqlx::query(CANCEL_WAITING)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Cancelled
+            }
+            Some(Status::Running) => {
+                sqlx::query(CANCEL_RUNNING)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Interrupting
+            }
+            Some(finished) => CancelOutcome::AlreadyFinished(finished),
+        };
+        tx.commit().await?;
+        if outcome == CancelOutcome::Interrupting {
+            self.wake(Notification::Cancel(id));
+        }
+        Ok(outcome)
+    }
+
+    async fn subscribe(&self) -> StoreResult<mpsc::Receiver<Notification>> {
+        let mut wakes = self.shared.wake.subscribe();
+        let (sender, receiver) = mpsc::channel(NOTIFY_BUFFER);
+        let reader = self.reader.clone();
+        tokio::spawn(async move {
+            let mut outside = ExternalWatch::default();
+            let mut poll = tokio::time::interval(EXTERNAL_POLL_INTERVAL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let events = tokio::select! {
+                    woken = wakes.recv() => match woken {
+                        Ok(notification) => {
+                            if let Notification::Cancel(id) = notification {
+                                // Passed on now; the poll need not repeat it.
+                                outside.cancels_sent.insert(id);
+                            }
+                            vec![notification]
+                        }
+                        // Missed wake-ups: look for tasks; missed cancels
+                        // are found by the next poll.
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            vec![Notification::TasksAvailable]
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = poll.tick() => match outside.poll(&reader).await {
+                        Ok(events) => events,
+                        Err(err) => {
+                            tracing::debug!("cannot look for other processes' changes: {err}");
+                            continue;
+                        }
+                    },
+                    _ = sender.closed() => break,
+                };
+                for event in events {
+                    if sender.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
+    fn lock_worker(&self) -> StoreResult<()> {
+        let mut held = self
+            .shared
+            .worker_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if held.is_some() {
+            return Ok(());
+        }
+        let path = self.lock_path();
+        let lock_error = |source| StoreError::LockFile {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_error)?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Name the holder for whoever is refused next; the lock,
+                // not this text, is what counts.
+                let pid = format!("{}\n", std::process::id());
+                file.set_len(0)
+                    .and_then(|()| file.write_all(pid.as_bytes()))
+                    .map_err(lock_error)?;
+                *held = Some(file);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let holder = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                let database = std::path::absolute(&self.shared.database)
+                    .unwrap_or_else(|_| self.shared.database.clone());
+                Err(StoreError::WorkerLocked { database, holder })
+            }
+            Err(std::fs::TryLockError::Error(source)) => Err(lock_error(source)),
+        }
+    }
+}
+
+/// What a subscriber has already seen of other processes' changes.
+#[derive(Debug, Default)]
+struct ExternalWatch {
+    /// The newest task id seen, once the first poll has looked.
+    newest: Option<i64>,
+    /// Running tasks whose cancel has been passed on.
+    cancels_sent: HashSet<i64>,
+}
+
+impl ExternalWatch {
+    async fn poll(&mut self, reader: &SqlitePool) -> StoreResult<Vec<Notification>> {
+        let mut events = Vec::new();
+        let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM tasks")
+            .fetch_one(reader)
+            .await?;
+        if self.newest.is_some_and(|seen| newest > seen) {
+            events.push(Notification::TasksAvailable);
+        }
+        self.newest = Some(newest);
+        let asked: HashSet<i64> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE status = 'running' AND cancel_requested_at IS NOT NULL",
+        )
+        .fetch_all(reader)
+        .await?
+        .into_iter()
+        .collect();
+        events.extend(
+            asked
+                .difference(&self.cancels_sent)
+                .map(|&id| Notification::Cancel(id)),
+        );
+        self.cancels_sent = asked;
+        Ok(events)
+    }
+}

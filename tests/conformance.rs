@@ -1,0 +1,821 @@
+//! The store contract, written once and run against every implementation:
+//! each case is a generic `async fn` over [`TaskStore`], and the
+//! `conformance!` macro instantiates it for Postgres (a fresh database from
+//! `sqlx::test`) and for SQLite (a fresh file in a temporary folder). The
+//! store does not look inside args, so no plugin is needed here.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use common::*;
+use taskbox::store::{
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
+    RescueRequest, Rescued, Stats, Status, StoreError, TaskStore,
+};
+use tokio::sync::mpsc;
+
+/// Applies to tasks enqueued without a timeout in these tests.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a notification may take to arrive.
+const NOTIFY_WITHIN: Duration = Duration::from_secs(10);
+/// Slack for comparing the database's clock with this process's.
+const CLOCK_SLACK: TimeDelta = TimeDelta::seconds(1);
+
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrations = false)]
+                async fn $case(pool: sqlx::PgPool) {
+                    super::$case(super::common::store(pool).await).await;
+                }
+            )+
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::common::SqliteDb::new().await;
+                    super::$case(db.store.clone()).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    enqueue_keeps_order_and_every_field,
+    enqueue_is_all_or_nothing,
+    claim_order_is_priority_then_run_at_then_id,
+    claim_respects_limit_and_queues,
+    concurrent_claimers_never_share_a_task,
+    completion_is_fenced_on_the_attempt,
+    a_failed_attempt_retries_and_keeps_its_history,
+    a_released_task_keeps_its_attempt,
+    rescue_takes_back_only_dead_workers_tasks,
+    a_claim_whose_reply_was_lost_is_rescued,
+    cancel_reports_what_it_found_and_did,
+    enqueue_wakes_subscribers,
+    stats_count_every_status,
+    list_filters_newest_first,
+    has_pending_counts_backoff_but_not_scheduled_tasks,
+);
+
+// ---------------------------------------------------------------- helpers
+
+/// A task whose args are arbitrary bytes, including ones no text allows.
+fn new_task(plugin: &str) -> NewTask {
+    NewTask::new(plugin, vec![0, 159, 146, 150, 255, b'\n', 0])
+}
+
+/// Now, at the microsecond precision both databases keep.
+fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).expect("now is a valid time")
+}
+
+fn claim_by(worker_id: &str, limit: usize) -> ClaimRequest<'_> {
+    ClaimRequest {
+        worker_id,
+        limit,
+        queues: &[],
+        default_timeout: DEFAULT_TIMEOUT,
+    }
+}
+
+/// A claim whose deadline passes at once, for rescue cases.
+fn claim_expiring(worker_id: &str, limit: usize) -> ClaimRequest<'_> {
+    ClaimRequest {
+        default_timeout: Duration::from_millis(1),
+        ..claim_by(worker_id, limit)
+    }
+}
+
+fn claimed_ids(claimed: &[ClaimedTask]) -> Vec<i64> {
+    claimed.iter().map(|task| task.id).collect()
+}
+
+fn success(task: &ClaimedTask) -> Completion {
+    Completion {
+        result: Some(b"done".to_vec()),
+        ..Completion::new(task.id, task.attempt, Status::Success)
+    }
+}
+
+fn failure(task: &ClaimedTask, status: Status, error: &str) -> Completion {
+    Completion {
+        error: Some(error.to_owned()),
+        ..Completion::new(task.id, task.attempt, status)
+    }
+}
+
+fn everything() -> ListFilter {
+    ListFilter {
+        limit: 10_000,
+        ..ListFilter::default()
+    }
+}
+
+fn assert_near(time: DateTime<Utc>, expected: DateTime<Utc>, what: &str) {
+    assert!(
+        (time - expected).abs() <= CLOCK_SLACK,
+        "{what} is {time}, expected about {expected}"
+    );
+}
+
+/// Wait for `wanted` on `notifications`, skipping anything else.
+async fn expect_notification(
+    notifications: &mut mpsc::Receiver<Notification>,
+    wanted: Notification,
+) {
+    tokio::time::timeout(NOTIFY_WITHIN, async {
+        loop {
+            match notifications.recv().await {
+                Some(got) if got == wanted => return,
+                Some(_) => continue,
+                None => panic!("the notification stream ended before {wanted:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {wanted:?} within {NOTIFY_WITHIN:?}"));
+}
+
+// ------------------------------------------------------------------ cases
+
+async fn enqueue_keeps_order_and_every_field<S: TaskStore>(store: S) {
+    assert!(store.enqueue(&[]).await.unwrap().is_empty());
+
+    let run_at = now() - TimeDelta::hours(1) + TimeDelta::microseconds(123_457);
+    let plain = new_task("first");
+    let tuned = NewTask {
+        queue: "mail".to_owned(),
+        priority: -7,
+        max_attempts: 5,
+        timeout: Some(Duration::from_millis(2500)),
+        run_at: Some(run_at),
+        ..new_task("second")
+    };
+    let before = now();
+    let ids = store
+        .enqueue(&[plain.clone(), tuned.clone(), new_task("third")])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+
+    let first = record(&store, ids[0]).await;
+    assert_eq!(first.plugin, "first");
+    assert_eq!(first.args, plain.args, "args come back byte for byte");
+    assert_eq!(first.queue, taskbox::store::DEFAULT_QUEUE);
+    assert_eq!(first.status, Status::Waiting);
+    assert_eq!(
+        (first.priority, first.attempt, first.max_attempts),
+        (0, 0, 1)
+    );
+    assert_eq!(first.timeout_ms, None);
+    assert_near(first.enqueued_at, before, "enqueued_at");
+    assert_eq!(first.run_at, first.enqueued_at, "runnable from enqueue");
+    assert_eq!(first.started_at, None);
+    assert_eq!(first.finished_at, None);
+    assert!(first.errors.is_empty());
+    assert_eq!(first.error, None);
+    assert_eq!(first.result, None);
+    assert_eq!(first.worker_id, None);
+
+    let second = record(&store, ids[1]).await;
+    assert_eq!(second.plugin, "second");
+    assert_eq!(second.queue, "mail");
+    assert_eq!((second.priority, second.max_attempts), (-7, 5));
+    assert_eq!(second.timeout_ms, Some(2500));
+    assert_eq!(
+        second.run_at, run_at,
+        "run_at round-trips to the microsecond"
+    );
+    assert_eq!(record(&store, ids[2]).await.plugin, "third");
+}
+
+async fn enqueue_is_all_or_nothing<S: TaskStore>(store: S) {
+    let refused = NewTask {
+        max_attempts: 0,
+        ..new_task("bad")
+    };
+    let result = store.enqueue(&[new_task("good"), refused]).await;
+    assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
+    assert_eq!(store.stats().await.unwrap().total(), 0, "a row was kept");
+    assert!(store.list(&everything()).await.unwrap().is_empty());
+}
+
+async fn claim_order_is_priority_then_run_at_then_id<S: TaskStore>(store: S) {
+    let base = now();
+    let at = |seconds: i64, priority: i32| NewTask {
+        priority,
+        run_at: Some(base + TimeDelta::seconds(seconds)),
+        ..new_task("ordered")
+    };
+    let ids = store
+        .enqueue(&[
+            at(-3, 1),    // 0: oldest, but the worst priority: last
+            at(-1, 0),    // 1: an earlier id than 2 and 3, but a later run_at
+            at(-2, 0),    // 2: ties with 3 on priority and run_at ...
+            at(-2, 0),    // 3: ... so the id decides
+            at(-1, -1),   // 4: the best priority among the due: first
+            at(3600, -5), // 5: the best priority of all, but not due
+        ])
+        .await
+        .unwrap();
+
+    let mut order = Vec::new();
+    loop {
+        let claimed = store.claim(&claim_by("w", 1)).await.unwrap();
+        assert!(claimed.len() <= 1, "claimed {} with limit 1", claimed.len());
+        match claimed.first() {
+            Some(task) => order.push(task.id),
+            None => break,
+        }
+    }
+    assert_eq!(order, vec![ids[4], ids[2], ids[3], ids[1], ids[0]]);
+    assert_eq!(
+        record(&store, ids[5]).await.status,
+        Status::Waiting,
+        "claimed before its run_at"
+    );
+}
+
+async fn claim_respects_limit_and_queues<S: TaskStore>(store: S) {
+    let mail = NewTask {
+        queue: "mail".to_owned(),
+        timeout: Some(Duration::from_millis(1500)),
+        ..new_task("send")
+    };
+    let defaults = store.enqueue(&vec![new_task("work"); 5]).await.unwrap();
+    let mails = store.enqueue(&[mail.clone(), mail]).await.unwrap();
+
+    let before = now();
+    let first = store.claim(&claim_by("w1", 3)).await.unwrap();
+    let mut got = claimed_ids(&first);
+    got.sort();
+    assert_eq!(got, defaults[..3], "limit 3, the first in claim order");
+    for task in &first {
+        assert_eq!(task.attempt, 1);
+        assert_eq!(task.max_attempts, 1);
+        assert_eq!(task.plugin, "work");
+        assert_eq!(task.args, new_task("work").args);
+        assert_eq!(task.timeout(), DEFAULT_TIMEOUT, "the default applies");
+        let row = record(&store, task.id).await;
+        assert_eq!(row.status, Status::Running);
+        assert_eq!(row.attempt, 1);
+        assert_eq!(row.worker_id.as_deref(), Some("w1"));
+        assert_near(
+            row.started_at.expect("started_at is set"),
+            before,
+            "started_at",
+        );
+    }
+
+    let queues = ["mail".to_owned()];
+    let request = ClaimRequest {
+        queues: &queues,
+        ..claim_by("w2", 10)
+    };
+    let mailed = store.claim(&request).await.unwrap();
+    let mut got = claimed_ids(&mailed);
+    got.sort();
+    assert_eq!(got, mails);
+    assert!(
+        mailed
+            .iter()
+            .all(|t| t.timeout() == Duration::from_millis(1500)),
+        "a task's own timeout wins"
+    );
+    assert!(store.claim(&request).await.unwrap().is_empty());
+
+    let rest = store.claim(&claim_by("w3", 10)).await.unwrap();
+    let mut got = claimed_ids(&rest);
+    got.sort();
+    assert_eq!(got, defaults[3..]);
+}
+
+async fn concurrent_claimers_never_share_a_task<S: TaskStore>(store: S) {
+    const TASKS: usize = 300;
+    const CLAIMERS: usize = 8;
+    let enqueued = store
+        .enqueue(&vec![new_task("shared"); TASKS])
+        .await
+        .unwrap();
+    let claimers: Vec<_> = (0..CLAIMERS)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let worker = format!("claimer-{n}");
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = store.claim(&claim_by(&worker, 7)).await.unwrap();
+                    if claimed.is_empty() {
+                        return mine;
+                    }
+                    assert!(claimed.len() <= 7);
+                    mine.extend(claimed_ids(&claimed));
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "a task was claimed twice");
+    assert_eq!(unique, enqueued.into_iter().collect());
+    let rows = store.list(&everything()).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.status == Status::Running && r.attempt == 1)
+    );
+}
+
+async fn completion_is_fenced_on_the_attempt<S: TaskStore>(store: S) {
+    assert_eq!(store.complete(&[]).await.unwrap(), 0);
+    store.enqueue(&vec![new_task("fenced"); 2]).await.unwrap();
+    let claimed = store.claim(&claim_by("w", 2)).await.unwrap();
+    let (done, other) = (&claimed[0], &claimed[1]);
+
+    let finish = Completion {
+        stdout: b"out".to_vec(),
+        stderr: b"err".to_vec(),
+        plugin_digest: Some("sha256:abc".to_owned()),
+        ..success(done)
+    };
+    let stale = success(&ClaimedTask {
+        attempt: other.attempt + 1,
+        ..other.clone()
+    });
+    let before = now();
+    assert_eq!(
+        store.complete(&[finish.clone(), stale]).await.unwrap(),
+        1,
+        "only the current attempt writes"
+    );
+    let row = record(&store, done.id).await;
+    assert_eq!(row.status, Status::Success);
+    assert_eq!(row.result.as_deref(), Some(&b"done"[..]));
+    assert_eq!(row.stdout.as_deref(), Some(&b"out"[..]));
+    assert_eq!(row.stderr.as_deref(), Some(&b"err"[..]));
+    assert_eq!(row.plugin_digest.as_deref(), Some("sha256:abc"));
+    assert_eq!(row.attempt, 1);
+    assert_near(row.finished_at.expect("finished"), before, "finished_at");
+
+    let untouched = record(&store, other.id).await;
+    assert_eq!(untouched.status, Status::Running);
+    assert_eq!(untouched.result, None);
+
+    assert_eq!(
+        store.complete(&[finish]).await.unwrap(),
+        0,
+        "a finished row is written once"
+    );
+}
+
+async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) {
+    let task = NewTask {
+        max_attempts: 3,
+        ..new_task("flaky")
+    };
+    let id = store.enqueue(&[task]).await.unwrap()[0];
+    // Texts that would break a naive encoding of the history.
+    let errors = [
+        "boom: a \"quoted\" ✓ failure",
+        r#"["looks", "like", "json"]"#,
+        "{\"also\": 1}",
+    ];
+
+    let first = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    let retry_at = now() - TimeDelta::milliseconds(1);
+    let retry = Completion {
+        retry_at: Some(retry_at),
+        ..failure(&first, Status::Waiting, errors[0])
+    };
+    assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
+    let row = record(&store, id).await;
+    assert_eq!(row.status, Status::Waiting);
+    assert_eq!(row.attempt, 1, "the attempt is spent");
+    assert_eq!(row.run_at, retry_at);
+    assert_eq!(row.finished_at, None);
+    assert_eq!(row.error.as_deref(), Some(errors[0]));
+    assert_eq!(row.errors, [errors[0]]);
+
+    let second = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    assert_eq!((second.id, second.attempt), (id, 2));
+    let later = now() + TimeDelta::hours(1);
+    let retry = Completion {
+        retry_at: Some(later),
+        ..failure(&second, Status::Waiting, errors[1])
+    };
+    store.complete(&[retry]).await.unwrap();
+    assert_eq!(record(&store, id).await.run_at, later);
+    assert!(
+        store.claim(&claim_by("w", 1)).await.unwrap().is_empty(),
+        "claimed during its backoff"
+    );
+
+    // A last attempt that fails ends the task with the whole history.
+    let other = store
+        .enqueue(&[NewTask {
+            max_attempts: 2,
+            ..new_task("flaky")
+        }])
+        .await
+        .unwrap()[0];
+    let attempt = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    assert_eq!(attempt.id, other);
+    let retry = Completion {
+        retry_at: Some(now() - TimeDelta::milliseconds(1)),
+        ..failure(&attempt, Status::Waiting, errors[1])
+    };
+    store.complete(&[retry]).await.unwrap();
+    let last = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    assert_eq!((last.id, last.attempt), (other, 2));
+    store
+        .complete(&[failure(&last, Status::Timeout, errors[2])])
+        .await
+        .unwrap();
+    let row = record(&store, other).await;
+    assert_eq!(row.status, Status::Timeout);
+    assert_eq!(row.attempt, 2);
+    assert_eq!(row.error.as_deref(), Some(errors[2]));
+    assert_eq!(row.errors, [errors[1], errors[2]], "oldest first");
+    assert!(row.finished_at.is_some());
+}
+
+async fn a_released_task_keeps_its_attempt<S: TaskStore>(store: S) {
+    let id = store.enqueue(&[new_task("released")]).await.unwrap()[0];
+    let claimed = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    assert_eq!(
+        store
+            .complete(&[Completion::release(id, claimed.attempt)])
+            .await
+            .unwrap(),
+        1
+    );
+    let row = record(&store, id).await;
+    assert_eq!(row.status, Status::Waiting);
+    assert_eq!(row.attempt, 0, "a released attempt is not spent");
+    assert_eq!(row.finished_at, None);
+    assert!(row.errors.is_empty());
+
+    let again = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    assert_eq!((again.id, again.attempt), (id, 1));
+}
+
+async fn rescue_takes_back_only_dead_workers_tasks<S: TaskStore>(store: S) {
+    let retryable = NewTask {
+        max_attempts: 2,
+        ..new_task("lost")
+    };
+    let ids = store
+        .enqueue(&[
+            retryable.clone(),
+            new_task("lost"),
+            retryable.clone(),
+            retryable,
+        ])
+        .await
+        .unwrap();
+    store.heartbeat("alive").await.unwrap();
+    store.heartbeat("dead").await.unwrap();
+    let mut dead = store.claim(&claim_expiring("dead", 3)).await.unwrap();
+    dead.sort_by_key(|task| task.id);
+    assert_eq!(claimed_ids(&dead), ids[..3]);
+    let alive = store.claim(&claim_expiring("alive", 1)).await.unwrap();
+    assert_eq!(claimed_ids(&alive), ids[3..]);
+    assert_eq!(
+        store.cancel(ids[2]).await.unwrap(),
+        CancelOutcome::Interrupting
+    );
+
+    let rescue = RescueRequest {
+        grace: Duration::ZERO,
+        worker_ttl: Duration::from_millis(200),
+        worker_id: "observer",
+        in_flight: &[],
+    };
+    let rescued: std::sync::Mutex<Vec<Rescued>> = Default::default();
+    wait::until(
+        "the dead worker's tasks to be rescued",
+        Duration::from_secs(10),
+        || async {
+            store.heartbeat("alive").await.unwrap();
+            let round = store.rescue(&rescue).await.unwrap();
+            assert!(
+                round.iter().all(|r| r.id != ids[3]),
+                "rescued a live worker's task"
+            );
+            let mut rescued = rescued.lock().unwrap();
+            rescued.extend(round);
+            rescued.len() >= 3
+        },
+    )
+    .await;
+    let mut rescued = rescued.into_inner().unwrap();
+    rescued.sort_by_key(|r| r.id);
+    assert_eq!(
+        rescued,
+        [
+            Rescued {
+                id: ids[0],
+                status: Status::Waiting
+            },
+            Rescued {
+                id: ids[1],
+                status: Status::Error
+            },
+            Rescued {
+                id: ids[2],
+                status: Status::Cancelled
+            },
+        ]
+    );
+
+    let lost = "worker lost: dead stopped during attempt 1";
+    let again = record(&store, ids[0]).await;
+    assert_eq!(again.status, Status::Waiting);
+    assert_eq!(again.errors, [lost]);
+    assert_eq!(again.finished_at, None);
+    let failed = record(&store, ids[1]).await;
+    assert_eq!(failed.error.as_deref(), Some(lost));
+    assert!(failed.finished_at.is_some());
+    assert!(record(&store, ids[2]).await.finished_at.is_some());
+    assert_eq!(record(&store, ids[3]).await.status, Status::Running);
+
+    let retried = store.claim(&claim_by("new", 1)).await.unwrap().remove(0);
+    assert_eq!((retried.id, retried.attempt), (ids[0], 2));
+    // The dead worker's late write is fenced off.
+    assert_eq!(store.complete(&[success(&dead[0])]).await.unwrap(), 0);
+
+    store.deregister("alive").await.unwrap();
+}
+
+async fn a_claim_whose_reply_was_lost_is_rescued<S: TaskStore>(store: S) {
+    store.enqueue(&vec![new_task("mine"); 2]).await.unwrap();
+    store.heartbeat("me").await.unwrap();
+    let claimed = store.claim(&claim_expiring("me", 2)).await.unwrap();
+    let (known, lost) = (claimed[0].id, claimed[1].id);
+    let rescue = RescueRequest {
+        grace: Duration::ZERO,
+        worker_ttl: Duration::from_secs(60),
+        worker_id: "me",
+        in_flight: &[known],
+    };
+    wait::until(
+        "the orphan to pass its deadline",
+        Duration::from_secs(10),
+        || async {
+            let rescued = store.rescue(&rescue).await.unwrap();
+            assert!(
+                rescued.iter().all(|r| r.id != known),
+                "rescued a task its worker holds"
+            );
+            rescued.iter().any(|r| r.id == lost)
+        },
+    )
+    .await;
+    assert_eq!(record(&store, known).await.status, Status::Running);
+    assert_eq!(record(&store, lost).await.status, Status::Error);
+}
+
+async fn cancel_reports_what_it_found_and_did<S: TaskStore>(store: S) {
+    let retryable = NewTask {
+        max_attempts: 3,
+        ..new_task("cancelled")
+    };
+    let ids = store
+        .enqueue(&[retryable, new_task("waiting")])
+        .await
+        .unwrap();
+    let mut notifications = store.subscribe().await.unwrap();
+
+    let running = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    assert_eq!(running.id, ids[0]);
+    assert_eq!(
+        store.cancel(ids[0]).await.unwrap(),
+        CancelOutcome::Interrupting
+    );
+    expect_notification(&mut notifications, Notification::Cancel(ids[0])).await;
+    assert_eq!(record(&store, ids[0]).await.status, Status::Running);
+    // The interrupted attempt asks for a retry; the cancel turns it final.
+    let retry = Completion {
+        retry_at: Some(now()),
+        ..failure(&running, Status::Waiting, "interrupted")
+    };
+    assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
+    let row = record(&store, ids[0]).await;
+    assert_eq!(row.status, Status::Cancelled);
+    assert!(row.finished_at.is_some());
+
+    let before = now();
+    assert_eq!(
+        store.cancel(ids[1]).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let row = record(&store, ids[1]).await;
+    assert_eq!(row.status, Status::Cancelled);
+    assert_eq!(row.attempt, 0);
+    assert_eq!(row.error.as_deref(), Some("cancelled before it ran"));
+    assert_eq!(row.errors, ["cancelled before it ran"]);
+    assert_near(row.finished_at.expect("finished"), before, "finished_at");
+    assert!(store.claim(&claim_by("w", 1)).await.unwrap().is_empty());
+
+    assert_eq!(
+        store.cancel(ids[1]).await.unwrap(),
+        CancelOutcome::AlreadyFinished(Status::Cancelled)
+    );
+    assert_eq!(
+        store.cancel(ids[1] + 1000).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+}
+
+async fn enqueue_wakes_subscribers<S: TaskStore>(store: S) {
+    let mut notifications = store.subscribe().await.unwrap();
+    store.enqueue(&[new_task("wake")]).await.unwrap();
+    expect_notification(&mut notifications, Notification::TasksAvailable).await;
+}
+
+async fn stats_count_every_status<S: TaskStore>(store: S) {
+    assert_eq!(store.stats().await.unwrap(), Stats::default());
+    let ids = store.enqueue(&vec![new_task("counted"); 7]).await.unwrap();
+    store.cancel(ids[6]).await.unwrap();
+    let claimed = store.claim(&claim_by("w", 4)).await.unwrap();
+    store
+        .complete(&[
+            success(&claimed[0]),
+            failure(&claimed[1], Status::Error, "no"),
+            failure(&claimed[2], Status::Timeout, "slow"),
+        ])
+        .await
+        .unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        stats,
+        Stats {
+            waiting: 2,
+            running: 1,
+            success: 1,
+            error: 1,
+            timeout: 1,
+            cancelled: 1,
+        }
+    );
+    assert_eq!((stats.total(), stats.finished()), (7, 4));
+}
+
+async fn list_filters_newest_first<S: TaskStore>(store: S) {
+    let ids = store
+        .enqueue(&[
+            new_task("a"),
+            new_task("b"),
+            new_task("a"),
+            new_task("b"),
+            new_task("a"),
+        ])
+        .await
+        .unwrap();
+    store.cancel(ids[2]).await.unwrap();
+    store.cancel(ids[3]).await.unwrap();
+    let listed = |filter: ListFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(listed(everything()).await, newest_first);
+    assert_eq!(
+        listed(ListFilter {
+            limit: 2,
+            ..everything()
+        })
+        .await,
+        [ids[4], ids[3]]
+    );
+    assert_eq!(
+        listed(ListFilter {
+            plugin: Some("b".to_owned()),
+            ..everything()
+        })
+        .await,
+        [ids[3], ids[1]]
+    );
+    assert_eq!(
+        listed(ListFilter {
+            status: Some(Status::Cancelled),
+            ..everything()
+        })
+        .await,
+        [ids[3], ids[2]]
+    );
+    assert_eq!(
+        listed(ListFilter {
+            status: Some(Status::Waiting),
+            plugin: Some("a".to_owned()),
+            ..everything()
+        })
+        .await,
+        [ids[4], ids[0]]
+    );
+    assert!(
+        listed(ListFilter {
+            status: Some(Status::Success),
+            ..everything()
+        })
+        .await
+        .is_empty()
+    );
+    let rows = store.list(&everything()).await.unwrap();
+    assert_eq!(rows[0].plugin, "a", "whole rows come back");
+    assert_eq!(rows[1].errors, ["cancelled before it ran"]);
+}
+
+async fn has_pending_counts_backoff_but_not_scheduled_tasks<S: TaskStore>(store: S) {
+    assert!(!store.has_pending().await.unwrap(), "an empty queue");
+    let later = NewTask {
+        run_at: Some(now() + TimeDelta::hours(1)),
+        ..new_task("later")
+    };
+    store.enqueue(&[later]).await.unwrap();
+    assert!(
+        !store.has_pending().await.unwrap(),
+        "a task scheduled for later holds nothing"
+    );
+
+    let due = NewTask {
+        max_attempts: 2,
+        ..new_task("due")
+    };
+    let id = store.enqueue(&[due]).await.unwrap()[0];
+    assert!(store.has_pending().await.unwrap(), "a due task");
+    let claimed = store.claim(&claim_by("w", 10)).await.unwrap().remove(0);
+    assert_eq!(claimed.id, id);
+    assert!(store.has_pending().await.unwrap(), "a running task");
+
+    let backoff = Completion {
+        retry_at: Some(now() + TimeDelta::hours(1)),
+        ..failure(&claimed, Status::Waiting, "again later")
+    };
+    store.complete(&[backoff]).await.unwrap();
+    assert!(
+        store.has_pending().await.unwrap(),
+        "a retry in backoff holds"
+    );
+
+    store.cancel(id).await.unwrap();
+    assert!(!store.has_pending().await.unwrap());
+}
+
+// ---------------------------------------------------------- SQLite only
+
+/// One worker process per SQLite file: a second store on the same file
+/// (as a second process would open) can neither lock nor claim until the
+/// first is gone.
+#[tokio::test]
+async fn sqlite_admits_one_worker_per_file() {
+    let db = SqliteDb::new().await;
+    let path = db.dir.path().join(SQLITE_FILE);
+    db.store.enqueue(&[new_task("locked")]).await.unwrap();
+    db.store.lock_worker().unwrap();
+    db.store.lock_worker().expect("locking again is a no-op");
+
+    let second = taskbox::store::SqliteStore::open(&path);
+    match second.lock_worker() {
+        Err(StoreError::WorkerLocked { database, holder }) => {
+            assert!(database.ends_with(SQLITE_FILE), "{}", database.display());
+            assert_eq!(holder, Some(std::process::id()));
+        }
+        other => panic!("a second worker was admitted: {other:?}"),
+    }
+    let refused = second.claim(&claim_by("second", 1)).await;
+    assert!(
+        matches!(refused, Err(StoreError::WorkerLocked { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(second.stats().await.unwrap().waiting, 1, "reads still work");
+
+    drop(db.store);
+    second
+        .lock_worker()
+        .expect("the lock goes with the first store");
+    assert_eq!(second.claim(&claim_by("second", 1)).await.unwrap().len(), 1);
+}
