@@ -13,7 +13,7 @@ use common::pg_server::TempPostgres;
 use common::*;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
-use taskbox::store::{ListFilter, PgStore, Status, TaskStore};
+use taskbox::store::{PgStore, Status, TaskStore};
 
 /// A child's stderr, read as it is written.
 #[derive(Clone, Default)]
@@ -92,13 +92,7 @@ async fn a_postgres_restart_mid_run_loses_nothing() {
         text.contains("claiming again") || text.contains("reachable again"),
         "the worker never recovered: {text}"
     );
-    let rows = store
-        .list(&ListFilter {
-            limit: TASKS as i64 * 2,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
+    let rows = all_tasks(&store).await;
     assert_eq!(rows.len(), TASKS);
     for row in rows {
         assert_eq!(

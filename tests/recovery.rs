@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 use sqlx::PgPool;
-use taskbox::store::{ClaimRequest, ListFilter, PgStore, RescueRequest, Status, TaskStore};
+use taskbox::store::{ClaimRequest, RescueRequest, Status, TaskStore};
 
 fn spawn_worker(pool: &PgPool, args: &[&str]) -> Child {
     taskbox(pool)
@@ -23,16 +23,6 @@ fn spawn_worker(pool: &PgPool, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the worker starts")
-}
-
-async fn all_tasks(store: &PgStore) -> Vec<taskbox::store::TaskRecord> {
-    store
-        .list(&ListFilter {
-            limit: 100_000,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap()
 }
 
 #[sqlx::test(migrations = false)]

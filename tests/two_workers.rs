@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use sqlx::PgPool;
-use taskbox::store::{ListFilter, Status, TaskStore};
+use taskbox::store::{Status, TaskStore};
 
 const TASKS: usize = 5000;
 
@@ -54,13 +54,7 @@ async fn two_workers_run_each_task_once(pool: PgPool) {
 
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.success, TASKS as i64, "{stats:?}");
-    let rows = store
-        .list(&ListFilter {
-            limit: TASKS as i64,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
+    let rows = all_tasks(&store).await;
     assert_eq!(rows.len(), TASKS);
     assert!(
         rows.iter()

@@ -128,6 +128,17 @@ pub async fn record<S: TaskStore>(store: &S, id: i64) -> TaskRecord {
         .expect("the task exists")
 }
 
+/// Every task in the store, newest first.
+pub async fn all_tasks<S: TaskStore>(store: &S) -> Vec<TaskRecord> {
+    store
+        .list(&taskbox::store::ListFilter {
+            limit: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .expect("lists")
+}
+
 pub fn text(bytes: &Option<Vec<u8>>) -> String {
     String::from_utf8_lossy(bytes.as_deref().unwrap_or_default()).into_owned()
 }
