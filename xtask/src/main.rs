@@ -10,9 +10,10 @@
 //! - `bench`: plugins, Postgres, then the benchmark (see BENCHMARKS.md).
 
 use std::env;
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -164,12 +165,63 @@ fn start_local_cluster() -> Result<()> {
 fn test(rest: &[String]) -> Result<()> {
     let plugins = build_plugins()?;
     let url = ensure_postgres()?;
-    run(cargo()
+    let mut child = cargo()
         .current_dir(root())
         .env("DATABASE_URL", url)
         .env("TASKBOX_PLUGINS", plugins)
         .args(["test", "--workspace", "--all-targets"])
-        .args(rest))
+        .args(rest)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    // Pass the output through, and add up every test binary's result line so
+    // the run ends with one total rather than the last binary's count.
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    println!("\nall test binaries together:");
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    /// Count a libtest line such as `test result: ok. 3 passed; 1 failed; ...`.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The demo needs no database server: without `DATABASE_URL` the binary

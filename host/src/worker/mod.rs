@@ -5,20 +5,23 @@
 
 pub mod completer;
 pub mod executor;
+mod producer;
 pub mod rescuer;
 pub mod retry;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::Plugins;
-use crate::store::{ClaimRequest, ClaimedTask, Notification, StoreError, TaskStore};
+use crate::store::{Notification, StoreError, TaskStore};
 use completer::CompleterConfig;
-use executor::{Executor, InterruptCause};
+use executor::Executor;
+use producer::Producer;
 use rescuer::RescuerConfig;
 use retry::Backoff;
 
@@ -34,9 +37,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a busy producer gathers demand before claiming for less than
 /// half the slots.
 pub const DEFAULT_CLAIM_WAIT: Duration = Duration::from_millis(2);
-/// Pause after a failed claim, doubling up to [`MAX_CLAIM_RETRY_DELAY`].
-const FIRST_CLAIM_RETRY_DELAY: Duration = Duration::from_millis(100);
-const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Claim statements in flight per worker.
+pub const DEFAULT_CLAIMERS: usize = 2;
 
 /// The default concurrency: 12 consumers per core.
 pub fn default_concurrency() -> usize {
@@ -55,6 +57,9 @@ pub struct WorkerConfig {
     /// How long the producer waits for half the slots to free up before
     /// claiming for fewer.
     pub claim_wait: Duration,
+    /// Claim statements a worker keeps in flight at once, so one batch is
+    /// claimed while the previous one runs.
+    pub claimers: usize,
     /// Exit once nothing is running or due.
     pub drain: bool,
     pub backoff: Backoff,
@@ -71,6 +76,7 @@ impl Default for WorkerConfig {
             queues: Vec::new(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             claim_wait: DEFAULT_CLAIM_WAIT,
+            claimers: DEFAULT_CLAIMERS,
             drain: false,
             backoff: Backoff::default(),
             completer: CompleterConfig::default(),
@@ -198,106 +204,33 @@ impl<S: TaskStore> Worker<S> {
             rescuer_stop.clone(),
         ));
 
-        let min_demand = u32::try_from((config.concurrency / 2).max(1)).unwrap_or(u32::MAX);
-        let mut report = WorkerReport::default();
-        let mut retry_delay = FIRST_CLAIM_RETRY_DELAY;
-        let mut claim_failing = false;
         let consumers = tokio_util::task::TaskTracker::new();
-        // Consumers live on the guest runtime, so a busy guest never delays
-        // this loop, the completer or the listener.
-        let guests = self.plugins.sandbox().guest_runtime().clone();
-        loop {
-            // GenStage's min demand: claim once half the slots are free (one
-            // statement for many rows), or whatever is free after a short
-            // wait, so a busy worker does not claim a row at a time.
-            let batch = tokio::select! {
-                batch = tokio::time::timeout(
-                    config.claim_wait,
-                    slots.clone().acquire_many_owned(min_demand),
-                ) => batch.ok().map(|permit| permit.expect("the semaphore is never closed")),
-                _ = shutdown.stop.cancelled() => break,
-            };
-            let mut permits = match batch {
-                Some(permits) => permits,
-                None => tokio::select! {
-                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                    _ = shutdown.stop.cancelled() => break,
-                },
-            };
-            let free = slots.available_permits();
-            if free > 0
-                && let Ok(more) = slots.clone().try_acquire_many_owned(free as u32)
-            {
-                permits.merge(more);
-            }
-            let request = ClaimRequest {
-                worker_id: &config.worker_id,
-                limit: permits.num_permits(),
-                queues: &config.queues,
-                default_timeout: config.default_timeout,
-            };
-            let claimed = match self.store.claim(&request).await {
-                Ok(claimed) => {
-                    if claim_failing {
-                        tracing::info!("claiming again");
-                        claim_failing = false;
-                    }
-                    retry_delay = FIRST_CLAIM_RETRY_DELAY;
-                    claimed
-                }
-                Err(err) => {
-                    if !claim_failing {
-                        tracing::warn!("cannot claim tasks: {err}; retrying");
-                        claim_failing = true;
-                    }
-                    drop(permits);
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_delay) => {}
-                        _ = shutdown.stop.cancelled() => break,
-                    }
-                    retry_delay = (retry_delay * 2).min(MAX_CLAIM_RETRY_DELAY);
-                    continue;
-                }
-            };
-            let got = claimed.len();
-            report.claimed += got as u64;
-            for task in claimed {
-                let permit = permits.split(1).expect("one permit per claimed task");
-                let token = shutdown.interrupt.child_token();
-                in_flight.insert(task.id, token.clone());
-                consumers.spawn_on(
-                    consume(
-                        executor.clone(),
-                        task,
-                        token,
-                        shutdown.interrupt.clone(),
-                        outcomes.clone(),
-                        permit,
-                    ),
-                    &guests,
-                );
-            }
-            drop(permits);
-            if got > 0 {
-                continue;
-            }
-            if config.drain
-                && slots.available_permits() == config.concurrency
-                && !self.has_pending_or_unknown().await
-            {
-                break;
-            }
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = flushed.notified(), if config.drain => {}
-                _ = tokio::time::sleep(config.poll_interval) => {}
-                _ = shutdown.stop.cancelled() => break,
-            }
-        }
+        let producer = Producer {
+            store: self.store.clone(),
+            config: config.clone(),
+            min_demand: u32::try_from((config.concurrency / 2).max(1)).unwrap_or(u32::MAX),
+            slots,
+            wake,
+            flushed,
+            in_flight: in_flight.clone(),
+            executor,
+            outcomes,
+            // Consumers live on the guest runtime, so a busy guest never
+            // delays claiming, the completer or the listener.
+            guests: self.plugins.sandbox().guest_runtime().clone(),
+            consumers: consumers.clone(),
+            shutdown,
+            drained: CancellationToken::new(),
+            claimed: AtomicU64::new(0),
+        };
+        futures::future::join_all((0..config.claimers.max(1)).map(|_| producer.claim_loop())).await;
+        let report = WorkerReport {
+            claimed: producer.claimed.load(Ordering::Relaxed),
+        };
+        drop(producer);
 
         consumers.close();
         consumers.wait().await;
-        drop(outcomes);
         let _ = completer.await;
         if let Some(listener) = listener {
             listener.abort();
@@ -309,16 +242,6 @@ impl<S: TaskStore> Worker<S> {
             tracing::warn!("cannot deregister this worker ({err}); its row will go stale");
         }
         Ok(report)
-    }
-
-    async fn has_pending_or_unknown(&self) -> bool {
-        match self.store.has_pending().await {
-            Ok(pending) => pending,
-            Err(err) => {
-                tracing::warn!("cannot tell whether tasks remain: {err}");
-                true
-            }
-        }
     }
 
     /// Forward database notifications to `wake`. Without them the worker
@@ -343,31 +266,4 @@ impl<S: TaskStore> Worker<S> {
             }
         }
     }
-}
-
-/// One consumer slot: run the task, hand the outcome to the completer, and
-/// free the slot only once the completer has room (backpressure).
-async fn consume(
-    executor: Arc<Executor>,
-    task: ClaimedTask,
-    token: CancellationToken,
-    shutdown: CancellationToken,
-    outcomes: mpsc::Sender<crate::store::Completion>,
-    permit: OwnedSemaphorePermit,
-) {
-    let cause = || {
-        if shutdown.is_cancelled() {
-            InterruptCause::Shutdown
-        } else {
-            InterruptCause::Cancelled
-        }
-    };
-    let completion = executor.execute(&task, &token, cause).await;
-    if outcomes.send(completion).await.is_err() {
-        tracing::error!(
-            task = task.id,
-            "the completer stopped; the rescuer will recover this task"
-        );
-    }
-    drop(permit);
 }

@@ -1,0 +1,195 @@
+//! The producer: claims only as many tasks as there are free consumer slots
+//! (GenStage demand) and starts a consumer for each on the guest runtime.
+//! It wakes on database notifications and falls back to polling; several
+//! claim loops may share one producer so a batch is claimed while the
+//! previous one runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::executor::{Executor, InterruptCause};
+use super::{InFlight, Shutdown, WorkerConfig};
+use crate::store::{ClaimRequest, ClaimedTask, Completion, TaskStore};
+
+/// Pause after a failed claim, doubling up to [`MAX_CLAIM_RETRY_DELAY`].
+const FIRST_CLAIM_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+pub(super) struct Producer<S: TaskStore> {
+    pub store: S,
+    pub config: WorkerConfig,
+    /// Claim once this many slots are free (or after `claim_wait`).
+    pub min_demand: u32,
+    pub slots: Arc<Semaphore>,
+    pub wake: Arc<Notify>,
+    pub flushed: Arc<Notify>,
+    pub in_flight: Arc<InFlight>,
+    pub executor: Arc<Executor>,
+    pub outcomes: mpsc::Sender<Completion>,
+    pub guests: tokio::runtime::Handle,
+    pub consumers: TaskTracker,
+    pub shutdown: Shutdown,
+    /// Fired by the first claim loop that finds a drained queue.
+    pub drained: CancellationToken,
+    pub claimed: AtomicU64,
+}
+
+impl<S: TaskStore> Producer<S> {
+    /// Claim and start tasks until shutdown (or, draining, until nothing is
+    /// left).
+    pub async fn claim_loop(&self) {
+        let config = &self.config;
+        let mut retry_delay = FIRST_CLAIM_RETRY_DELAY;
+        let mut claim_failing = false;
+        loop {
+            let Some(mut permits) = self.demand().await else {
+                return;
+            };
+            let request = ClaimRequest {
+                worker_id: &config.worker_id,
+                limit: permits.num_permits(),
+                queues: &config.queues,
+                default_timeout: config.default_timeout,
+            };
+            let claimed = match self.store.claim(&request).await {
+                Ok(claimed) => {
+                    if claim_failing {
+                        tracing::info!("claiming again");
+                        claim_failing = false;
+                    }
+                    retry_delay = FIRST_CLAIM_RETRY_DELAY;
+                    claimed
+                }
+                Err(err) => {
+                    if !claim_failing {
+                        tracing::warn!("cannot claim tasks: {err}; retrying");
+                        claim_failing = true;
+                    }
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_delay) => {}
+                        _ = self.stopped() => return,
+                    }
+                    retry_delay = (retry_delay * 2).min(MAX_CLAIM_RETRY_DELAY);
+                    continue;
+                }
+            };
+            let got = claimed.len();
+            self.claimed.fetch_add(got as u64, Ordering::Relaxed);
+            for task in claimed {
+                let permit = permits.split(1).expect("one permit per claimed task");
+                self.start(task, permit);
+            }
+            drop(permits);
+            if got > 0 {
+                continue;
+            }
+            if config.drain
+                && self.slots.available_permits() == config.concurrency
+                && !self.has_pending_or_unknown().await
+            {
+                self.drained.cancel();
+                return;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.flushed.notified(), if config.drain => {}
+                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = self.stopped() => return,
+            }
+        }
+    }
+
+    /// Wait for demand: half the slots free (one statement for many rows),
+    /// or whatever is free after `claim_wait`, so a busy worker does not
+    /// claim a row at a time. `None` once stopping.
+    async fn demand(&self) -> Option<OwnedSemaphorePermit> {
+        let gathered = tokio::select! {
+            batch = tokio::time::timeout(
+                self.config.claim_wait,
+                self.slots.clone().acquire_many_owned(self.min_demand),
+            ) => batch.ok().map(|permit| permit.expect("the semaphore is never closed")),
+            _ = self.stopped() => return None,
+        };
+        let mut permits = match gathered {
+            Some(permits) => permits,
+            None => tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = self.stopped() => return None,
+            },
+        };
+        let free = self.slots.available_permits();
+        if free > 0
+            && let Ok(more) = self.slots.clone().try_acquire_many_owned(free as u32)
+        {
+            permits.merge(more);
+        }
+        Some(permits)
+    }
+
+    /// Resolves once claiming should end: a shutdown, or a drained queue.
+    async fn stopped(&self) {
+        tokio::select! {
+            _ = self.shutdown.stop.cancelled() => {}
+            _ = self.drained.cancelled() => {}
+        }
+    }
+
+    fn start(&self, task: ClaimedTask, permit: OwnedSemaphorePermit) {
+        let token = self.shutdown.interrupt.child_token();
+        self.in_flight.insert(task.id, token.clone());
+        self.consumers.spawn_on(
+            consume(
+                self.executor.clone(),
+                task,
+                token,
+                self.shutdown.interrupt.clone(),
+                self.outcomes.clone(),
+                permit,
+            ),
+            &self.guests,
+        );
+    }
+
+    async fn has_pending_or_unknown(&self) -> bool {
+        match self.store.has_pending().await {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!("cannot tell whether tasks remain: {err}");
+                true
+            }
+        }
+    }
+}
+
+/// One consumer slot: run the task, hand the outcome to the completer, and
+/// free the slot only once the completer has room (backpressure).
+async fn consume(
+    executor: Arc<Executor>,
+    task: ClaimedTask,
+    token: CancellationToken,
+    shutdown: CancellationToken,
+    outcomes: mpsc::Sender<Completion>,
+    permit: OwnedSemaphorePermit,
+) {
+    let cause = || {
+        if shutdown.is_cancelled() {
+            InterruptCause::Shutdown
+        } else {
+            InterruptCause::Cancelled
+        }
+    };
+    let completion = executor.execute(&task, &token, cause).await;
+    if outcomes.send(completion).await.is_err() {
+        tracing::error!(
+            task = task.id,
+            "the completer stopped; the rescuer will recover this task"
+        );
+    }
+    drop(permit);
+}
