@@ -1,7 +1,7 @@
 //! Crashes and stops lose nothing: a worker killed with SIGKILL mid-run has
 //! its tasks rescued and finished by another; a worker sent SIGTERM finishes
 //! what it can within the shutdown timeout, gives the rest back unspent, and
-//! exits 0; the rescuer never touches a live worker's task.
+//! exits 0. (The rescuer rules themselves are in tests/conformance.rs.)
 
 mod common;
 
@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 use sqlx::PgPool;
-use taskbox::store::{ClaimRequest, RescueRequest, Status, TaskStore};
+use taskbox::store::{Status, TaskStore};
 
 fn spawn_worker(pool: &PgPool, args: &[&str]) -> Child {
     taskbox(pool)
@@ -126,105 +126,4 @@ async fn sigterm_finishes_what_it_can_and_gives_back_the_rest(pool: PgPool) {
         assert_eq!(row.status, Status::Waiting, "task {id}");
         assert_eq!(row.attempt, 0, "an interrupted attempt is not spent");
     }
-}
-
-fn rescue_by<'a>(worker_id: &'a str, in_flight: &'a [i64]) -> RescueRequest<'a> {
-    RescueRequest {
-        grace: Duration::ZERO,
-        worker_ttl: Duration::from_millis(200),
-        worker_id,
-        in_flight,
-    }
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_claim_whose_reply_was_lost_is_rescued_by_its_own_worker(pool: PgPool) {
-    let store = store(pool).await;
-    let plugins = plugins();
-    let template = task(&plugins, "add", json!({"a": 1, "b": 1})).await;
-    store.enqueue(&[template.clone(), template]).await.unwrap();
-    let request = ClaimRequest {
-        worker_id: "me",
-        limit: 2,
-        queues: &[],
-        default_timeout: Duration::from_millis(1),
-    };
-    store.heartbeat("me").await.unwrap();
-    let claimed = store.claim(&request).await.unwrap();
-    // The worker knows the first; the reply for the second never reached it.
-    let (known, lost) = (claimed[0].id, claimed[1].id);
-    wait::until(
-        "the orphan to pass its deadline",
-        Duration::from_secs(5),
-        || async {
-            let rescued = store.rescue(&rescue_by("me", &[known])).await.unwrap();
-            assert!(
-                rescued.iter().all(|r| r.id != known),
-                "rescued a task its worker holds"
-            );
-            rescued.iter().any(|r| r.id == lost)
-        },
-    )
-    .await;
-    assert_eq!(record(&store, known).await.status, Status::Running);
-    let orphan = record(&store, lost).await;
-    assert_eq!(
-        orphan.status,
-        Status::Error,
-        "one attempt allowed: worker lost"
-    );
-    assert!(orphan.error.unwrap().contains("worker lost"));
-}
-
-#[sqlx::test(migrations = false)]
-async fn the_rescuer_never_touches_a_live_workers_task(pool: PgPool) {
-    let store = store(pool).await;
-    let plugins = plugins();
-    let mut template = task(&plugins, "add", json!({"a": 1, "b": 1})).await;
-    template.max_attempts = 2;
-    store.enqueue(&[template.clone(), template]).await.unwrap();
-    let claim = |worker_id: &'static str| ClaimRequest {
-        worker_id,
-        limit: 1,
-        queues: &[],
-        // Already past its deadline by the time the rescuer looks.
-        default_timeout: Duration::from_millis(1),
-    };
-    store.heartbeat("alive").await.unwrap();
-    store.heartbeat("dead").await.unwrap();
-    let alive = store.claim(&claim("alive")).await.unwrap().remove(0);
-    let dead = store.claim(&claim("dead")).await.unwrap().remove(0);
-    wait::until(
-        "the dead worker's heartbeat to go stale",
-        Duration::from_secs(5),
-        || async {
-            store.heartbeat("alive").await.unwrap();
-            let rescued = store.rescue(&rescue_by("observer", &[])).await.unwrap();
-            assert!(
-                rescued.iter().all(|r| r.id != alive.id),
-                "rescued a live worker's task"
-            );
-            rescued
-                .iter()
-                .any(|r| r.id == dead.id && r.status == Status::Waiting)
-        },
-    )
-    .await;
-    let row = record(&store, alive.id).await;
-    assert_eq!(row.status, Status::Running);
-    assert_eq!(row.worker_id.as_deref(), Some("alive"));
-
-    // A late completion from the rescued attempt is fenced off.
-    let late = taskbox::store::Completion {
-        result: Some(vec![1]),
-        ..taskbox::store::Completion::new(dead.id, dead.attempt, Status::Success)
-    };
-    let again = store.claim(&claim("another")).await.unwrap().remove(0);
-    assert_eq!((again.id, again.attempt), (dead.id, 2));
-    assert_eq!(
-        store.complete(&[late]).await.unwrap(),
-        0,
-        "the stale attempt wrote"
-    );
-    assert_eq!(record(&store, dead.id).await.status, Status::Running);
 }

@@ -161,9 +161,22 @@ async fn drain(
 ) -> Result<Drain> {
     let started = Instant::now();
     let mut children = Vec::new();
-    for _ in 0..processes {
+    for n in 0..processes {
+        // The first worker runs under perf when a profile is wanted, so every
+        // thread it starts is sampled from the beginning.
+        let mut command = match profile_to.filter(|_| n == 0) {
+            Some(path) => {
+                let mut perf = Command::new("perf");
+                perf.args(["record", "-q", "-F", "2000", "-g", "-o"])
+                    .arg(path)
+                    .arg("--")
+                    .arg(bin);
+                perf
+            }
+            None => Command::new(bin),
+        };
         children.push(
-            Command::new(bin)
+            command
                 .env("DATABASE_URL", url)
                 .env("TASKBOX_PLUGINS", plugins_dir)
                 .env("TASKBOX_LOG", "taskbox=warn")
@@ -178,17 +191,6 @@ async fn drain(
                 .context("starting the taskbox worker")?,
         );
     }
-    let perf = match profile_to {
-        Some(path) => Command::new("perf")
-            .args(["record", "-q", "-F", "2000", "-g", "-o"])
-            .arg(path)
-            .args(["-p", &children[0].id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok(),
-        None => None,
-    };
     let mut peak = 0;
     loop {
         for child in &children {
@@ -212,9 +214,6 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let wall = started.elapsed();
-    if let Some(mut perf) = perf {
-        let _ = perf.wait();
-    }
     let store = PgStore::connect_lazy(url)?;
     let (first, last, done): (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>, i64) =
         sqlx::query_as("SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE status = 'success') FROM tasks")
@@ -436,6 +435,11 @@ fn perf_top(data: &Path, entries: usize) -> Option<String> {
                 && !trimmed.starts_with('-')
         })
         .take(entries)
+        .collect();
+    // perf pads its columns to the terminal width; keep the words.
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
