@@ -73,8 +73,12 @@ fn assert_refused(output: &std::process::Output, mentions: &str) {
 fn bad_input_exits_2_and_writes_nothing(url: &str) {
     let output = run(taskbox_at(url).arg("migrate"));
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["enqueue", "puts", "42"], "do not fit plugin `puts`"),
+        (
+            &["enqueue"],
+            "required arguments were not provided: <PLUGIN>",
+        ),
         (&["enqueue", "nosuch", "\"x\""], "no plugin named `nosuch`"),
         (&["enqueue", "add", "{\"a\": 1}"], "do not fit plugin `add`"),
         (

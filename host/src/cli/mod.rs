@@ -45,6 +45,10 @@ impl From<StoreError> for CliError {
         match err {
             // Starting a second worker on an SQLite file is bad usage.
             StoreError::WorkerLocked { .. } => CliError::Input(err.to_string()),
+            err if err.is_connection() => CliError::Failure(anyhow::anyhow!(
+                "cannot reach the database: {}",
+                err.cause()
+            )),
             err => CliError::Failure(err.into()),
         }
     }
@@ -64,9 +68,18 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
+            // clap's message runs to the first blank line (a list of
+            // missing arguments spans several); usage and tips follow it.
             let rendered = err.to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("taskbox: {}", first.trim_start_matches("error: "));
+            let sentence: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "taskbox: {}",
+                sentence.join(" ").trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };

@@ -315,23 +315,37 @@ impl StoreError {
     /// should keep its work and try again once the database is back.
     pub fn is_connection(&self) -> bool {
         match self {
-            StoreError::Database(err) => {
-                matches!(
-                    err,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::Tls(_)
-                        | sqlx::Error::Protocol(_)
-                        | sqlx::Error::WorkerCrashed
-                ) || err
-                    .as_database_error()
-                    .and_then(|db| db.code())
-                    .is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
-                    || sqlite::is_busy(err)
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(err)) => {
+                StoreError::connection_lost(err)
             }
+            StoreError::Database(err) => StoreError::connection_lost(err),
             _ => false,
         }
+    }
+
+    /// The innermost database error, without the layers that wrap it.
+    pub fn cause(&self) -> String {
+        match self {
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(err))
+            | StoreError::Database(err) => err.to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    fn connection_lost(err: &sqlx::Error) -> bool {
+        matches!(
+            err,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed
+        ) || err
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
+            || sqlite::is_busy(err)
     }
 }
 
