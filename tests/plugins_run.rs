@@ -141,3 +141,52 @@ async fn a_missing_plugin_is_an_error_that_says_so(pool: PgPool) {
     assert_eq!(row.status, Status::Error);
     assert!(row.error.unwrap().contains("no plugin named `ghost`"));
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_replaced_plugin_file_is_picked_up_by_a_running_worker(pool: PgPool) {
+    let store = store(pool).await;
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("greet.wasm");
+    std::fs::copy(plugins_dir().join("puts.wasm"), &path).unwrap();
+    let sandbox = taskbox::sandbox::Sandbox::new(SandboxConfig::default()).unwrap();
+    let plugins = std::sync::Arc::new(taskbox::sandbox::Plugins::new(sandbox, folder.path()));
+    let first = plugins.get("greet").await.unwrap().digest.clone();
+
+    let mut config = worker_config(2);
+    config.drain = false;
+    config.plugin_rescan = Duration::from_millis(20);
+    let shutdown = taskbox::worker::Shutdown::default();
+    let worker = tokio::spawn(
+        taskbox::worker::Worker::new(store.clone(), plugins.clone(), config).run(shutdown.clone()),
+    );
+
+    // Replace the file the way a deploy would: write beside it, then rename.
+    let staged = folder.path().join("greet.wasm.new");
+    std::fs::copy(plugins_dir().join("add.wasm"), &staged).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    wait::until(
+        "the worker to load the new file",
+        Duration::from_secs(10),
+        || async { plugins.get("greet").await.unwrap().digest != first },
+    )
+    .await;
+
+    let id = store
+        .enqueue(&[task(&plugins, "greet", json!({"a": 40, "b": 2})).await])
+        .await
+        .unwrap()[0];
+    wait::until("the task to finish", Duration::from_secs(10), || async {
+        record(&store, id).await.status.is_final()
+    })
+    .await;
+    let row = record(&store, id).await;
+    assert_eq!(row.status, Status::Success, "{:?}", row.error);
+    assert_eq!(
+        result_json(&plugins, "greet", row.result.as_deref().unwrap()).await,
+        json!(42)
+    );
+    assert_ne!(row.plugin_digest.as_deref(), Some(first.as_str()));
+
+    shutdown.stop.cancel();
+    worker.await.unwrap().unwrap();
+}

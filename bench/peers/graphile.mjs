@@ -18,17 +18,13 @@
 //                          enqueue and drain, untimed; 0: don't
 //   DRAIN_TIMEOUT_S      give up (exit 1) after this long (default 300)
 
-import { createRequire } from "node:module";
-import { readFileSync, existsSync } from "node:fs";
-import { dirname, join } from "node:path";
+// First import: it keeps stdout for the single result line (see harness.mjs).
+import {
+  analyzeSchema, awaitHandlers, commonEnv, deferred, dropSchema, intEnv, makeLog,
+  packageVersion, pollUntilDone, printResult, runMain, sleep, timedChunks,
+} from "./harness.mjs";
 import { performance } from "node:perf_hooks";
 import { EventEmitter } from "node:events";
-
-// Keep stdout for the single result line, whatever a library prints.
-console.log = console.error;
-console.info = console.error;
-console.warn = console.error;
-console.debug = console.error;
 
 // Graphile Worker logs one INFO line per completed job unless this is set
 // (read at module load in dist/worker.js and dist/main.js), so set it before
@@ -39,59 +35,15 @@ const PEER = "graphile-worker";
 const SCHEMA = "graphile_worker";
 const TASK = "bench_noop";
 
-function log(...args) {
-  console.error(`[${PEER}]`, ...args);
-}
-
-function intEnv(name, dflt) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return dflt;
-  const n = Number(raw);
-  if (!Number.isInteger(n)) throw new Error(`${name} must be an integer, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-function packageVersion(pkgName) {
-  const require = createRequire(import.meta.url);
-  let dir = dirname(require.resolve(pkgName));
-  for (;;) {
-    const candidate = join(dir, "package.json");
-    if (existsSync(candidate)) {
-      const pkg = JSON.parse(readFileSync(candidate, "utf8"));
-      if (pkg.name === pkgName) return pkg.version;
-    }
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error(`cannot find package.json of ${pkgName}`);
-    dir = parent;
-  }
-}
-
-// The schema was just created, so Postgres has no statistics for the freshly
-// filled job table until autovacuum gets round to it (measured here: 100k-job
-// drains ran 1.4-3x slower without this).
-// A long-lived queue has statistics, so by default give it some, untimed.
-async function analyzeSchema(client, schema) {
-  const { rows } = await client.query(
-    "select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = $1",
-    [schema],
-  );
-  if (rows.length) await client.query(`analyze ${rows.map((r) => r.t).join(", ")}`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = makeLog(PEER);
 
 async function main() {
-  const connectionString = process.env.DATABASE_URL;
-  if (!connectionString) throw new Error("DATABASE_URL is required");
-  const JOBS = intEnv("JOBS", 20000);
-  if (JOBS < 1) throw new Error("JOBS must be >= 1");
+  const { connectionString, jobs: JOBS, drainTimeoutMs: DRAIN_TIMEOUT_MS, analyze: ANALYZE } = commonEnv();
   const CHUNK = intEnv("GW_ENQUEUE_CHUNK", 5000);
   const CONCURRENCY = intEnv("GW_CONCURRENCY", 24);
   const MAX_POOL = intEnv("GW_MAX_POOL_SIZE", CONCURRENCY + 1);
   const LOCAL_QUEUE = intEnv("GW_LOCAL_QUEUE_SIZE", 500);
   const BATCH_DELAY = intEnv("GW_COMPLETE_BATCH_DELAY", 0);
-  const DRAIN_TIMEOUT_MS = intEnv("DRAIN_TIMEOUT_S", 300) * 1000;
-  const ANALYZE = intEnv("ANALYZE_AFTER_ENQUEUE", 1) !== 0;
 
   const { Logger, makeWorkerUtils, parseCronItems, run } = await import("graphile-worker");
   const pg = (await import("pg")).default;
@@ -129,70 +81,56 @@ async function main() {
   let runner = null;
   try {
     // ---- reset + migrate (not timed)
-    await admin.query("set client_min_messages = warning");
-    await admin.query(`drop schema if exists ${SCHEMA} cascade`);
+    await dropSchema(admin, SCHEMA);
     utils = await makeWorkerUtils({ preset });
     await utils.migrate();
     log("schema installed");
 
     // ---- enqueue (timed)
-    const t0 = performance.now();
-    for (let done = 0; done < JOBS; ) {
-      const n = Math.min(CHUNK, JOBS - done);
+    const enqueueS = await timedChunks(JOBS, CHUNK, async (n) => {
       const specs = new Array(n);
       for (let i = 0; i < n; i++) specs[i] = { identifier: TASK, payload: {} };
       const added = await utils.addJobs(specs);
       if (added.length !== n) throw new Error(`addJobs returned ${added.length} jobs for ${n} specs`);
-      done += n;
-    }
-    const enqueueS = (performance.now() - t0) / 1000;
+    });
     const queued = Number((await admin.query(`select count(*)::int as n from ${SCHEMA}.jobs`)).rows[0].n);
     if (queued !== JOBS) throw new Error(`expected ${JOBS} queued jobs after enqueue, found ${queued}`);
     log(`enqueued ${JOBS} in ${enqueueS.toFixed(3)}s`);
-    if (ANALYZE) {
-      await analyzeSchema(admin, SCHEMA);
-      log(`analyzed schema ${SCHEMA} (untimed; ANALYZE_AFTER_ENQUEUE=0 to skip)`);
-    }
+    if (ANALYZE) await analyzeSchema(admin, SCHEMA, log);
 
     // ---- drain (timed): from starting the worker until the table is empty
     let handled = 0;
     let errors = 0;
-    let allHandled, jobFailed;
-    const allHandledP = new Promise((r) => (allHandled = r));
-    const jobFailedP = new Promise((r) => (jobFailed = r));
+    const allHandled = deferred();
+    const jobFailed = deferred();
     events.on("job:error", ({ job, error }) => {
       errors++;
       log(`job ${job?.id} error:`, error);
-      jobFailed(`job error: ${error?.message ?? error}`);
+      jobFailed.resolve(`job error: ${error?.message ?? error}`);
     });
     const taskList = {
       [TASK]: async () => {
-        if (++handled === JOBS) allHandled();
+        if (++handled === JOBS) allHandled.resolve();
       },
     };
 
     const t1 = performance.now();
     // no cron: an explicit empty item list stops it looking for a crontab file
     runner = await run({ preset, taskList, parsedCronItems: parseCronItems([]), noHandleSignals: true });
-    const deadline = t1 + DRAIN_TIMEOUT_MS;
-    let timer;
-    const timeout = new Promise((r) => (timer = setTimeout(r, DRAIN_TIMEOUT_MS, "timeout")));
     const runnerDied = runner.promise.then(
       () => "runner exited",
       (e) => `runner failed: ${e?.stack ?? e}`,
     );
-    const first = await Promise.race([allHandledP.then(() => "ok"), jobFailedP, timeout, runnerDied]);
-    clearTimeout(timer);
-    if (first !== "ok") throw new Error(`drain did not finish: ${first} (handled ${handled}/${JOBS})`);
+    await awaitHandlers(allHandled.promise, [jobFailed.promise, runnerDied], DRAIN_TIMEOUT_MS,
+      () => `handled ${handled}/${JOBS}`);
     // Batched completion deletes the jobs shortly after the handlers return;
     // the drain is over when no job row is left.
-    let remaining;
-    for (;;) {
-      remaining = Number((await admin.query(`select count(*)::int as n from ${SCHEMA}._private_jobs`)).rows[0].n);
-      if (remaining === 0) break;
-      if (performance.now() > deadline) throw new Error(`timeout: ${remaining} jobs still in the table`);
-      await sleep(2);
-    }
+    const remainingJobs = async () =>
+      Number((await admin.query(`select count(*)::int as n from ${SCHEMA}._private_jobs`)).rows[0].n);
+    await pollUntilDone(t1 + DRAIN_TIMEOUT_MS, async () => {
+      const remaining = await remainingJobs();
+      return remaining === 0 ? null : `${remaining} jobs still in the table`;
+    });
     const drainS = (performance.now() - t1) / 1000;
     log(`drained ${handled} in ${drainS.toFixed(3)}s`);
 
@@ -201,20 +139,13 @@ async function main() {
     await sleep(50); // let any stray execution surface before counting
     if (handled !== JOBS) throw new Error(`handler ran ${handled} times for ${JOBS} jobs`);
     // completing a job deletes it; a failed job would stay in the table
-    remaining = Number((await admin.query(`select count(*)::int as n from ${SCHEMA}._private_jobs`)).rows[0].n);
+    const remaining = await remainingJobs();
     if (remaining !== 0) throw new Error(`${remaining} jobs left after drain`);
 
     await runner.stop();
     runner = null;
 
-    const result = {
-      peer: PEER,
-      version,
-      jobs: JOBS,
-      enqueue_per_s: Math.round((JOBS / enqueueS) * 10) / 10,
-      drain_per_s: Math.round((JOBS / drainS) * 10) / 10,
-    };
-    process.stdout.write(JSON.stringify(result) + "\n");
+    printResult({ peer: PEER, version, jobs: JOBS, enqueueS, drainS });
   } finally {
     if (runner) await runner.stop().catch((e) => log("runner.stop failed:", e));
     if (utils) await utils.release().catch((e) => log("utils.release failed:", e));
@@ -222,10 +153,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    log("FAILED:", err?.stack ?? err);
-    process.exit(1);
-  },
-);
+runMain(main, log);

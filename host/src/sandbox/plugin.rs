@@ -136,7 +136,8 @@ impl Plugins {
     }
 
     /// Load every plugin in the folder (again where a file changed) and
-    /// report each, sorted by name.
+    /// report each, sorted by name. A worker calls this periodically, so a
+    /// plugin dropped in or replaced is picked up without a restart.
     pub async fn load_all(&self) -> Result<Vec<PluginListing>, PluginError> {
         let mut names = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(|err| PluginError::Io {
@@ -156,9 +157,6 @@ impl Plugins {
         let mut listings = Vec::with_capacity(names.len());
         for name in names {
             let loaded = self.refresh(&name).await;
-            if let Err(err) = &loaded {
-                tracing::warn!(plugin = %name, "refused: {err}");
-            }
             listings.push(PluginListing { name, loaded });
         }
         Ok(listings)
@@ -198,8 +196,10 @@ impl Plugins {
             return entry.loaded;
         }
         let loaded = load(&self.sandbox, name, &path).await.map(Arc::new);
-        if let Ok(plugin) = &loaded {
-            tracing::info!(plugin = name, digest = %plugin.digest, "loaded");
+        // Logged once per version of the file, however often it is looked at.
+        match &loaded {
+            Ok(plugin) => tracing::info!(plugin = name, digest = %plugin.digest, "loaded"),
+            Err(err) => tracing::warn!(plugin = name, "refused: {err}"),
         }
         self.entries
             .lock()

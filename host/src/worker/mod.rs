@@ -37,6 +37,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a busy producer gathers demand before claiming for less than
 /// half the slots.
 pub const DEFAULT_CLAIM_WAIT: Duration = Duration::from_millis(2);
+/// How often a worker looks for new or changed plugin files.
+pub const DEFAULT_PLUGIN_RESCAN: Duration = Duration::from_secs(2);
 /// Claim statements in flight per worker.
 pub const DEFAULT_CLAIMERS: usize = 2;
 
@@ -60,6 +62,8 @@ pub struct WorkerConfig {
     /// Claim statements a worker keeps in flight at once, so one batch is
     /// claimed while the previous one runs.
     pub claimers: usize,
+    /// How often the plugins folder is checked for new or changed files.
+    pub plugin_rescan: Duration,
     /// Exit once nothing is running or due.
     pub drain: bool,
     pub backoff: Backoff,
@@ -77,6 +81,7 @@ impl Default for WorkerConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             claim_wait: DEFAULT_CLAIM_WAIT,
             claimers: DEFAULT_CLAIMERS,
+            plugin_rescan: DEFAULT_PLUGIN_RESCAN,
             drain: false,
             backoff: Backoff::default(),
             completer: CompleterConfig::default(),
@@ -196,6 +201,11 @@ impl<S: TaskStore> Worker<S> {
         ));
         let listener = self.start_listener(wake.clone(), in_flight.clone()).await;
         let rescuer_stop = CancellationToken::new();
+        let watcher = tokio::spawn(watch_plugins(
+            self.plugins.clone(),
+            config.plugin_rescan,
+            rescuer_stop.clone(),
+        ));
         let rescuer = tokio::spawn(rescuer::run(
             self.store.clone(),
             config.worker_id.clone(),
@@ -238,6 +248,7 @@ impl<S: TaskStore> Worker<S> {
         }
         rescuer_stop.cancel();
         let _ = rescuer.await;
+        let _ = watcher.await;
         if let Err(err) = self.store.deregister(&config.worker_id).await {
             tracing::warn!("cannot deregister this worker ({err}); its row will go stale");
         }
@@ -264,6 +275,30 @@ impl<S: TaskStore> Worker<S> {
                 tracing::warn!("cannot listen for new tasks ({err}); polling instead");
                 None
             }
+        }
+    }
+}
+
+/// Reload plugins whose files appeared or changed, every `every`, until
+/// `stop`: a task always runs the plugin file as it is now.
+async fn watch_plugins(plugins: Arc<Plugins>, every: Duration, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match plugins.load_all().await {
+            Ok(_) if failing => {
+                tracing::info!("the plugins folder is readable again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(err) if !failing => {
+                tracing::warn!("cannot read the plugins folder: {err}");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }
