@@ -16,73 +16,25 @@
 //                          enqueue and drain, untimed; 0: don't
 //   DRAIN_TIMEOUT_S        give up (exit 1) after this long          (default 300)
 
-import { createRequire } from "node:module";
-import { readFileSync, existsSync } from "node:fs";
-import { dirname, join } from "node:path";
+// First import: it keeps stdout for the single result line (see harness.mjs).
+import {
+  analyzeSchema, awaitHandlers, commonEnv, deferred, dropSchema, intEnv, makeLog,
+  packageVersion, pollUntilDone, printResult, runMain, timedChunks,
+} from "./harness.mjs";
 import { performance } from "node:perf_hooks";
-
-// Keep stdout for the single result line, whatever a library prints.
-console.log = console.error;
-console.info = console.error;
-console.warn = console.error;
-console.debug = console.error;
 
 const PEER = "pg-boss";
 const SCHEMA = "pgboss";
 const QUEUE = "bench_noop";
 
-function log(...args) {
-  console.error(`[${PEER}]`, ...args);
-}
-
-function intEnv(name, dflt) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return dflt;
-  const n = Number(raw);
-  if (!Number.isInteger(n)) throw new Error(`${name} must be an integer, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-function packageVersion(pkgName) {
-  const require = createRequire(import.meta.url);
-  let dir = dirname(require.resolve(pkgName));
-  for (;;) {
-    const candidate = join(dir, "package.json");
-    if (existsSync(candidate)) {
-      const pkg = JSON.parse(readFileSync(candidate, "utf8"));
-      if (pkg.name === pkgName) return pkg.version;
-    }
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error(`cannot find package.json of ${pkgName}`);
-    dir = parent;
-  }
-}
-
-// The schema was just created, so Postgres has no statistics for the freshly
-// filled job table until autovacuum gets round to it (measured here: 100k-job
-// drains ran 1.4-3x slower without this).
-// A long-lived queue has statistics, so by default give it some, untimed.
-async function analyzeSchema(client, schema) {
-  const { rows } = await client.query(
-    "select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = $1",
-    [schema],
-  );
-  if (rows.length) await client.query(`analyze ${rows.map((r) => r.t).join(", ")}`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = makeLog(PEER);
 
 async function main() {
-  const connectionString = process.env.DATABASE_URL;
-  if (!connectionString) throw new Error("DATABASE_URL is required");
-  const JOBS = intEnv("JOBS", 20000);
-  if (JOBS < 1) throw new Error("JOBS must be >= 1");
+  const { connectionString, jobs: JOBS, drainTimeoutMs: DRAIN_TIMEOUT_MS, analyze: ANALYZE } = commonEnv();
   const CHUNK = intEnv("PB_ENQUEUE_CHUNK", 5000);
   const BATCH = intEnv("PB_BATCH_SIZE", 500);
   const CONCURRENCY = intEnv("PB_LOCAL_CONCURRENCY", 4);
   const POOL_MAX = intEnv("PB_POOL_MAX", 10);
-  const DRAIN_TIMEOUT_MS = intEnv("DRAIN_TIMEOUT_S", 300) * 1000;
-  const ANALYZE = intEnv("ANALYZE_AFTER_ENQUEUE", 1) !== 0;
 
   const { PgBoss } = await import("pg-boss");
   const pg = (await import("pg")).default;
@@ -94,12 +46,10 @@ async function main() {
   await admin.connect();
   let boss = null;
   let bossError = null;
-  let bossFailed;
-  const bossFailedP = new Promise((r) => (bossFailed = r));
+  const bossFailed = deferred();
   try {
     // ---- reset + install (not timed)
-    await admin.query("set client_min_messages = warning");
-    await admin.query(`drop schema if exists ${SCHEMA} cascade`);
+    await dropSchema(admin, SCHEMA);
     boss = new PgBoss({
       connectionString,
       schema: SCHEMA,
@@ -108,7 +58,7 @@ async function main() {
     });
     boss.on("error", (e) => {
       bossError ??= e;
-      bossFailed(`error event: ${e?.message ?? e}`);
+      bossFailed.resolve(`error event: ${e?.message ?? e}`);
       log("error event:", e?.stack ?? e);
     });
     boss.on("warning", (w) => log("warning event:", JSON.stringify(w)));
@@ -128,29 +78,21 @@ async function main() {
     };
 
     // ---- enqueue (timed)
-    const t0 = performance.now();
-    for (let done = 0; done < JOBS; ) {
-      const n = Math.min(CHUNK, JOBS - done);
+    const enqueueS = await timedChunks(JOBS, CHUNK, async (n) => {
       const jobs = new Array(n);
       for (let i = 0; i < n; i++) jobs[i] = { data: {} };
       await boss.insert(QUEUE, jobs);
-      done += n;
-    }
-    const enqueueS = (performance.now() - t0) / 1000;
+    });
     const afterEnqueue = await counts();
     if (afterEnqueue.other !== JOBS || afterEnqueue.completed !== 0) {
       throw new Error(`expected ${JOBS} queued jobs after enqueue, found ${JSON.stringify(afterEnqueue)}`);
     }
     log(`enqueued ${JOBS} in ${enqueueS.toFixed(3)}s`);
-    if (ANALYZE) {
-      await analyzeSchema(admin, SCHEMA);
-      log(`analyzed schema ${SCHEMA} (untimed; ANALYZE_AFTER_ENQUEUE=0 to skip)`);
-    }
+    if (ANALYZE) await analyzeSchema(admin, SCHEMA, log);
 
     // ---- drain (timed): from starting the worker until every job is completed
     let handled = 0;
-    let allHandled;
-    const allHandledP = new Promise((r) => (allHandled = r));
+    const allHandled = deferred();
     const t1 = performance.now();
     await boss.work(
       QUEUE,
@@ -163,34 +105,28 @@ async function main() {
       },
       async (jobs) => {
         handled += jobs.length;
-        if (handled >= JOBS) allHandled();
+        if (handled >= JOBS) allHandled.resolve();
       },
     );
-    const deadline = t1 + DRAIN_TIMEOUT_MS;
-    let timer;
-    const timeout = new Promise((r) => (timer = setTimeout(r, DRAIN_TIMEOUT_MS, "timeout")));
-    const first = await Promise.race([allHandledP.then(() => "ok"), bossFailedP, timeout]);
-    clearTimeout(timer);
-    if (first !== "ok") throw new Error(`drain did not finish: ${first} (handled ${handled}/${JOBS})`);
+    await awaitHandlers(allHandled.promise, [bossFailed.promise], DRAIN_TIMEOUT_MS,
+      () => `handled ${handled}/${JOBS}`);
     // The batch is completed by pg-boss after the handler resolves; the drain
     // is over when every row is in state 'completed'.
-    let c;
-    for (;;) {
+    await pollUntilDone(t1 + DRAIN_TIMEOUT_MS, async () => {
       const { rows } = await admin.query(
         `select count(*)::int as n from ${SCHEMA}.job where name = $1 and state = 'completed'`,
         [QUEUE],
       );
-      if (rows[0].n >= JOBS) break;
+      if (rows[0].n >= JOBS) return null;
       if (bossError) throw bossError;
-      if (performance.now() > deadline) throw new Error(`timeout: only ${rows[0].n}/${JOBS} jobs completed`);
-      await sleep(2);
-    }
+      return `only ${rows[0].n}/${JOBS} jobs completed`;
+    });
     const drainS = (performance.now() - t1) / 1000;
     log(`drained ${handled} in ${drainS.toFixed(3)}s`);
 
     // ---- verify
     await boss.offWork(QUEUE, { wait: true });
-    c = await counts();
+    const c = await counts();
     if (bossError) throw bossError;
     if (handled !== JOBS) throw new Error(`handler saw ${handled} jobs for ${JOBS} enqueued`);
     if (c.completed !== JOBS || c.other !== 0 || c.ids !== JOBS) {
@@ -200,24 +136,11 @@ async function main() {
     await boss.stop({ graceful: true, timeout: 10000 });
     boss = null;
 
-    const result = {
-      peer: PEER,
-      version,
-      jobs: JOBS,
-      enqueue_per_s: Math.round((JOBS / enqueueS) * 10) / 10,
-      drain_per_s: Math.round((JOBS / drainS) * 10) / 10,
-    };
-    process.stdout.write(JSON.stringify(result) + "\n");
+    printResult({ peer: PEER, version, jobs: JOBS, enqueueS, drainS });
   } finally {
     if (boss) await boss.stop({ graceful: false, timeout: 2000 }).catch((e) => log("stop failed:", e));
     await admin.end().catch(() => {});
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    log("FAILED:", err?.stack ?? err);
-    process.exit(1);
-  },
-);
+runMain(main, log);
