@@ -4,24 +4,20 @@
 
 pub mod args;
 mod demo;
+mod enqueue;
+mod serve;
 mod view;
 
-use std::io::{BufRead, Write};
-use std::path::Path;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::sandbox::{PluginError, Plugins, Sandbox, SandboxConfig};
 use crate::store::sqlite::DEFAULT_DATABASE_URL;
-use crate::store::{
-    CancelOutcome, ListFilter, NewTask, PgStore, SqliteStore, StoreError, TaskStore,
-};
-use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency};
-use args::{Cli, Command, EnqueueArgs, TaskOptions, WorkerArgs};
+use crate::store::{CancelOutcome, ListFilter, PgStore, SqliteStore, StoreError, TaskStore};
+use args::{Cli, Command};
 use view::TaskView;
 
 /// Instances a short-lived command needs (loading plugins one at a time).
@@ -173,8 +169,8 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
             store.migrate().await?;
             Ok(())
         }
-        Command::Enqueue(args) => enqueue(&store, &cli_plugins()?, args).await,
-        Command::Worker(args) => worker(store, &plugins_dir, args).await,
+        Command::Enqueue(args) => enqueue::enqueue(&store, &cli_plugins()?, args).await,
+        Command::Worker(args) => serve::worker(store, &plugins_dir, args).await,
         Command::Show { id, json } => {
             let record = store
                 .get(id)
@@ -256,210 +252,6 @@ async fn usable_plugin(
         PluginError::Engine(_) => CliError::Failure(err.into()),
         other => input(other.to_string()),
     })
-}
-
-/// Check `args` against the plugin's schema and build the task.
-async fn checked_task(
-    plugins: &Plugins,
-    plugin: &str,
-    args: Option<Value>,
-    options: &TaskOptions,
-) -> Result<NewTask, CliError> {
-    let loaded = usable_plugin(plugins, plugin).await?;
-    let args = args.unwrap_or(Value::Null);
-    let bytes = crate::schema::encode(&loaded.args_schema, &args)
-        .map_err(|why| input(format!("args {args} do not fit plugin `{plugin}`: {why}")))?;
-    Ok(NewTask {
-        plugin: plugin.to_owned(),
-        args: bytes,
-        queue: options.queue.clone(),
-        priority: options.priority,
-        max_attempts: options.max_attempts,
-        timeout: options.timeout,
-        run_at: options.run_at,
-    })
-}
-
-/// One line of `enqueue --file`; fields left out take the command's options.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLine {
-    plugin: String,
-    #[serde(default)]
-    args: Option<Value>,
-    queue: Option<String>,
-    priority: Option<i32>,
-    max_attempts: Option<i32>,
-    timeout: Option<String>,
-    run_at: Option<String>,
-}
-
-async fn enqueue<S: TaskStore>(
-    store: &S,
-    plugins: &Plugins,
-    args: EnqueueArgs,
-) -> Result<(), CliError> {
-    let tasks = match (&args.file, &args.plugin) {
-        (Some(file), _) => tasks_from_file(plugins, file, &args.options).await?,
-        (None, Some(plugin)) => {
-            let json = match &args.args {
-                Some(text) => Some(serde_json::from_str(text).map_err(|err| {
-                    input(format!("the args `{text}` are not valid JSON: {err}"))
-                })?),
-                None => None,
-            };
-            vec![checked_task(plugins, plugin, json, &args.options).await?]
-        }
-        (None, None) => return Err(input("name a plugin or pass --file")),
-    };
-    store.migrate().await?;
-    let ids = store.enqueue(&tasks).await?;
-    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    print_out(&out)
-}
-
-async fn tasks_from_file(
-    plugins: &Plugins,
-    path: &Path,
-    defaults: &TaskOptions,
-) -> Result<Vec<NewTask>, CliError> {
-    let file = std::fs::File::open(path)
-        .map_err(|err| input(format!("cannot read {}: {err}", path.display())))?;
-    let mut tasks = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = || format!("{} line {}", path.display(), index + 1);
-        let line = line.map_err(|err| input(format!("cannot read {}: {err}", at())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let entry: FileLine = serde_json::from_str(&line).map_err(|err| {
-            input(format!(
-                "{} is not a task line ({{\"plugin\": ..., \"args\": ...}}): {err}",
-                at()
-            ))
-        })?;
-        let mut options = defaults.clone();
-        if let Some(queue) = entry.queue {
-            options.queue = queue;
-        }
-        if let Some(priority) = entry.priority {
-            options.priority = priority;
-        }
-        if let Some(max_attempts) = entry.max_attempts {
-            if max_attempts < 1 {
-                return Err(input(format!("{}: max_attempts must be at least 1", at())));
-            }
-            options.max_attempts = max_attempts;
-        }
-        if let Some(timeout) = entry.timeout {
-            options.timeout = Some(
-                args::parse_duration(&timeout).map_err(|why| input(format!("{}: {why}", at())))?,
-            );
-        }
-        if let Some(run_at) = entry.run_at {
-            let time = chrono::DateTime::parse_from_rfc3339(&run_at)
-                .map_err(|_| input(format!("{}: `{run_at}` is not an RFC 3339 time", at())))?;
-            options.run_at = Some(time.with_timezone(&chrono::Utc));
-        }
-        let task = checked_task(plugins, &entry.plugin, entry.args, &options)
-            .await
-            .map_err(|err| match err {
-                CliError::Input(message) => input(format!("{}: {message}", at())),
-                other => other,
-            })?;
-        tasks.push(task);
-    }
-    if tasks.is_empty() {
-        return Err(input(format!("{} holds no tasks", path.display())));
-    }
-    Ok(tasks)
-}
-
-async fn worker<S: TaskStore>(
-    store: S,
-    plugins_dir: &Path,
-    args: WorkerArgs,
-) -> Result<(), CliError> {
-    if !plugins_dir.is_dir() {
-        return Err(input(format!(
-            "the plugins folder {} does not exist; build plugins with `cargo xtask plugins` or pass --plugins",
-            plugins_dir.display()
-        )));
-    }
-    store.lock_worker()?;
-    let concurrency = args
-        .concurrency
-        .map_or_else(default_concurrency, |n| n as usize);
-    let mut sandbox_config = SandboxConfig {
-        max_instances: u32::try_from(concurrency).unwrap_or(u32::MAX),
-        ..SandboxConfig::default()
-    };
-    if let Some(memory) = args.memory {
-        sandbox_config.memory_limit = memory;
-    }
-    sandbox_config.fuel = args.fuel;
-    let sandbox = Sandbox::new(sandbox_config).map_err(anyhow::Error::from)?;
-    let plugins = Arc::new(Plugins::new(sandbox, plugins_dir));
-    let listings = plugins.load_all().await.map_err(anyhow::Error::from)?;
-    let ready = listings.iter().filter(|l| l.loaded.is_ok()).count();
-    store.migrate().await?;
-    let config = WorkerConfig {
-        concurrency,
-        default_timeout: args.timeout,
-        queues: args.queues,
-        drain: args.drain,
-        backoff: crate::worker::retry::Backoff {
-            base: args.backoff,
-            ..Default::default()
-        },
-        rescuer: crate::worker::rescuer::RescuerConfig {
-            grace: args.rescue_grace,
-            worker_ttl: args.worker_ttl,
-            ..Default::default()
-        },
-        ..WorkerConfig::default()
-    };
-    tracing::info!(
-        worker = %config.worker_id,
-        concurrency,
-        plugins = ready,
-        refused = listings.len() - ready,
-        "worker started"
-    );
-    let shutdown = Shutdown::default();
-    let signals = tokio::spawn(watch_signals(shutdown.clone(), args.shutdown_timeout));
-    let report = Worker::new(store, plugins, config).run(shutdown).await?;
-    signals.abort();
-    tracing::info!(claimed = report.claimed, "worker stopped");
-    Ok(())
-}
-
-/// First SIGINT/SIGTERM: stop claiming, give running tasks `grace`, then
-/// interrupt them. A second signal interrupts at once.
-async fn watch_signals(shutdown: Shutdown, grace: std::time::Duration) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot watch for signals; stop the worker with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!(
-        "stopping: no new tasks; running tasks get {}",
-        humantime::format_duration(grace)
-    );
-    shutdown.stop.cancel();
-    tokio::select! {
-        _ = term.recv() => tracing::info!("second signal: interrupting running tasks"),
-        _ = int.recv() => tracing::info!("second signal: interrupting running tasks"),
-        _ = tokio::time::sleep(grace) => tracing::info!("shutdown timeout: interrupting running tasks"),
-    }
-    shutdown.interrupt.cancel();
 }
 
 /// How long `cancel` waits to report a running task's final status.

@@ -1,0 +1,130 @@
+//! `taskbox enqueue`: JSON args checked against the plugin's schema before
+//! anything is written, single tasks and `--file` batches (all or nothing).
+
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::args::{self, EnqueueArgs, TaskOptions};
+use super::{CliError, input, print_out, usable_plugin};
+use crate::sandbox::Plugins;
+use crate::store::{NewTask, TaskStore};
+
+/// Check `args` against the plugin's schema and build the task.
+async fn checked_task(
+    plugins: &Plugins,
+    plugin: &str,
+    args: Option<Value>,
+    options: &TaskOptions,
+) -> Result<NewTask, CliError> {
+    let loaded = usable_plugin(plugins, plugin).await?;
+    let args = args.unwrap_or(Value::Null);
+    let bytes = crate::schema::encode(&loaded.args_schema, &args)
+        .map_err(|why| input(format!("args {args} do not fit plugin `{plugin}`: {why}")))?;
+    Ok(NewTask {
+        plugin: plugin.to_owned(),
+        args: bytes,
+        queue: options.queue.clone(),
+        priority: options.priority,
+        max_attempts: options.max_attempts,
+        timeout: options.timeout,
+        run_at: options.run_at,
+    })
+}
+
+/// One line of `enqueue --file`; fields left out take the command's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLine {
+    plugin: String,
+    #[serde(default)]
+    args: Option<Value>,
+    queue: Option<String>,
+    priority: Option<i32>,
+    max_attempts: Option<i32>,
+    timeout: Option<String>,
+    run_at: Option<String>,
+}
+
+pub(super) async fn enqueue<S: TaskStore>(
+    store: &S,
+    plugins: &Plugins,
+    args: EnqueueArgs,
+) -> Result<(), CliError> {
+    let tasks = match (&args.file, &args.plugin) {
+        (Some(file), _) => tasks_from_file(plugins, file, &args.options).await?,
+        (None, Some(plugin)) => {
+            let json = match &args.args {
+                Some(text) => Some(serde_json::from_str(text).map_err(|err| {
+                    input(format!("the args `{text}` are not valid JSON: {err}"))
+                })?),
+                None => None,
+            };
+            vec![checked_task(plugins, plugin, json, &args.options).await?]
+        }
+        (None, None) => return Err(input("name a plugin or pass --file")),
+    };
+    store.migrate().await?;
+    let ids = store.enqueue(&tasks).await?;
+    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    print_out(&out)
+}
+
+async fn tasks_from_file(
+    plugins: &Plugins,
+    path: &Path,
+    defaults: &TaskOptions,
+) -> Result<Vec<NewTask>, CliError> {
+    let file = std::fs::File::open(path)
+        .map_err(|err| input(format!("cannot read {}: {err}", path.display())))?;
+    let mut tasks = Vec::new();
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let at = || format!("{} line {}", path.display(), index + 1);
+        let line = line.map_err(|err| input(format!("cannot read {}: {err}", at())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: FileLine = serde_json::from_str(&line).map_err(|err| {
+            input(format!(
+                "{} is not a task line ({{\"plugin\": ..., \"args\": ...}}): {err}",
+                at()
+            ))
+        })?;
+        let mut options = defaults.clone();
+        if let Some(queue) = entry.queue {
+            options.queue = queue;
+        }
+        if let Some(priority) = entry.priority {
+            options.priority = priority;
+        }
+        if let Some(max_attempts) = entry.max_attempts {
+            if max_attempts < 1 {
+                return Err(input(format!("{}: max_attempts must be at least 1", at())));
+            }
+            options.max_attempts = max_attempts;
+        }
+        if let Some(timeout) = entry.timeout {
+            options.timeout = Some(
+                args::parse_duration(&timeout).map_err(|why| input(format!("{}: {why}", at())))?,
+            );
+        }
+        if let Some(run_at) = entry.run_at {
+            let time = chrono::DateTime::parse_from_rfc3339(&run_at)
+                .map_err(|_| input(format!("{}: `{run_at}` is not an RFC 3339 time", at())))?;
+            options.run_at = Some(time.with_timezone(&chrono::Utc));
+        }
+        let task = checked_task(plugins, &entry.plugin, entry.args, &options)
+            .await
+            .map_err(|err| match err {
+                CliError::Input(message) => input(format!("{}: {message}", at())),
+                other => other,
+            })?;
+        tasks.push(task);
+    }
+    if tasks.is_empty() {
+        return Err(input(format!("{} holds no tasks", path.display())));
+    }
+    Ok(tasks)
+}
