@@ -190,3 +190,25 @@ async fn a_replaced_plugin_file_is_picked_up_by_a_running_worker(pool: PgPool) {
     shutdown.stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_plugin_reaching_for_the_host_gets_nothing(pool: PgPool) {
+    let store = store(pool).await;
+    let plugins = plugins();
+    let snoop = task(&plugins, "snoop", Value::Null).await;
+    let add = task(&plugins, "add", json!({"a": 1, "b": 1})).await;
+    let ids = store.enqueue(&[snoop, add]).await.unwrap();
+    drain(&store, &plugins, worker_config(2)).await;
+
+    let row = record(&store, ids[0]).await;
+    assert_eq!(row.status, Status::Success, "{:?}", row.error);
+    let found = result_json(&plugins, "snoop", row.result.as_deref().unwrap()).await;
+    assert_eq!(found["env"], json!([]), "the environment leaked: {found}");
+    assert_eq!(found["args"], json!([]), "arguments leaked: {found}");
+    // Postgres listens on the port it tries, so a granted socket would connect.
+    for attempt in ["read_file", "list_root", "connect"] {
+        let said = found[attempt].as_str().unwrap();
+        assert!(said.starts_with("denied"), "{attempt}: {said}");
+    }
+    assert_eq!(record(&store, ids[1]).await.status, Status::Success);
+}
