@@ -27,10 +27,11 @@ pub struct Executor {
 
 impl Executor {
     /// Run `task` and return the completion to record. `interrupt` stops it
-    /// early; `cause` says why once it fired.
+    /// early; `cause` says why once it fired. The task's args move into the
+    /// sandbox, so the caller's copy is left empty.
     pub async fn execute(
         &self,
-        task: &ClaimedTask,
+        task: &mut ClaimedTask,
         interrupt: &CancellationToken,
         cause: impl Fn() -> InterruptCause,
     ) -> Completion {
@@ -42,7 +43,7 @@ impl Executor {
                     .run(
                         &plugin,
                         Some(task.id),
-                        task.args.clone(),
+                        std::mem::take(&mut task.args),
                         task.timeout(),
                         interrupt,
                     )

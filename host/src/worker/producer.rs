@@ -171,7 +171,7 @@ impl<S: TaskStore> Producer<S> {
 /// free the slot only once the completer has room (backpressure).
 async fn consume(
     executor: Arc<Executor>,
-    task: ClaimedTask,
+    mut task: ClaimedTask,
     token: CancellationToken,
     shutdown: CancellationToken,
     outcomes: mpsc::Sender<Completion>,
@@ -184,7 +184,7 @@ async fn consume(
             InterruptCause::Cancelled
         }
     };
-    let completion = executor.execute(&task, &token, cause).await;
+    let completion = executor.execute(&mut task, &token, cause).await;
     if outcomes.send(completion).await.is_err() {
         tracing::error!(
             task = task.id,
