@@ -59,12 +59,12 @@ impl PluginError {
 
 /// A loaded plugin, ready to instantiate.
 pub struct Plugin {
-    pub name: String,
+    /// Shared with every log line the plugin writes.
+    pub name: Arc<str>,
     /// `sha256:` and the hex digest of the `.wasm` file.
     pub digest: String,
     pub args_schema: OwnedNamedType,
     pub result_schema: OwnedNamedType,
-    pub(crate) log_name: Arc<str>,
     pub(crate) pre: TaskPre<TaskState>,
 }
 
@@ -261,10 +261,10 @@ async fn load(sandbox: &Arc<Sandbox>, name: &str, path: &Path) -> Result<Plugin,
         path: shown.clone(),
         reason: format!("{err:#}"),
     })?;
-    let log_name: Arc<str> = Arc::from(name);
+    let name: Arc<str> = Arc::from(name);
     let target = LogTarget {
         task_id: None,
-        plugin: log_name.clone(),
+        plugin: name.clone(),
     };
     let never = CancellationToken::new();
     let (returned, _, _) = sandbox
@@ -284,11 +284,10 @@ async fn load(sandbox: &Arc<Sandbox>, name: &str, path: &Path) -> Result<Plugin,
     let result_schema = crate::schema::parse_schema(&signature.result_schema)
         .map_err(|err| describe_error(format!("result: {err}")))?;
     Ok(Plugin {
-        name: name.to_owned(),
+        name,
         digest,
         args_schema,
         result_schema,
-        log_name,
         pre,
     })
 }

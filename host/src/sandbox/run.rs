@@ -179,7 +179,7 @@ impl Sandbox {
         let started = Instant::now();
         let target = LogTarget {
             task_id,
-            plugin: plugin.log_name.clone(),
+            plugin: plugin.name.clone(),
         };
         let (returned, stdout, stderr) = self
             .call(&plugin.pre, target, Call::Run(args), timeout, interrupt)
