@@ -128,14 +128,19 @@ export async function pollUntilDone(deadline, check) {
   }
 }
 
-/** The one stdout line. */
-export function printResult({ peer, version, jobs, enqueueS, drainS }) {
+/**
+ * The one stdout line. `drainS` counts from the first job's start to the last
+ * completion (how taskbox's drain is counted); `drainWallS` from starting the
+ * worker.
+ */
+export function printResult({ peer, version, jobs, enqueueS, drainS, drainWallS }) {
   const result = {
     peer,
     version,
     jobs,
     enqueue_per_s: Math.round((jobs / enqueueS) * 10) / 10,
     drain_per_s: Math.round((jobs / drainS) * 10) / 10,
+    drain_wall_per_s: Math.round((jobs / drainWallS) * 10) / 10,
   };
   process.stdout.write(JSON.stringify(result) + "\n");
 }

@@ -268,5 +268,7 @@ fn bench(rest: &[String]) -> Result<()> {
             "bench",
             "--",
         ])
-        .args(rest))
+        // `cargo xtask bench -- --jobs 5000` as BENCHMARKS.md shows it: the
+        // `--` only separates these args from cargo's.
+        .args(rest.iter().skip_while(|arg| *arg == "--")))
 }

@@ -125,6 +125,10 @@ pub struct ClaimedTask {
     pub attempt: i32,
     pub max_attempts: i32,
     pub timeout_ms: i64,
+    /// The claim's lease, where the store keeps them (Postgres): the worker
+    /// hands it back with the batch's last completion.
+    #[sqlx(default)]
+    pub lease: Option<i64>,
 }
 
 impl ClaimedTask {
@@ -149,6 +153,8 @@ pub struct Completion {
     pub error: Option<String>,
     pub plugin_digest: Option<String>,
     pub retry_at: Option<DateTime<Utc>>,
+    /// Set on the last completion of a claim: its lease ends with the write.
+    pub ends_lease: Option<i64>,
 }
 
 impl Completion {
@@ -165,6 +171,7 @@ impl Completion {
             error: None,
             plugin_digest: None,
             retry_at: None,
+            ends_lease: None,
         }
     }
 

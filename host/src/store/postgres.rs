@@ -33,31 +33,49 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
      timeout_ms, run_at, enqueued_at, started_at, finished_at, plugin_digest, result, stdout, \
      stderr, error, errors, worker_id";
 
-/// `$4` is NULL for every queue, else the queues to serve.
+/// `$4` is NULL for every queue, else the queues to serve. The batch is
+/// recorded as one lease in the same statement, so no claimed row is ever
+/// without one.
 const CLAIM: &str = "
 WITH picked AS (
     SELECT id FROM tasks
-    WHERE status = 'waiting' AND run_at <= now()
+    WHERE is_waiting AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
     ORDER BY priority, run_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE tasks t
+    SET status = 'running',
+        is_waiting = false,
+        attempt = t.attempt + 1,
+        started_at = now(),
+        deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
+        worker_id = $2
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
+              coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at
+), lease AS (
+    INSERT INTO leases (worker_id, task_ids, expires_at)
+    SELECT $2, array_agg(id), max(deadline_at) FROM claimed
+    HAVING count(*) > 0
+    RETURNING id
 )
-UPDATE tasks t
-SET status = 'running',
-    attempt = t.attempt + 1,
-    started_at = now(),
-    deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
-    worker_id = $2
-FROM picked
-WHERE t.id = picked.id
-RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
-          coalesce(t.timeout_ms, $3) AS timeout_ms";
+SELECT c.id, c.plugin, c.args, c.attempt, c.max_attempts, c.timeout_ms, lease.id AS lease
+FROM claimed c CROSS JOIN lease";
 
+/// Every column a finished attempt changes is outside all indexes, so the
+/// update stays heap-only; `is_waiting` and `run_at` change for retries only.
+/// `$11` are the leases whose last task this batch finishes.
 const COMPLETE: &str = "
+WITH ended AS (
+    DELETE FROM leases WHERE id = ANY($11)
+)
 UPDATE tasks t
 SET status = CASE WHEN c.status = 'waiting' AND t.cancel_requested_at IS NOT NULL
                   THEN 'cancelled' ELSE c.status END,
+    is_waiting = (c.status = 'waiting' AND t.cancel_requested_at IS NULL),
     attempt = CASE WHEN c.spend_attempt THEN t.attempt ELSE t.attempt - 1 END,
     result = c.result,
     stdout = c.stdout,
@@ -74,18 +92,32 @@ FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::b
           spend_attempt)
 WHERE t.id = c.id AND t.attempt = c.attempt AND t.status = 'running'";
 
+/// Leases past their deadline whose worker is dead, or is the asking one
+/// (whose claim reply may have been lost): `$1` grace in seconds, `$2` the
+/// heartbeat TTL in seconds, `$3` the asking worker. Locked, so concurrent
+/// rescuers split them.
+const LAPSED_LEASES: &str = "
+SELECT l.id FROM leases l
+WHERE l.expires_at < now() - make_interval(secs => $1)
+  AND (l.worker_id = $3 OR NOT EXISTS (
+      SELECT 1 FROM workers w
+      WHERE w.id = l.worker_id
+        AND w.heartbeat_at > now() - make_interval(secs => $2)))
+FOR UPDATE SKIP LOCKED";
+
+/// Take back the running tasks of the lapsed leases `$4`, except those the
+/// asking worker `$2` holds (`$3`); `$1` is the grace in seconds.
 const RESCUE: &str = "
-WITH lost AS (
+WITH candidates AS (
+    SELECT DISTINCT l.worker_id, unnest(l.task_ids) AS id FROM leases l
+    WHERE l.id = ANY($4)
+), lost AS (
     SELECT t.id FROM tasks t
+    JOIN candidates c ON c.id = t.id AND c.worker_id = t.worker_id
     WHERE t.status = 'running'
       AND t.deadline_at < now() - make_interval(secs => $1)
-      AND (
-          (t.worker_id = $3 AND NOT (t.id = ANY($4)))
-          OR (t.worker_id <> $3 AND NOT EXISTS (
-              SELECT 1 FROM workers w
-              WHERE w.id = t.worker_id
-                AND w.heartbeat_at > now() - make_interval(secs => $2))))
-    FOR UPDATE SKIP LOCKED
+      AND (t.worker_id <> $2 OR NOT (t.id = ANY($3)))
+    FOR UPDATE OF t SKIP LOCKED
 ), decided AS (
     SELECT t.id,
            CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
@@ -97,6 +129,7 @@ WITH lost AS (
 )
 UPDATE tasks t
 SET status = d.status,
+    is_waiting = (d.status = 'waiting'),
     error = d.error,
     errors = array_append(t.errors, d.error),
     finished_at = CASE WHEN d.status = 'waiting' THEN NULL ELSE now() END,
@@ -105,9 +138,19 @@ FROM decided d
 WHERE t.id = d.id
 RETURNING t.id, t.status";
 
+/// Drop those of the leases `$1` none of whose tasks still runs under the
+/// lease's worker. Run after [`RESCUE`] in its transaction, so rows it took
+/// back no longer count.
+const DROP_SPENT_LEASES: &str = "
+DELETE FROM leases l
+WHERE l.id = ANY($1)
+  AND NOT EXISTS (
+      SELECT 1 FROM tasks t
+      WHERE t.id = ANY(l.task_ids) AND t.status = 'running' AND t.worker_id = l.worker_id)";
+
 const CANCEL_WAITING: &str = "
 UPDATE tasks
-SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
+SET status = 'cancelled', is_waiting = false, finished_at = now(), cancel_requested_at = now(),
     error = 'cancelled before it ran', errors = array_append(errors, 'cancelled before it ran')
 WHERE id = $1 AND status = 'waiting'
 RETURNING id";
@@ -250,6 +293,7 @@ impl TaskStore for PgStore {
         let retry_ats: Vec<Option<DateTime<Utc>>> =
             completions.iter().map(|c| c.retry_at).collect();
         let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
+        let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
         let done = sqlx::query(COMPLETE)
             .bind(ids)
             .bind(attempts)
@@ -261,6 +305,7 @@ impl TaskStore for PgStore {
             .bind(digests)
             .bind(retry_ats)
             .bind(spends)
+            .bind(ended_leases)
             .execute(&self.completions)
             .await?;
         Ok(done.rows_affected())
@@ -301,9 +346,11 @@ impl TaskStore for PgStore {
     }
 
     async fn has_pending(&self) -> StoreResult<bool> {
+        // Every running task is in a lease, and leases are few.
         Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'running')
-                 OR EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting'
+            "SELECT EXISTS (SELECT 1 FROM leases l JOIN tasks t ON t.id = ANY(l.task_ids)
+                            WHERE t.status = 'running')
+                 OR EXISTS (SELECT 1 FROM tasks WHERE is_waiting
                             AND (run_at <= now() OR attempt > 0))",
         )
         .fetch_one(&self.pool)
@@ -330,13 +377,30 @@ impl TaskStore for PgStore {
     }
 
     async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {
-        Ok(sqlx::query_as(RESCUE)
-            .bind(request.grace.as_secs_f64())
+        let grace = request.grace.as_secs_f64();
+        let mut tx = self.pool.begin().await?;
+        let lapsed: Vec<i64> = sqlx::query_scalar(LAPSED_LEASES)
+            .bind(grace)
             .bind(request.worker_ttl.as_secs_f64())
             .bind(request.worker_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        if lapsed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rescued = sqlx::query_as(RESCUE)
+            .bind(grace)
+            .bind(request.worker_id)
             .bind(request.in_flight)
-            .fetch_all(&self.pool)
-            .await?)
+            .bind(&lapsed)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query(DROP_SPENT_LEASES)
+            .bind(&lapsed)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rescued)
     }
 
     async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {

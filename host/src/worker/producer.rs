@@ -12,9 +12,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::completer::{Finished, Lease};
 use super::executor::{Executor, InterruptCause};
 use super::{InFlight, Shutdown, WorkerConfig};
-use crate::store::{ClaimRequest, ClaimedTask, Completion, TaskStore};
+use crate::store::{ClaimRequest, ClaimedTask, TaskStore};
 
 /// Pause after a failed claim, doubling up to [`MAX_CLAIM_RETRY_DELAY`].
 const FIRST_CLAIM_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -30,7 +31,7 @@ pub(super) struct Producer<S: TaskStore> {
     pub flushed: Arc<Notify>,
     pub in_flight: Arc<InFlight>,
     pub executor: Arc<Executor>,
-    pub outcomes: mpsc::Sender<Completion>,
+    pub outcomes: mpsc::Sender<Finished>,
     pub guests: tokio::runtime::Handle,
     pub consumers: TaskTracker,
     pub shutdown: Shutdown,
@@ -81,9 +82,14 @@ impl<S: TaskStore> Producer<S> {
             };
             let got = claimed.len();
             self.claimed.fetch_add(got as u64, Ordering::Relaxed);
+            // One claim, one lease: every task of the batch carries it.
+            let lease = claimed
+                .first()
+                .and_then(|task| task.lease)
+                .map(|id| Lease::new(id, got));
             for task in claimed {
                 let permit = permits.split(1).expect("one permit per claimed task");
-                self.start(task, permit);
+                self.start(task, lease.clone(), permit);
             }
             drop(permits);
             if got > 0 {
@@ -140,13 +146,14 @@ impl<S: TaskStore> Producer<S> {
         }
     }
 
-    fn start(&self, task: ClaimedTask, permit: OwnedSemaphorePermit) {
+    fn start(&self, task: ClaimedTask, lease: Option<Arc<Lease>>, permit: OwnedSemaphorePermit) {
         let token = self.shutdown.interrupt.child_token();
         self.in_flight.insert(task.id, token.clone());
         self.consumers.spawn_on(
             consume(
                 self.executor.clone(),
                 task,
+                lease,
                 token,
                 self.shutdown.interrupt.clone(),
                 self.outcomes.clone(),
@@ -172,9 +179,10 @@ impl<S: TaskStore> Producer<S> {
 async fn consume(
     executor: Arc<Executor>,
     mut task: ClaimedTask,
+    lease: Option<Arc<Lease>>,
     token: CancellationToken,
     shutdown: CancellationToken,
-    outcomes: mpsc::Sender<Completion>,
+    outcomes: mpsc::Sender<Finished>,
     permit: OwnedSemaphorePermit,
 ) {
     let cause = || {
@@ -185,7 +193,7 @@ async fn consume(
         }
     };
     let completion = executor.execute(&mut task, &token, cause).await;
-    if outcomes.send(completion).await.is_err() {
+    if outcomes.send(Finished { completion, lease }).await.is_err() {
         tracing::error!(
             task = task.id,
             "the completer stopped; the rescuer will recover this task"
