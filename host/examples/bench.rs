@@ -7,7 +7,13 @@
 //! bench may create and drop `taskbox_bench_*` databases), TASKBOX_PLUGINS,
 //! TASKBOX_BIN (the release `taskbox` binary), TASKBOX_ROOT (the checkout).
 //! Args: `--jobs N` (default 20000), `--big N` (default 100000),
-//! `--concurrency N` (default 64), `--no-peers`, `--no-profile`.
+//! `--concurrency N` (default 1024), `--rounds N` (default 3), `--no-peers`,
+//! `--no-profile`.
+//!
+//! The one-process `add` drain and the peers' drains run in interleaved
+//! rounds and are compared by their medians, so a slow stretch of a noisy
+//! machine weighs on every queue alike. Each drain starts right after a
+//! CHECKPOINT, so none of them pays for full-page writes that another did not.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,7 +29,13 @@ use tokio_util::sync::CancellationToken;
 
 const DEFAULT_JOBS: usize = 20_000;
 const DEFAULT_BIG: usize = 100_000;
-const DEFAULT_CONCURRENCY: usize = 256;
+const DEFAULT_CONCURRENCY: usize = 1024;
+const DEFAULT_ROUNDS: usize = 3;
+/// The peer queues: display name and script in `bench/peers`.
+const PEERS: [(&str, &str); 2] = [
+    ("graphile-worker", "graphile.mjs"),
+    ("pg-boss", "pgboss.mjs"),
+];
 /// The concurrency the memory figure is taken at.
 const RSS_CONCURRENCY: usize = 64;
 const ENQUEUE_BATCH: usize = 10_000;
@@ -34,6 +46,7 @@ struct Options {
     jobs: usize,
     big: usize,
     concurrency: usize,
+    rounds: usize,
     peers: bool,
     profile: bool,
 }
@@ -43,6 +56,7 @@ fn options() -> Result<Options> {
         jobs: DEFAULT_JOBS,
         big: DEFAULT_BIG,
         concurrency: DEFAULT_CONCURRENCY,
+        rounds: DEFAULT_ROUNDS,
         peers: true,
         profile: true,
     };
@@ -58,6 +72,7 @@ fn options() -> Result<Options> {
             "--jobs" => options.jobs = number("--jobs")?,
             "--big" => options.big = number("--big")?,
             "--concurrency" => options.concurrency = number("--concurrency")?,
+            "--rounds" => options.rounds = number("--rounds")?.max(1),
             "--no-peers" => options.peers = false,
             "--no-profile" => options.profile = false,
             other => bail!("unknown argument {other}"),
@@ -88,6 +103,9 @@ async fn fresh_database(base: &str, name: &str) -> Result<String> {
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await?;
+    // Pages first written after a checkpoint cost no full-page image until
+    // the next one (5 minutes away), whichever queue drains next.
+    sqlx::query("CHECKPOINT").execute(&mut admin).await?;
     Ok(url_for(base, name))
 }
 
@@ -504,6 +522,17 @@ fn machine() -> String {
     format!("{cores} vCPU ({cpu}), {memory} RAM, Postgres on the same machine")
 }
 
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 fn ratio(ours: f64, theirs: Option<f64>) -> String {
     theirs.map_or("–".into(), |theirs| format!("{:.2}×", ours / theirs))
 }
@@ -531,9 +560,6 @@ async fn main() -> Result<()> {
     let (add_mean, add_p50) = sandbox_overhead(&plugins, "add").await?;
     let (puts_mean, puts_p50) = sandbox_overhead(&plugins, "puts").await?;
 
-    let mut rows = Vec::new();
-    let mut add_drain_one = 0.0;
-    let mut add_enqueue = 0.0;
     let profile_path = root.join("target/bench-perf.data");
     let profiling = options.profile
         && Command::new("perf")
@@ -541,23 +567,50 @@ async fn main() -> Result<()> {
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-    for plugin in ["add", "puts"] {
-        let args = args_for(&plugins, plugin).await?;
-        eprintln!("bench: {plugin}: enqueue {jobs}, drain with one worker");
+
+    // Rounds: taskbox `add` on one process, then each peer.
+    let add_args = args_for(&plugins, "add").await?;
+    let mut ours: Vec<(f64, Drain)> = Vec::new();
+    let mut theirs: Vec<(&str, Vec<Value>)> = Vec::new();
+    for round in 1..=options.rounds {
+        eprintln!("bench: round {round}: taskbox add, enqueue {jobs} and drain with one worker");
         let url = fresh_database(&base, "taskbox_bench").await?;
         let store = open_store(&url).await?;
-        let enqueue_rate = enqueue(&store, plugin, &args, jobs).await?;
+        let enqueue_rate = enqueue(&store, "add", &add_args, jobs).await?;
         let one = drain(&url, &bin, &plugins_dir, 1, concurrency, jobs, None).await?;
-        eprintln!("bench: {plugin}: drain with two workers");
+        ours.push((enqueue_rate, one));
+        if !options.peers {
+            continue;
+        }
+        for (name, script) in PEERS {
+            eprintln!("bench: round {round}: peer {name}");
+            let url = fresh_database(&base, "taskbox_bench_peer").await?;
+            let result = run_peer(&root, script, &url, jobs)
+                .with_context(|| format!("the {name} peer failed"))?;
+            match theirs.iter_mut().find(|(peer, _)| *peer == name) {
+                Some((_, results)) => results.push(result),
+                None => theirs.push((name, vec![result])),
+            }
+        }
+    }
+    if options.peers {
+        drop_database(&base, "taskbox_bench_peer").await?;
+    }
+
+    // Once each: `puts` on one process, and both plugins on two.
+    let puts_args = args_for(&plugins, "puts").await?;
+    let mut others = Vec::new();
+    for (plugin, args, processes) in [
+        ("puts", &puts_args, 1),
+        ("add", &add_args, 2),
+        ("puts", &puts_args, 2),
+    ] {
+        eprintln!("bench: {plugin}: enqueue {jobs}, drain with {processes} worker(s)");
         let url = fresh_database(&base, "taskbox_bench").await?;
         let store = open_store(&url).await?;
-        enqueue(&store, plugin, &args, jobs).await?;
-        let two = drain(&url, &bin, &plugins_dir, 2, concurrency, jobs, None).await?;
-        if plugin == "add" {
-            add_drain_one = one.rate;
-            add_enqueue = enqueue_rate;
-        }
-        rows.push((plugin, enqueue_rate, one, two));
+        let enqueue_rate = enqueue(&store, plugin, args, jobs).await?;
+        let drained = drain(&url, &bin, &plugins_dir, processes, concurrency, jobs, None).await?;
+        others.push((plugin, processes, enqueue_rate, drained));
     }
 
     if profiling {
@@ -603,36 +656,45 @@ async fn main() -> Result<()> {
 
     eprintln!("bench: raw SQL ceiling");
     let url = fresh_database(&base, "taskbox_bench").await?;
-    let ceiling_one = sql_ceiling(&url, &args, jobs, concurrency, 1).await?;
+    let claim_batch = (concurrency / 2).max(1);
+    let ceiling_one = sql_ceiling(&url, &args, jobs, claim_batch, 1).await?;
     let url = fresh_database(&base, "taskbox_bench").await?;
-    let ceiling_four = sql_ceiling(&url, &args, jobs, concurrency, 4).await?;
+    let ceiling_four = sql_ceiling(&url, &args, jobs, claim_batch, 4).await?;
     drop_database(&base, "taskbox_bench").await?;
 
-    let mut peers: Vec<(String, Value)> = Vec::new();
-    if options.peers {
-        for (name, script) in [
-            ("graphile-worker", "graphile.mjs"),
-            ("pg-boss", "pgboss.mjs"),
-        ] {
-            eprintln!("bench: peer {name}");
-            let url = fresh_database(&base, "taskbox_bench_peer").await?;
-            match run_peer(&root, script, &url, jobs) {
-                Ok(value) => peers.push((name.to_owned(), value)),
-                Err(err) => eprintln!("bench: {name} failed: {err:#}"),
-            }
-        }
-        drop_database(&base, "taskbox_bench_peer").await?;
-    }
-    let best = |key: &str| {
-        peers
+    // Medians over the rounds, and the ratio to the faster peer round by round.
+    let our_drain = median(ours.iter().map(|(_, d)| d.rate));
+    let our_wall = median(ours.iter().map(|(_, d)| d.wall_rate));
+    let our_enqueue = median(ours.iter().map(|(rate, _)| *rate));
+    let figure =
+        |results: &[Value], key: &str| median(results.iter().filter_map(|v| v[key].as_f64()));
+    let best_peer = |key: &str| {
+        theirs
             .iter()
-            .filter_map(|(_, v)| v[key].as_f64())
+            .map(|(_, results)| figure(results, key))
             .fold(None, |best: Option<f64>, x| {
                 Some(best.map_or(x, |b| b.max(x)))
             })
     };
-    let best_drain = best("drain_per_s");
-    let best_enqueue = best("enqueue_per_s");
+    let best_drain = best_peer("drain_per_s");
+    let best_enqueue = best_peer("enqueue_per_s");
+    let per_round: Vec<String> = (0..options.rounds)
+        .filter_map(|round| {
+            let fastest = theirs
+                .iter()
+                .filter_map(|(_, results)| results.get(round)?["drain_per_s"].as_f64())
+                .fold(None, |best: Option<f64>, x| {
+                    Some(best.map_or(x, |b| b.max(x)))
+                })?;
+            Some(ratio(ours[round].1.rate, Some(fastest)))
+        })
+        .collect();
+    let range = |rates: &mut dyn Iterator<Item = f64>| {
+        let rates: Vec<f64> = rates.collect();
+        let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = rates.iter().copied().fold(0.0, f64::max);
+        format!("{low:.0}–{high:.0}")
+    };
 
     say("# Benchmarks".into());
     say(String::new());
@@ -652,42 +714,66 @@ async fn main() -> Result<()> {
     say(String::new());
     say("## Drain and enqueue, against peers".into());
     say(String::new());
-    say("| queue | bulk enqueue (jobs/s) | drain, 1 process (jobs/s) | drain, 2 processes (jobs/s) | taskbox ÷ this (drain, 1 process) | taskbox ÷ this (enqueue) |".into());
-    say("| --- | ---: | ---: | ---: | ---: | ---: |".into());
-    for (plugin, enqueue_rate, one, two) in &rows {
+    say(format!(
+        "Medians of {} interleaved rounds (each round drains taskbox `add` on one process, then each peer), with the range over the rounds.",
+        options.rounds
+    ));
+    say(String::new());
+    say("| queue | bulk enqueue (jobs/s) | drain, 1 process (jobs/s) | range | drain from worker start (jobs/s) | taskbox ÷ this (drain) | taskbox ÷ this (enqueue) |".into());
+    say("| --- | ---: | ---: | ---: | ---: | ---: | ---: |".into());
+    say(format!(
+        "| taskbox `add` | {our_enqueue:.0} | {our_drain:.0} | {} | {our_wall:.0} | | |",
+        range(&mut ours.iter().map(|(_, d)| d.rate)),
+    ));
+    for (name, results) in &theirs {
+        let drain_rate = figure(results, "drain_per_s");
+        let enqueue_rate = figure(results, "enqueue_per_s");
         say(format!(
-            "| taskbox `{plugin}` | {enqueue_rate:.0} | {:.0} (wall {:.0}) | {:.0} (wall {:.0}) | | |",
-            one.rate, one.wall_rate, two.rate, two.wall_rate
-        ));
-    }
-    for (name, value) in &peers {
-        let drain_rate = value["drain_per_s"].as_f64().unwrap_or(0.0);
-        let enqueue_rate = value["enqueue_per_s"].as_f64().unwrap_or(0.0);
-        say(format!(
-            "| {name} {} | {enqueue_rate:.0} | {drain_rate:.0} | | {} | {} |",
-            value["version"].as_str().unwrap_or(""),
-            ratio(add_drain_one, Some(drain_rate)),
-            ratio(add_enqueue, Some(enqueue_rate)),
+            "| {name} {} | {enqueue_rate:.0} | {drain_rate:.0} | {} | {:.0} | {} | {} |",
+            results[0]["version"].as_str().unwrap_or(""),
+            range(&mut results.iter().filter_map(|v| v["drain_per_s"].as_f64())),
+            figure(results, "drain_wall_per_s"),
+            ratio(our_drain, Some(drain_rate)),
+            ratio(our_enqueue, Some(enqueue_rate)),
         ));
     }
     say(String::new());
     say(format!(
-        "- taskbox `add` drain ÷ the faster peer: **{}**; bulk enqueue ÷ the faster peer: **{}**",
-        ratio(add_drain_one, best_drain),
-        ratio(add_enqueue, best_enqueue)
+        "- taskbox `add` drain ÷ the faster peer: **{}** (round by round: {}); bulk enqueue ÷ the faster peer: **{}**",
+        ratio(our_drain, best_drain),
+        if per_round.is_empty() {
+            "no peers".to_owned()
+        } else {
+            per_round.join(", ")
+        },
+        ratio(our_enqueue, best_enqueue)
     ));
+    say("- Drains count from the first job's start to the last completion (taskbox: database clock; peers: their own clock, checked by polling every 2 ms). The column \"from worker start\" also counts starting the worker: for taskbox, spawning the process, loading plugins and connecting, up to its exit.".into());
     say(format!(
-        "- taskbox `add` drain ÷ the raw SQL ceiling (claim {concurrency} + complete them, no sandbox): {} of {ceiling_one:.0} rows/s on 1 connection; {} of {ceiling_four:.0} rows/s on 4",
-        ratio(add_drain_one, Some(ceiling_one)),
-        ratio(add_drain_one, Some(ceiling_four)),
+        "- taskbox `add` drain ÷ the raw SQL ceiling (claim {claim_batch} + complete them, no sandbox): {} of {ceiling_one:.0} rows/s on 1 connection; {} of {ceiling_four:.0} rows/s on 4",
+        ratio(our_drain, Some(ceiling_one)),
+        ratio(our_drain, Some(ceiling_four)),
     ));
+    say(String::new());
+    say("Once each:".into());
+    say(String::new());
+    say("| taskbox | bulk enqueue (jobs/s) | drain (jobs/s) | from worker start (jobs/s) |".into());
+    say("| --- | ---: | ---: | ---: |".into());
+    for (plugin, processes, enqueue_rate, drained) in &others {
+        say(format!(
+            "| `{plugin}`, {processes} process{} | {enqueue_rate:.0} | {:.0} | {:.0} |",
+            if *processes == 1 { "" } else { "es" },
+            drained.rate,
+            drained.wall_rate
+        ));
+    }
+    say(String::new());
     say(format!(
         "- long drain: {} `add` tasks at {:.0} jobs/s, {} of the {jobs}-task rate",
         options.big,
         big.rate,
-        ratio(big.rate, Some(add_drain_one))
+        ratio(big.rate, Some(our_drain))
     ));
-    say("- taskbox drain rates count from the first task's start to the last task's finish (database clock); \"wall\" counts from spawning the worker processes to their exit. The peers count from starting their worker to the last completion.".into());
     say(String::new());
     say("## Latency, sandbox cost, memory".into());
     say(String::new());
@@ -735,7 +821,7 @@ async fn main() -> Result<()> {
         None => say("perf was not available on this machine; no profile was taken.".into()),
     }
     say(String::new());
-    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--no-peers`, `--no-profile`).".into());
+    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--rounds N`, `--no-peers`, `--no-profile`).".into());
 
     std::fs::write(root.join("BENCHMARKS.md"), &report)?;
     println!("{report}");

@@ -39,8 +39,10 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_CLAIM_WAIT: Duration = Duration::from_millis(2);
 /// How often a worker looks for new or changed plugin files.
 pub const DEFAULT_PLUGIN_RESCAN: Duration = Duration::from_secs(2);
-/// Claim statements in flight per worker.
-pub const DEFAULT_CLAIMERS: usize = 2;
+/// Claim statements in flight per worker. One is enough while half the
+/// slots keep running during a claim; a second one mostly walks past the
+/// rows the first has locked (measured: more Postgres CPU per task, no gain).
+pub const DEFAULT_CLAIMERS: usize = 1;
 
 /// The default concurrency: 12 consumers per core.
 pub fn default_concurrency() -> usize {
