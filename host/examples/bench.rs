@@ -656,7 +656,7 @@ async fn main() -> Result<()> {
 
     eprintln!("bench: raw SQL ceiling");
     let url = fresh_database(&base, "taskbox_bench").await?;
-    let claim_batch = (concurrency / 2).max(1);
+    let claim_batch = (concurrency / 2).clamp(1, taskbox::worker::DEFAULT_MAX_CLAIM);
     let ceiling_one = sql_ceiling(&url, &args, jobs, claim_batch, 1).await?;
     let url = fresh_database(&base, "taskbox_bench").await?;
     let ceiling_four = sql_ceiling(&url, &args, jobs, claim_batch, 4).await?;

@@ -394,6 +394,12 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     /// backoff count; tasks scheduled by the user for later do not).
     fn has_pending(&self) -> impl Future<Output = StoreResult<bool>> + Send;
 
+    /// Open the connections a worker claims and completes on, so its first
+    /// tasks do not wait for them. Stores without such pools do nothing.
+    fn warm_up(&self) -> impl Future<Output = StoreResult<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// Record that `worker_id` is alive (and register it the first time).
     fn heartbeat(&self, worker_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
 

@@ -357,6 +357,13 @@ impl TaskStore for PgStore {
         .await?)
     }
 
+    async fn warm_up(&self) -> StoreResult<()> {
+        let (claims, completions) = tokio::join!(self.claims.acquire(), self.completions.acquire());
+        claims?;
+        completions?;
+        Ok(())
+    }
+
     async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO workers (id) VALUES ($1)

@@ -13,8 +13,10 @@ use tokio::sync::{Notify, mpsc};
 use super::InFlight;
 use crate::store::{Completion, TaskStore};
 
-/// Outcomes written per statement at most.
-pub const DEFAULT_MAX_BATCH: usize = 512;
+/// Outcomes written per statement at most. A batch grows only while the
+/// previous write is in flight, so a busy worker writes fewer, larger
+/// statements and an idle one writes each outcome at once.
+pub const DEFAULT_MAX_BATCH: usize = 2048;
 /// First pause after a failed write; doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);

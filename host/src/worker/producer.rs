@@ -111,9 +111,10 @@ impl<S: TaskStore> Producer<S> {
         }
     }
 
-    /// Wait for demand: half the slots free (one statement for many rows),
-    /// or whatever is free after `claim_wait`, so a busy worker does not
-    /// claim a row at a time. `None` once stopping.
+    /// Wait for demand: `min_demand` slots free (one statement for many
+    /// rows), or whatever is free after `claim_wait`, so a busy worker does
+    /// not claim a row at a time; then take what else is free, up to
+    /// `max_claim`. `None` once stopping.
     async fn demand(&self) -> Option<OwnedSemaphorePermit> {
         let gathered = tokio::select! {
             batch = tokio::time::timeout(
@@ -129,7 +130,8 @@ impl<S: TaskStore> Producer<S> {
                 _ = self.stopped() => return None,
             },
         };
-        let free = self.slots.available_permits();
+        let room = self.config.max_claim.saturating_sub(permits.num_permits());
+        let free = self.slots.available_permits().min(room);
         if free > 0
             && let Ok(more) = self.slots.clone().try_acquire_many_owned(free as u32)
         {
