@@ -201,13 +201,18 @@ impl PgStore {
             .max_connections(DEFAULT_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
+        // The hot pools skip sqlx's ping before every acquire, a round trip
+        // per statement: a dead connection fails the statement itself, which
+        // the producer and the completer retry.
         let claims = PgPoolOptions::new()
             .max_connections(CLAIM_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let completions = PgPoolOptions::new()
             .max_connections(COMPLETION_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
         Ok(PgStore {
             pool,
