@@ -281,9 +281,6 @@ impl TaskStore for PgStore {
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
-        if completions.is_empty() {
-            return Ok(0);
-        }
         let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
         let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
         let statuses: Vec<&str> = completions.iter().map(|c| c.status.as_str()).collect();
@@ -363,9 +360,18 @@ impl TaskStore for PgStore {
     }
 
     async fn warm_up(&self) -> StoreResult<()> {
-        let (claims, completions) = tokio::join!(self.claims.acquire(), self.completions.acquire());
-        claims?;
-        completions?;
+        // A claim of nothing and a completion of nothing: each connects its
+        // pool and leaves the statement prepared and the backend's caches
+        // filled, so the first real batch pays for neither.
+        let nothing = ClaimRequest {
+            worker_id: "",
+            limit: 0,
+            queues: &[],
+            default_timeout: Duration::ZERO,
+        };
+        let (claimed, completed) = tokio::join!(self.claim(&nothing), self.complete(&[]));
+        claimed?;
+        completed?;
         Ok(())
     }
 

@@ -136,11 +136,11 @@ impl InFlight {
             .collect()
     }
 
-    fn insert(&self, id: i64, token: CancellationToken) {
+    fn insert_many(&self, tasks: impl IntoIterator<Item = (i64, CancellationToken)>) {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, token);
+            .extend(tasks);
     }
 
     pub(crate) fn remove(&self, ids: impl IntoIterator<Item = i64>) {

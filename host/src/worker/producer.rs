@@ -87,10 +87,7 @@ impl<S: TaskStore> Producer<S> {
                 .first()
                 .and_then(|task| task.lease)
                 .map(|id| Lease::new(id, got));
-            for task in claimed {
-                let permit = permits.split(1).expect("one permit per claimed task");
-                self.start(task, lease.clone(), permit);
-            }
+            self.start(claimed, lease, &mut permits);
             drop(permits);
             if got > 0 {
                 continue;
@@ -148,19 +145,41 @@ impl<S: TaskStore> Producer<S> {
         }
     }
 
-    fn start(&self, task: ClaimedTask, lease: Option<Arc<Lease>>, permit: OwnedSemaphorePermit) {
-        let token = self.shutdown.interrupt.child_token();
-        self.in_flight.insert(task.id, token.clone());
+    /// Start a consumer for each claimed task, each holding one of `permits`.
+    /// One launcher crosses to the guest runtime per batch and spawns the
+    /// consumers from there, which costs far less than a cross-runtime spawn
+    /// (and a thread wake-up) per task.
+    fn start(
+        &self,
+        claimed: Vec<ClaimedTask>,
+        lease: Option<Arc<Lease>>,
+        permits: &mut OwnedSemaphorePermit,
+    ) {
+        let mut tokens = Vec::with_capacity(claimed.len());
+        let consumers: Vec<_> = claimed
+            .into_iter()
+            .map(|task| {
+                let token = self.shutdown.interrupt.child_token();
+                tokens.push((task.id, token.clone()));
+                consume(
+                    self.executor.clone(),
+                    task,
+                    lease.clone(),
+                    token,
+                    self.shutdown.interrupt.clone(),
+                    self.outcomes.clone(),
+                    permits.split(1).expect("one permit per claimed task"),
+                )
+            })
+            .collect();
+        self.in_flight.insert_many(tokens);
+        let tracker = self.consumers.clone();
         self.consumers.spawn_on(
-            consume(
-                self.executor.clone(),
-                task,
-                lease,
-                token,
-                self.shutdown.interrupt.clone(),
-                self.outcomes.clone(),
-                permit,
-            ),
+            async move {
+                for consumer in consumers {
+                    tracker.spawn(consumer);
+                }
+            },
             &self.guests,
         );
     }
