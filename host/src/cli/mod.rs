@@ -80,7 +80,13 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(matches!(cli.command, Command::Worker(_)));
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread is plenty for claiming, completing and listening: guests run
+    // on the sandbox's own runtime, and a worker's cores are better spent on
+    // them and on Postgres than on a second idle scheduler thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("taskbox: cannot start the async runtime: {err}");
