@@ -1,6 +1,7 @@
 //! Two worker processes draining one queue together run every task exactly
-//! once: each task ends `success` on its first attempt, and the claims the
-//! two processes report add up to the number of tasks.
+//! once: each task ends `success` on its first attempt, the claims the two
+//! processes report add up to the number of tasks, and every claim's lease
+//! ended with its last outcome.
 
 mod common;
 
@@ -60,4 +61,9 @@ async fn two_workers_run_each_task_once(pool: PgPool) {
         rows.iter()
             .all(|r| r.status == Status::Success && r.attempt == 1)
     );
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(leases, 0, "leases left after the drain");
 }

@@ -69,30 +69,41 @@ pub(crate) async fn run<S: TaskStore>(
 ) {
     let mut received = Vec::with_capacity(config.max_batch);
     let mut batch = Vec::with_capacity(config.max_batch);
+    let mut leases = Vec::with_capacity(config.max_batch);
     while outcomes.recv_many(&mut received, config.max_batch).await > 0 {
         // Outcomes arrive here one at a time, so the one that brings a
         // lease's count to zero is its last: every other outcome of that
         // claim is in this batch or an earlier, already written one.
-        batch.extend(received.drain(..).map(|finished| {
+        for finished in received.drain(..) {
             let mut completion = finished.completion;
-            if let Some(lease) = finished.lease
+            if let Some(lease) = &finished.lease
                 && lease.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
             {
                 completion.ends_lease = Some(lease.id);
             }
-            completion
-        }));
-        write(&store, &batch).await;
+            batch.push(completion);
+            leases.push(finished.lease);
+        }
+        if !write(&store, &batch).await {
+            // Some row may have been refused and left `running`: keep every
+            // lease of this batch for the rescuer, which drops a lease once
+            // none of its tasks runs.
+            for lease in leases.iter().flatten() {
+                lease.outstanding.fetch_add(1, Ordering::AcqRel);
+            }
+        }
         in_flight.remove(batch.iter().map(|c| c.id));
         batch.clear();
+        leases.clear();
         flushed.notify_one();
     }
 }
 
 /// Write one batch, waiting out database outages. A write the database
 /// refuses outright is retried row by row so one bad row cannot sink the
-/// rest; a row that still fails is left `running` for the rescuer.
-async fn write<S: TaskStore>(store: &S, batch: &[Completion]) {
+/// rest; a row that still fails is left `running` for the rescuer. True when
+/// the batch was written whole.
+async fn write<S: TaskStore>(store: &S, batch: &[Completion]) -> bool {
     let mut delay = FIRST_RETRY_DELAY;
     let mut outage = false;
     loop {
@@ -104,7 +115,7 @@ async fn write<S: TaskStore>(store: &S, batch: &[Completion]) {
                         "database reachable again; results written"
                     );
                 }
-                return;
+                return true;
             }
             Err(err) if err.is_connection() => {
                 if !outage {
@@ -131,11 +142,11 @@ async fn write<S: TaskStore>(store: &S, batch: &[Completion]) {
                     };
                     Box::pin(write(store, std::slice::from_ref(&alone))).await;
                 }
-                return;
+                return false;
             }
             Err(err) => {
                 tracing::error!(task = batch[0].id, "result refused by the database: {err}");
-                return;
+                return false;
             }
         }
     }
