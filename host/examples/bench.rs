@@ -598,7 +598,11 @@ async fn main() -> Result<()> {
     // Rounds: taskbox `add` on one process, then each peer.
     let add_args = args_for(&plugins, "add").await?;
     let mut ours: Vec<(f64, Drain)> = Vec::new();
-    let mut theirs: Vec<(&str, Vec<Value>)> = Vec::new();
+    let mut theirs: Vec<(&str, Vec<Value>)> = if options.peers {
+        PEERS.iter().map(|(name, _)| (*name, Vec::new())).collect()
+    } else {
+        Vec::new()
+    };
     for round in 1..=options.rounds {
         eprintln!("bench: round {round}: taskbox add, enqueue {jobs} and drain with one worker");
         let url = fresh_database(&base, "taskbox_bench").await?;
@@ -606,18 +610,12 @@ async fn main() -> Result<()> {
         let enqueue_rate = enqueue(&store, "add", &add_args, jobs).await?;
         let one = drain(&url, &bin, &plugins_dir, 1, concurrency, jobs, None).await?;
         ours.push((enqueue_rate, one));
-        if !options.peers {
-            continue;
-        }
-        for (name, script) in PEERS {
+        for ((name, results), (_, script)) in theirs.iter_mut().zip(PEERS) {
             eprintln!("bench: round {round}: peer {name}");
             let url = fresh_database(&base, "taskbox_bench_peer").await?;
             let result = run_peer(&root, script, &url, jobs)
                 .with_context(|| format!("the {name} peer failed"))?;
-            match theirs.iter_mut().find(|(peer, _)| *peer == name) {
-                Some((_, results)) => results.push(result),
-                None => theirs.push((name, vec![result])),
-            }
+            results.push(result);
         }
     }
     if options.peers {
@@ -699,9 +697,7 @@ async fn main() -> Result<()> {
         theirs
             .iter()
             .map(|(_, results)| figure(results, key))
-            .fold(None, |best: Option<f64>, x| {
-                Some(best.map_or(x, |b| b.max(x)))
-            })
+            .reduce(f64::max)
     };
     let best_drain = best_peer("drain_per_s");
     let best_enqueue = best_peer("enqueue_per_s");
@@ -710,16 +706,14 @@ async fn main() -> Result<()> {
             let fastest = theirs
                 .iter()
                 .filter_map(|(_, results)| results.get(round)?["drain_per_s"].as_f64())
-                .fold(None, |best: Option<f64>, x| {
-                    Some(best.map_or(x, |b| b.max(x)))
-                })?;
+                .reduce(f64::max)?;
             Some(ratio(ours[round].1.rate, Some(fastest)))
         })
         .collect();
     let range = |rates: &mut dyn Iterator<Item = f64>| {
-        let rates: Vec<f64> = rates.collect();
-        let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = rates.iter().copied().fold(0.0, f64::max);
+        let (low, high) = rates.fold((f64::INFINITY, 0.0_f64), |(low, high), x| {
+            (low.min(x), high.max(x))
+        });
         format!("{low:.0}–{high:.0}")
     };
 

@@ -64,8 +64,7 @@ pub struct WorkerConfig {
     /// How long the producer waits for half the slots to free up before
     /// claiming for fewer.
     pub claim_wait: Duration,
-    /// Claim statements a worker keeps in flight at once, so one batch is
-    /// claimed while the previous one runs.
+    /// Claim loops a worker runs at once (see [`DEFAULT_CLAIMERS`]).
     pub claimers: usize,
     /// Rows one claim takes at most.
     pub max_claim: usize,
