@@ -35,7 +35,10 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
 
 /// `$4` is NULL for every queue, else the queues to serve. The batch is
 /// recorded as one lease in the same statement, so no claimed row is ever
-/// without one.
+/// without one. The update finds its rows by `id = ANY(...)`, which is always
+/// a primary-key probe: as a join, a freshly filled queue without statistics
+/// got a hash join over a sequential scan of the whole table (7 ms instead of
+/// 3 ms for 256 rows of 20,000).
 const CLAIM: &str = "
 WITH picked AS (
     SELECT id FROM tasks
@@ -52,8 +55,7 @@ WITH picked AS (
         started_at = now(),
         deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
         worker_id = $2
-    FROM picked
-    WHERE t.id = picked.id
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
               coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at
 ), lease AS (
