@@ -17,6 +17,9 @@ use super::executor::{Executor, InterruptCause};
 use super::{InFlight, Shutdown, WorkerConfig};
 use crate::store::{ClaimRequest, ClaimedTask, TaskStore};
 
+/// Rows the first claim of a burst takes at most; each full claim doubles
+/// the next one's cap up to `max_claim`.
+const FIRST_CLAIM: usize = 64;
 /// Pause after a failed claim, doubling up to [`MAX_CLAIM_RETRY_DELAY`].
 const FIRST_CLAIM_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -47,10 +50,12 @@ impl<S: TaskStore> Producer<S> {
         let config = &self.config;
         let mut retry_delay = FIRST_CLAIM_RETRY_DELAY;
         let mut claim_failing = false;
+        let mut cap = first_claim_cap(config.max_claim);
         loop {
-            let Some(mut permits) = self.demand().await else {
+            let Some(mut permits) = self.demand(cap).await else {
                 return;
             };
+            let asked = permits.num_permits();
             let request = ClaimRequest {
                 worker_id: &config.worker_id,
                 limit: permits.num_permits(),
@@ -82,6 +87,7 @@ impl<S: TaskStore> Producer<S> {
             };
             let got = claimed.len();
             self.claimed.fetch_add(got as u64, Ordering::Relaxed);
+            cap = next_claim_cap(cap, asked, got, config.max_claim);
             // One claim, one lease: every task of the batch carries it.
             let lease = claimed
                 .first()
@@ -110,13 +116,14 @@ impl<S: TaskStore> Producer<S> {
 
     /// Wait for demand: `min_demand` slots free (one statement for many
     /// rows), or whatever is free after `claim_wait`, so a busy worker does
-    /// not claim a row at a time; then take what else is free, up to
-    /// `max_claim`. `None` once stopping.
-    async fn demand(&self) -> Option<OwnedSemaphorePermit> {
+    /// not claim a row at a time; then take what else is free, up to `cap`.
+    /// `None` once stopping.
+    async fn demand(&self, cap: usize) -> Option<OwnedSemaphorePermit> {
+        let wanted = self.min_demand.min(u32::try_from(cap).unwrap_or(u32::MAX));
         let gathered = tokio::select! {
             batch = tokio::time::timeout(
                 self.config.claim_wait,
-                self.slots.clone().acquire_many_owned(self.min_demand),
+                self.slots.clone().acquire_many_owned(wanted),
             ) => batch.ok().map(|permit| permit.expect("the semaphore is never closed")),
             _ = self.stopped() => return None,
         };
@@ -127,7 +134,7 @@ impl<S: TaskStore> Producer<S> {
                 _ = self.stopped() => return None,
             },
         };
-        let room = self.config.max_claim.saturating_sub(permits.num_permits());
+        let room = cap.saturating_sub(permits.num_permits());
         let free = self.slots.available_permits().min(room);
         if free > 0
             && let Ok(more) = self.slots.clone().try_acquire_many_owned(free as u32)
@@ -195,6 +202,21 @@ impl<S: TaskStore> Producer<S> {
     }
 }
 
+fn first_claim_cap(max_claim: usize) -> usize {
+    FIRST_CLAIM.min(max_claim).max(1)
+}
+
+/// Slow start: a full claim doubles the next one's cap; a short one (the
+/// queue ran low) starts the next burst small again, so its first tasks wait
+/// for a short statement rather than a long one.
+fn next_claim_cap(cap: usize, asked: usize, got: usize, max_claim: usize) -> usize {
+    if got == asked {
+        (cap * 2).min(max_claim).max(1)
+    } else {
+        first_claim_cap(max_claim)
+    }
+}
+
 /// One consumer slot: run the task, hand the outcome to the completer, and
 /// free the slot only once the completer has room (backpressure).
 async fn consume(
@@ -221,4 +243,23 @@ async fn consume(
         );
     }
     drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_grow_while_full_and_restart_small_after_a_short_one() {
+        let mut cap = first_claim_cap(512);
+        let mut caps = vec![cap];
+        for _ in 0..5 {
+            cap = next_claim_cap(cap, cap, cap, 512);
+            caps.push(cap);
+        }
+        assert_eq!(caps, [64, 128, 256, 512, 512, 512]);
+        assert_eq!(next_claim_cap(512, 512, 100, 512), 64);
+        assert_eq!(first_claim_cap(10), 10);
+        assert_eq!(next_claim_cap(10, 10, 10, 10), 10);
+    }
 }
