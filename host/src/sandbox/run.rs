@@ -152,8 +152,11 @@ impl Sandbox {
             }
         };
         // Epochs cannot interrupt a guest blocked in a host call (a WASI
-        // sleep), so the same deadline also bounds the whole future.
+        // sleep), so the same deadline also bounds the whole future. The call
+        // is polled first: one that finishes without waiting never registers
+        // the timer or the cancellation waker.
         let finished: Option<wasmtime::Result<Returned>> = tokio::select! {
+            biased;
             result = invoked => Some(result),
             _ = tokio::time::sleep_until(deadline.into()) => None,
             _ = interrupt.cancelled() => None,

@@ -37,17 +37,16 @@ impl Executor {
     ) -> Completion {
         let (execution, digest) = match self.plugins.get(&task.plugin).await {
             Ok(plugin) => {
-                let execution = self
-                    .plugins
-                    .sandbox()
-                    .run(
-                        &plugin,
-                        Some(task.id),
-                        std::mem::take(&mut task.args),
-                        task.timeout(),
-                        interrupt,
-                    )
-                    .await;
+                // Boxed: the sandbox's future is most of a consumer's size,
+                // and a small consumer is cheap to spawn and to move.
+                let execution = Box::pin(self.plugins.sandbox().run(
+                    &plugin,
+                    Some(task.id),
+                    std::mem::take(&mut task.args),
+                    task.timeout(),
+                    interrupt,
+                ))
+                .await;
                 (execution, Some(plugin.digest.clone()))
             }
             Err(err) => (

@@ -163,28 +163,34 @@ impl<S: TaskStore> Producer<S> {
         permits: &mut OwnedSemaphorePermit,
     ) {
         let mut tokens = Vec::with_capacity(claimed.len());
-        let consumers: Vec<_> = claimed
+        let slots: Vec<_> = claimed
             .into_iter()
             .map(|task| {
                 let token = self.shutdown.interrupt.child_token();
                 tokens.push((task.id, token.clone()));
-                consume(
-                    self.executor.clone(),
-                    task,
-                    lease.clone(),
-                    token,
-                    self.shutdown.interrupt.clone(),
-                    self.outcomes.clone(),
-                    permits.split(1).expect("one permit per claimed task"),
-                )
+                let permit = permits.split(1).expect("one permit per claimed task");
+                (task, token, permit)
             })
             .collect();
         self.in_flight.insert_many(tokens);
         let tracker = self.consumers.clone();
+        let executor = self.executor.clone();
+        let shutdown = self.shutdown.interrupt.clone();
+        let outcomes = self.outcomes.clone();
+        // The consumers' futures are built where they run: each is a few
+        // kilobytes, and every move of one is a copy.
         self.consumers.spawn_on(
             async move {
-                for consumer in consumers {
-                    tracker.spawn(consumer);
+                for (task, token, permit) in slots {
+                    tracker.spawn(consume(
+                        executor.clone(),
+                        task,
+                        lease.clone(),
+                        token,
+                        shutdown.clone(),
+                        outcomes.clone(),
+                        permit,
+                    ));
                 }
             },
             &self.guests,
