@@ -132,7 +132,9 @@ impl Plugins {
             return Ok(plugin);
         }
         let _guard = self.loading.lock().await;
-        self.refresh(name).await
+        // Boxed: loading is rare, and its future would otherwise make every
+        // caller's future (one per running task) several kilobytes larger.
+        Box::pin(self.refresh(name)).await
     }
 
     /// Load every plugin in the folder (again where a file changed) and
