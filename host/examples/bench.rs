@@ -323,12 +323,12 @@ async fn drain(
 
 /// True once fewer than [`CLOSE_TO_DRAINED`] tasks wait.
 async fn few_waiting(store: &PgStore) -> Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT NOT EXISTS (SELECT 1 FROM tasks WHERE is_waiting OFFSET $1)",
+    Ok(
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM tasks WHERE is_waiting OFFSET $1)")
+            .bind(CLOSE_TO_DRAINED)
+            .fetch_one(store.pool())
+            .await?,
     )
-    .bind(CLOSE_TO_DRAINED)
-    .fetch_one(store.pool())
-    .await?)
 }
 
 /// The database's clock if nothing is left waiting or leased (running).
