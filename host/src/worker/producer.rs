@@ -58,7 +58,7 @@ impl<S: TaskStore> Producer<S> {
             let asked = permits.num_permits();
             let request = ClaimRequest {
                 worker_id: &config.worker_id,
-                limit: permits.num_permits(),
+                limit: asked,
                 queues: &config.queues,
                 default_timeout: config.default_timeout,
             };
@@ -177,8 +177,8 @@ impl<S: TaskStore> Producer<S> {
         let executor = self.executor.clone();
         let shutdown = self.shutdown.interrupt.clone();
         let outcomes = self.outcomes.clone();
-        // The consumers' futures are built where they run: each is a few
-        // kilobytes, and every move of one is a copy.
+        // The consumers' futures are built where they run: every move of a
+        // future is a copy of all of it.
         self.consumers.spawn_on(
             async move {
                 for (task, token, permit) in slots {
