@@ -119,7 +119,9 @@ pub struct WorkerArgs {
     /// Deadline for tasks enqueued without one.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Memory each task may grow to (bytes; KiB, MiB, GiB suffixes work).
+    /// Memory each task may take in all, every linear memory and table of
+    /// its instance together (bytes; KiB, MiB, GiB suffixes work) [default:
+    /// 64MiB].
     #[arg(long, value_parser = parse_bytes)]
     pub memory: Option<usize>,
     /// A deterministic instruction budget per task (wasmtime fuel), on top

@@ -4,6 +4,8 @@
 //! lives in [`plugin`], running one task in [`run`].
 
 pub mod capture;
+pub mod limits;
+pub mod log;
 pub mod plugin;
 pub mod run;
 
@@ -16,6 +18,11 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use limits::{MAX_CORE_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
+
+use limits::TaskLimiter;
+use log::PluginLog;
+pub use log::{LogLimits, LogTarget};
 pub use plugin::{Plugin, PluginError, Plugins};
 pub use run::{Execution, Outcome};
 
@@ -28,7 +35,8 @@ pub mod bindings {
     });
 }
 
-/// Memory a task may grow to, unless configured otherwise.
+/// Bytes a task's memories and tables may take together, unless configured
+/// otherwise.
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 /// Bytes of stdout and of stderr kept per task.
 pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
@@ -45,6 +53,7 @@ const SPARE_INSTANCES: u32 = 8;
 /// Limits that apply to every task a sandbox runs.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
+    /// Bytes a task's memories and tables may take together.
     pub memory_limit: usize,
     pub output_cap: usize,
     pub max_wasm_stack: usize,
@@ -56,6 +65,12 @@ pub struct SandboxConfig {
     /// of the deadline. `None`: deadlines only (epoch interruption), which
     /// costs less on call-heavy guests.
     pub fuel: Option<u64>,
+    /// How much a plugin may write to the worker's log per attempt.
+    pub log: LogLimits,
+    /// Use the pooling allocator when the host grants its address space.
+    /// `false` forces on-demand allocation, what a host that refuses the
+    /// pool's reservation gets; every per-task limit holds either way.
+    pub pooling: bool,
 }
 
 impl Default for SandboxConfig {
@@ -67,6 +82,8 @@ impl Default for SandboxConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
             cache_dir: default_cache_dir(),
             fuel: None,
+            log: LogLimits::default(),
+            pooling: true,
         }
     }
 }
@@ -82,15 +99,8 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
 pub struct TaskState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limiter: MemoryLimiter,
-    log_target: LogTarget,
-}
-
-/// Which task a plugin's log lines belong to.
-#[derive(Debug, Clone)]
-pub struct LogTarget {
-    pub task_id: Option<i64>,
-    pub plugin: Arc<str>,
+    limiter: TaskLimiter,
+    log: PluginLog,
 }
 
 impl WasiView for TaskState {
@@ -99,53 +109,6 @@ impl WasiView for TaskState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-impl bindings::taskbox::plugin::host::Host for TaskState {
-    fn log(&mut self, level: bindings::taskbox::plugin::host::Level, message: String) {
-        use bindings::taskbox::plugin::host::Level;
-        let task = self.log_target.task_id;
-        let plugin = &*self.log_target.plugin;
-        match level {
-            Level::Trace => tracing::trace!(task, plugin, "{message}"),
-            Level::Debug => tracing::debug!(task, plugin, "{message}"),
-            Level::Info => tracing::info!(task, plugin, "{message}"),
-            Level::Warn => tracing::warn!(task, plugin, "{message}"),
-            Level::Error => tracing::error!(task, plugin, "{message}"),
-        }
-    }
-}
-
-/// Refuses memory growth past the limit and remembers that it did, so the
-/// task's error can name the limit rather than the trap that follows.
-#[derive(Debug)]
-struct MemoryLimiter {
-    limit: usize,
-    refused: Option<usize>,
-}
-
-impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.refused = Some(desired);
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(maximum.is_none_or(|max| desired <= max))
     }
 }
 
@@ -198,7 +161,12 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Arc<Self>, PluginError> {
-        let engine = match Engine::new(&engine_config(&config, true)) {
+        let pooled = if config.pooling {
+            Engine::new(&engine_config(&config, true))
+        } else {
+            Err(wasmtime::format_err!("switched off"))
+        };
+        let engine = match pooled {
             Ok(engine) => engine,
             Err(err) => {
                 // The pool reserves address space up front; where that is
@@ -267,11 +235,20 @@ fn engine_config(limits: &SandboxConfig, pooling: bool) -> Config {
     if pooling {
         let instances = limits.max_instances + SPARE_INSTANCES;
         let mut pool = PoolingAllocationConfig::new();
+        // Each task may take at most its share of every kind of slot, and
+        // the pool holds a full share for every task that can run at once:
+        // a component asking for more is refused when it loads, so one task
+        // can never leave another without a slot.
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 8)
-            .total_memories(instances * 2)
-            .total_tables(instances * 4)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_TASK)
+            .total_core_instances(instances * MAX_CORE_INSTANCES_PER_TASK)
+            .max_memories_per_component(MAX_MEMORIES_PER_TASK)
+            .total_memories(instances * MAX_MEMORIES_PER_TASK)
+            .max_tables_per_component(MAX_TABLES_PER_TASK)
+            .total_tables(instances * MAX_TABLES_PER_TASK)
             .total_stacks(instances)
+            // No one memory may outgrow the task's whole budget; the
+            // limiter holds the memories and tables together to it.
             .max_memory_size(limits.memory_limit)
             .linear_memory_keep_resident(1024 * 1024)
             .table_keep_resident(64 * 1024)

@@ -13,7 +13,8 @@ use wasmtime_wasi::WasiCtx;
 
 use super::bindings::{TaskPre, exports::taskbox::plugin::describe::Signature};
 use super::capture::CappedOutput;
-use super::{LogTarget, MemoryLimiter, Sandbox, TaskState};
+use super::limits::{Refusal, TaskLimiter};
+use super::{LogTarget, PluginLog, Sandbox, TaskState};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,11 +113,8 @@ impl Sandbox {
             TaskState {
                 wasi,
                 table: ResourceTable::new(),
-                limiter: MemoryLimiter {
-                    limit: self.config.memory_limit,
-                    refused: None,
-                },
-                log_target,
+                limiter: TaskLimiter::new(self.config.memory_limit),
+                log: PluginLog::new(log_target, self.config.log),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -167,6 +165,7 @@ impl Sandbox {
             None if interrupt.is_cancelled() => Err(Outcome::Interrupted),
             None => Err(timeout_outcome(timeout)),
         };
+        store.data_mut().log.finish();
         (outcome, stdout, stderr)
     }
 
@@ -219,11 +218,20 @@ impl Sandbox {
                 timeout_outcome(timeout)
             };
         }
-        if let Some(desired) = state.limiter.refused {
+        if let Some(Refusal::Budget { desired_total }) = state.limiter.refused {
             return Outcome::Error(format!(
-                "memory limit: the plugin tried to grow its memory to {} past the limit of {}",
-                bytes(desired),
-                bytes(self.config.memory_limit)
+                "memory limit: the task's memories and tables would have taken {} in all, past its limit of {}",
+                bytes(desired_total),
+                bytes(state.limiter.budget())
+            ));
+        }
+        if let Some(message) = count_limit(err) {
+            return Outcome::Error(message);
+        }
+        if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Outcome::Error(format!(
+                "the plugin exited with status {} instead of returning a result",
+                exit.0
             ));
         }
         match trap {
@@ -239,10 +247,55 @@ impl Sandbox {
                 Some(message) => Outcome::Error(format!("the plugin panicked: {message}")),
                 None => Outcome::Error(format!("the plugin trapped: {err}")),
             },
+            Some(Trap::MemoryOutOfBounds) if deep_in_recursion(err) => Outcome::Error(
+                "stack limit: the plugin overflowed its shadow stack, the part of its call stack it keeps in its own linear memory (an out-of-bounds access deep in a recursion)".to_owned(),
+            ),
             Some(trap) => Outcome::Error(format!("the plugin trapped: {trap}")),
             None => Outcome::Error(format!("the plugin failed: {err:#}")),
         }
     }
+}
+
+/// Whether an out-of-bounds access happened deep in a recursion: what a
+/// guest sees when its shadow stack (the part of its call stack a Rust guest
+/// keeps in linear memory, below its data) runs out and the stack pointer
+/// wraps past address zero. A genuine wild pointer rarely sits under a run
+/// of frames of one function.
+fn deep_in_recursion(err: &wasmtime::Error) -> bool {
+    /// Frames of one function on top of the stack that read as recursion.
+    const RECURSION_FRAMES: usize = 8;
+    let Some(backtrace) = err.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return false;
+    };
+    let frames = backtrace.frames();
+    // The faulting frame may be a helper the recursive function called.
+    frames.iter().take(2).any(|top| {
+        frames
+            .iter()
+            .skip_while(|frame| frame.func_index() != top.func_index())
+            .take_while(|frame| frame.func_index() == top.func_index())
+            .count()
+            >= RECURSION_FRAMES
+    })
+}
+
+/// The per-task count a component went past, named, when wasmtime refused
+/// to create one more memory, table or instance for it.
+fn count_limit(err: &wasmtime::Error) -> Option<String> {
+    use super::limits::{MAX_CORE_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
+    let text = format!("{err:#}");
+    let (kind, max) = if text.contains("memory count too high") {
+        ("linear memories", MAX_MEMORIES_PER_TASK)
+    } else if text.contains("table count too high") {
+        ("tables", MAX_TABLES_PER_TASK)
+    } else if text.contains("instance count too high") {
+        ("core instances", MAX_CORE_INSTANCES_PER_TASK)
+    } else {
+        return None;
+    };
+    Some(format!(
+        "instance limit: the plugin's component has more {kind} than the {max} a task may have"
+    ))
 }
 
 fn timeout_outcome(timeout: Duration) -> Outcome {

@@ -1,0 +1,294 @@
+//! Limits hold per task, not per piece: hostile components written against
+//! the WIT (many core instances with a memory each, tables without a
+//! maximum) and hostile SDK plugins (a log flood, a shadow-stack overflow,
+//! an exit with a code) each fail alone, naming the limit, while ordinary
+//! tasks beside them succeed.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::hostile::{Hostile, plugins_folder_with};
+use common::*;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
+use taskbox::store::{NewTask, PgStore, Status, TaskStore};
+
+const MIB: u32 = 1024 * 1024;
+/// Wasm pages in `n` MiB.
+const fn pages(mib: u32) -> u32 {
+    mib * MIB / 65536
+}
+
+fn plugins_in(dir: &std::path::Path, config: SandboxConfig) -> Arc<Plugins> {
+    Arc::new(Plugins::new(
+        Sandbox::new(config).expect("the sandbox starts"),
+        dir,
+    ))
+}
+
+/// Enqueue `count` hostile tasks first, then `ordinary` `add` tasks; drain
+/// and return the hostile rows after checking every ordinary one succeeded.
+async fn run_beside_ordinary_tasks(
+    store: &PgStore,
+    plugins: &Arc<Plugins>,
+    hostile: &str,
+    count: usize,
+    ordinary: usize,
+    concurrency: usize,
+) -> Vec<taskbox::store::TaskRecord> {
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let mut task = NewTask::new(hostile, Vec::new());
+        task.priority = -1;
+        tasks.push(task);
+    }
+    let hostile_ids = store.enqueue(&tasks).await.unwrap();
+    let mut adds = Vec::new();
+    for n in 0..ordinary {
+        adds.push(task(plugins, "add", json!({"a": n, "b": 1})).await);
+    }
+    let add_ids = store.enqueue(&adds).await.unwrap();
+    drain(store, plugins, worker_config(concurrency)).await;
+    for id in add_ids {
+        let row = record(store, id).await;
+        assert_eq!(
+            row.status,
+            Status::Success,
+            "an ordinary task: {:?}",
+            row.error
+        );
+    }
+    let mut rows = Vec::new();
+    for id in hostile_ids {
+        rows.push(record(store, id).await);
+    }
+    rows
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_tasks_memories_share_one_budget(pool: PgPool) {
+    let store = store(pool).await;
+    let dir = plugins_folder_with(&["add"]);
+    // Two memories of 40 MiB each: either alone is under 64 MiB.
+    let grow = pages(40);
+    Hostile {
+        hogs: 1,
+        hog_pages: 1,
+        run: Hostile::grow_or_trap("$grow_main", grow) + &Hostile::grow_or_trap("$grow0", grow),
+    }
+    .write(dir.path(), "twomem");
+    let plugins = plugins_in(dir.path(), SandboxConfig::default());
+    let rows = run_beside_ordinary_tasks(&store, &plugins, "twomem", 4, 40, 4).await;
+    for row in rows {
+        assert_eq!(row.status, Status::Error, "{:?}", row.error);
+        let message = row.error.unwrap();
+        assert!(
+            message.contains("memory limit") && message.contains("past its limit of 64 MiB"),
+            "{message}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn tables_count_against_the_budget_without_the_pool(pool: PgPool) {
+    let store = store(pool).await;
+    let dir = plugins_folder_with(&["add"]);
+    // 16M elements of a table with no maximum: 128 MiB of pointers.
+    Hostile {
+        hogs: 0,
+        hog_pages: 1,
+        run: Hostile::grow_or_trap("$grow_table", 16 * MIB),
+    }
+    .write(dir.path(), "tablebomb");
+    let plugins = plugins_in(
+        dir.path(),
+        SandboxConfig {
+            pooling: false,
+            ..SandboxConfig::default()
+        },
+    );
+    let rows = run_beside_ordinary_tasks(&store, &plugins, "tablebomb", 2, 20, 2).await;
+    for row in rows {
+        assert_eq!(row.status, Status::Error, "{:?}", row.error);
+        let message = row.error.unwrap();
+        assert!(message.contains("memory limit"), "{message}");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_task_cannot_take_its_neighbours_pool_slots(pool: PgPool) {
+    let store = store(pool).await;
+    let dir = plugins_folder_with(&["add"]);
+    // Eight memories per instance, held until the deadline: six such tasks
+    // would fill a pool sized for sixteen tasks of two memories each.
+    Hostile {
+        hogs: 7,
+        hog_pages: 1,
+        run: "(loop $spin (br $spin))".to_owned(),
+    }
+    .write(dir.path(), "slothog");
+    let plugins = plugins_in(
+        dir.path(),
+        SandboxConfig {
+            max_instances: 16,
+            ..SandboxConfig::default()
+        },
+    );
+    let rows = run_beside_ordinary_tasks(&store, &plugins, "slothog", 10, 60, 16).await;
+    for row in rows {
+        assert_eq!(row.status, Status::Error, "{:?}", row.error);
+        let message = row.error.unwrap();
+        assert!(
+            message.contains("8 Wasm linear memories") && message.contains("maximum of 2"),
+            "{message}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_the_pool_too_many_memories_fail_alone(pool: PgPool) {
+    let store = store(pool).await;
+    let dir = plugins_folder_with(&["add"]);
+    Hostile {
+        hogs: 4,
+        hog_pages: 1,
+        run: String::new(),
+    }
+    .write(dir.path(), "manymem");
+    let plugins = plugins_in(
+        dir.path(),
+        SandboxConfig {
+            pooling: false,
+            ..SandboxConfig::default()
+        },
+    );
+    let rows = run_beside_ordinary_tasks(&store, &plugins, "manymem", 2, 20, 2).await;
+    for row in rows {
+        assert_eq!(row.status, Status::Error, "{:?}", row.error);
+        let message = row.error.unwrap();
+        assert!(
+            message.contains("more linear memories than the 2 a task may have"),
+            "{message}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_shadow_stack_overflow_is_named(pool: PgPool) {
+    let store = store(pool).await;
+    let plugins = plugins();
+    let rows = run_beside_ordinary_tasks(&store, &plugins, "deepstack", 1, 10, 2).await;
+    let message = rows[0].error.clone().unwrap();
+    assert_eq!(rows[0].status, Status::Error, "{message}");
+    assert!(
+        message.contains("stack limit") && message.contains("shadow stack"),
+        "{message}"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_exit_code_is_reported_as_given(pool: PgPool) {
+    let store = store(pool).await;
+    let dir = plugins_folder_with(&["add"]);
+    std::fs::write(dir.path().join("exit3.wasm"), exit_with_code(3)).unwrap();
+    let plugins = plugins_in(dir.path(), SandboxConfig::default());
+    let rows = run_beside_ordinary_tasks(&store, &plugins, "exit3", 1, 10, 2).await;
+    let message = rows[0].error.clone().unwrap();
+    assert_eq!(rows[0].status, Status::Error, "{message}");
+    assert!(message.contains("exited with status 3"), "{message}");
+}
+
+/// A component whose `run` calls `wasi:cli/exit.exit-with-code(3)`.
+fn exit_with_code(code: u8) -> Vec<u8> {
+    let schema = postcard::to_stdvec(&postcard_schema::schema::owned::OwnedNamedType::from(
+        <() as postcard_schema::Schema>::SCHEMA,
+    ))
+    .unwrap();
+    let len = schema.len();
+    let data: String = schema.iter().map(|b| format!("\\{b:02x}")).collect();
+    let text = format!(
+        r#"(component
+  (import "wasi:cli/exit@0.2.12" (instance $exit (export "exit-with-code" (func (param "status-code" u8)))))
+  (core func $exit_with_code (canon lower (func $exit "exit-with-code")))
+  (core module $main
+    (import "exit" "with-code" (func $exit (param i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 16) "{data}")
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+    (func (export "describe") (result i32)
+      (i32.store (i32.const 64) (i32.const 16))
+      (i32.store (i32.const 68) (i32.const {len}))
+      (i32.store (i32.const 72) (i32.const 16))
+      (i32.store (i32.const 76) (i32.const {len}))
+      (i32.const 64))
+    (func (export "run") (param i32 i32) (result i32)
+      (call $exit (i32.const {code}))
+      unreachable))
+  (core instance $exit_core (export "with-code" (func $exit_with_code)))
+  (core instance $i (instantiate $main (with "exit" (instance $exit_core))))
+  (type $sig (record (field "args-schema" (list u8)) (field "result-schema" (list u8))))
+  (func $describe (result $sig)
+    (canon lift (core func $i "describe") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (component $describe_shape
+    (type $sig (record (field "args-schema" (list u8)) (field "result-schema" (list u8))))
+    (import "import-type-signature" (type $t (eq $sig)))
+    (import "import-func-describe" (func $f (result $t)))
+    (export $te "signature" (type $t))
+    (export "describe" (func $f) (func (result $te))))
+  (instance $d (instantiate $describe_shape
+    (with "import-func-describe" (func $describe))
+    (with "import-type-signature" (type $sig))))
+  (export "taskbox:plugin/describe@0.1.0" (instance $d))
+  (func (export "run") (param "args" (list u8)) (result (result (list u8) (error string)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
+"#
+    );
+    wat::parse_str(text).expect("valid WAT")
+}
+
+/// The worker's log while a plugin floods its own: bounded, attributed, and
+/// never a line that reads like the worker's.
+#[test]
+fn plugin_logs_are_capped_and_cannot_forge_worker_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let forged = "2026-01-01T00:00:00.000000Z  INFO taskbox::worker: FORGED worker stopped";
+    let flood = json!({"lines": 1_000_000, "text": format!("{}\n{forged}", "x".repeat(180))});
+    let enqueue = |plugin: &str, args: &Value| {
+        let output =
+            run(taskbox_at(&url).args(["enqueue", plugin, &args.to_string(), "--timeout", "30s"]));
+        assert!(output.status.success(), "{}", stderr_of(&output));
+    };
+    enqueue("logbomb", &flood);
+    for n in 0..20 {
+        enqueue("add", &json!({"a": n, "b": 1}));
+    }
+    let output = run(taskbox_at(&url)
+        .args(["worker", "--drain", "--concurrency", "4"])
+        .env("TASKBOX_LOG", "taskbox=info"));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let log = stderr_of(&output);
+    assert!(
+        log.len() < 256 * 1024,
+        "the worker's log took {} bytes",
+        log.len()
+    );
+    let plugin_lines = log
+        .lines()
+        .filter(|line| line.contains("taskbox::plugin"))
+        .count();
+    assert!(
+        plugin_lines <= taskbox::sandbox::log::DEFAULT_LOG_LINES + 1,
+        "{plugin_lines} plugin lines"
+    );
+    assert!(log.contains("plugin log cut"), "no marker in the log");
+    for line in log.lines().filter(|line| line.contains("FORGED")) {
+        assert!(line.contains("taskbox::plugin"), "a forged line: {line}");
+        assert!(!line.starts_with("2026-01-01"), "a forged line: {line}");
+    }
+    let stats: Value =
+        serde_json::from_slice(&run(taskbox_at(&url).args(["stats", "--json"])).stdout).unwrap();
+    assert_eq!(stats["success"], json!(21), "{stats}");
+}
