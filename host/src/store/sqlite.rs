@@ -37,7 +37,7 @@ use sqlx::sqlite::{
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
+    CancelOutcome, DEFAULT_MAX_ARGS_BYTES, check_args_size, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
     RescueRequest, Rescued, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore,
 };
 
@@ -157,6 +157,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     shared: Arc<Shared>,
+    /// Args over this many bytes are refused at enqueue.
+    max_args_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -220,6 +222,7 @@ impl SqliteStore {
                 wake,
                 worker_lock: Mutex::new(None),
             }),
+            max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
         }
     }
 
@@ -389,7 +392,13 @@ impl TaskStore for SqliteStore {
         Ok(())
     }
 
+    fn with_max_args_bytes(mut self, limit: usize) -> Self {
+        self.max_args_bytes = limit;
+        self
+    }
+
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
+        check_args_size(tasks, self.max_args_bytes)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
