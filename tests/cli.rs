@@ -360,11 +360,19 @@ fn a_result_declaring_billions_of_units_shows_as_a_marker(url: &str) {
 
     let output = run_bounded(taskbox_at(url).args(["show", &bomb]));
     assert!(output.status.success(), "{}", stderr_of(&output));
-    assert!(stdout_of(&output).contains(&marker), "{}", stdout_of(&output));
+    assert!(
+        stdout_of(&output).contains(&marker),
+        "{}",
+        stdout_of(&output)
+    );
 
     let output = run_bounded(taskbox_at(url).args(["list", "--json"]));
     assert!(output.status.success(), "{}", stderr_of(&output));
-    assert!(output.stdout.len() < 64 * 1024, "{} bytes", output.stdout.len());
+    assert!(
+        output.stdout.len() < 64 * 1024,
+        "{} bytes",
+        output.stdout.len()
+    );
     let listed: Value = serde_json::from_slice(&output.stdout).expect("list --json prints JSON");
     let result_of = |id: &str| {
         listed

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use taskbox::store::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
-    DEFAULT_MAX_ARGS_BYTES, RescueRequest, Rescued, Stats, Status, StoreError, TaskStore,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
+    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, TaskStore,
 };
 use tokio::sync::mpsc;
 
@@ -218,7 +218,15 @@ async fn enqueue_refuses_args_over_the_limit<S: TaskStore>(store: S) {
     let result = small.enqueue(&[at_limit.clone(), over]).await;
     let err = result.expect_err("args over the limit are refused");
     assert!(
-        matches!(err, StoreError::ArgsTooLarge { index: 1, batch: 2, size: 65, limit: 64 }),
+        matches!(
+            err,
+            StoreError::ArgsTooLarge {
+                index: 1,
+                batch: 2,
+                size: 65,
+                limit: 64
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(
@@ -227,7 +235,10 @@ async fn enqueue_refuses_args_over_the_limit<S: TaskStore>(store: S) {
     );
     assert_eq!(store.stats().await.unwrap().total(), 0, "a row was kept");
 
-    small.enqueue(&[at_limit]).await.expect("args at the limit fit");
+    small
+        .enqueue(&[at_limit])
+        .await
+        .expect("args at the limit fit");
     let large = store.with_max_args_bytes(DEFAULT_MAX_ARGS_BYTES + 1);
     large
         .enqueue(&[over_default])

@@ -149,10 +149,7 @@ enum Stop {
 impl Budget {
     /// `count` values of at most `text` characters each (separators included).
     fn spend(&mut self, count: usize, text: usize) -> Result<(), Stop> {
-        self.values = self
-            .values
-            .checked_sub(count)
-            .ok_or(Stop::TooManyValues)?;
+        self.values = self.values.checked_sub(count).ok_or(Stop::TooManyValues)?;
         self.text_only(count.saturating_mul(text))
     }
 
@@ -176,7 +173,11 @@ const FLOAT_TEXT: usize = 26;
 /// charging `budget` for every value it would produce; returns the bytes
 /// left. Every step that produces a value charges at least one, so the walk
 /// ends within the budget whatever lengths the bytes declare.
-fn measure<'a>(ty: &OwnedDataModelType, data: &'a [u8], budget: &mut Budget) -> Result<&'a [u8], Stop> {
+fn measure<'a>(
+    ty: &OwnedDataModelType,
+    data: &'a [u8],
+    budget: &mut Budget,
+) -> Result<&'a [u8], Stop> {
     use OwnedDataModelType as T;
     /// An integer: a varint of at most `max_bytes`, at most `digits` long.
     fn int<'a>(

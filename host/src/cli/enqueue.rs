@@ -85,7 +85,10 @@ pub(super) async fn enqueue<S: TaskStore>(
         (None, Some(plugin)) => {
             let json = match &args.args {
                 Some(text) => Some(serde_json::from_str(text).map_err(|err| {
-                    input(format!("the args {} are not valid JSON: {err}", quoted(text)))
+                    input(format!(
+                        "the args {} are not valid JSON: {err}",
+                        quoted(text)
+                    ))
                 })?),
                 None => None,
             };

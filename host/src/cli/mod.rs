@@ -248,10 +248,10 @@ fn print_out(text: &str) -> Result<(), CliError> {
 /// Written as it renders: `list --json` never holds all of its text.
 fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer_pretty(&mut stdout, value)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Ok(writeln!(stdout).and_then(|()| stdout.flush())?))
-        .context("writing JSON to stdout")?;
+    serde_json::to_writer_pretty(&mut stdout, value).context("writing JSON to stdout")?;
+    writeln!(stdout)
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")?;
     Ok(())
 }
 

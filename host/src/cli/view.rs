@@ -206,7 +206,14 @@ mod tests {
         let text = shown.as_str().unwrap();
         assert!(text.starts_with("postcard:abab"), "{text}");
         assert!(text.ends_with(&format!("... ({} bytes in all)", 10 * MAX_HEX_BYTES)));
-        assert!(text.len() < 2 * MAX_HEX_BYTES + 64, "{} characters", text.len());
-        assert_eq!(render("args", None, &[1, 2]), Value::String("postcard:0102".into()));
+        assert!(
+            text.len() < 2 * MAX_HEX_BYTES + 64,
+            "{} characters",
+            text.len()
+        );
+        assert_eq!(
+            render("args", None, &[1, 2]),
+            Value::String("postcard:0102".into())
+        );
     }
 }

@@ -10,8 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{
-    CancelOutcome, DEFAULT_MAX_ARGS_BYTES, check_args_size, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
-    RescueRequest, Rescued, Stats, Status, StoreResult, TaskRecord, TaskStore,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
+    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreResult, TaskRecord,
+    TaskStore, check_args_size,
 };
 
 /// Channel every enqueue notifies and every worker listens on.

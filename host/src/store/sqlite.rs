@@ -37,8 +37,9 @@ use sqlx::sqlite::{
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    CancelOutcome, DEFAULT_MAX_ARGS_BYTES, check_args_size, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
-    RescueRequest, Rescued, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
+    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, StoreResult,
+    TaskRecord, TaskStore, check_args_size,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
