@@ -452,8 +452,8 @@ mod tests {
             decode(&schema_of::<Vec<Vec<()>>>(), &bytes),
             Err(DecodeError::TooManyValues)
         );
-        let mut deep = HUGE_LENGTH.to_vec();
-        deep.extend(HUGE_LENGTH);
+        // One length per level: outer, middle, and the first innermost.
+        let deep = HUGE_LENGTH.repeat(3);
         assert_eq!(
             decode(&schema_of::<Vec<Vec<Vec<()>>>>(), &deep),
             Err(DecodeError::TooManyValues)
