@@ -8,11 +8,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -47,6 +49,8 @@ on_both_backends!(
     bad_input_exits_2_and_writes_nothing,
     enqueue_run_and_read_back,
     broken_plugin_files_are_refused_and_the_rest_served,
+    args_over_the_limit_are_refused_on_every_enqueue_path,
+    a_result_declaring_billions_of_units_shows_as_a_marker,
 );
 
 /// How long a worker process may take to start or stop.
@@ -240,6 +244,165 @@ fn broken_plugin_files_are_refused_and_the_rest_served(url: &str) {
         .args(["worker", "--drain"]));
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(stats(url)["success"], 1);
+}
+
+/// Issue 10, item 7: over the limit is exit 2, one sentence naming the
+/// size and the limit, nothing written, on each way in; the limit is
+/// configurable both ways, by flag and by environment.
+fn args_over_the_limit_are_refused_on_every_enqueue_path(url: &str) {
+    let output = run(taskbox_at(url).arg("migrate"));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let default = taskbox::store::DEFAULT_MAX_ARGS_BYTES;
+    let limit = format!("more than the limit of {default} bytes");
+
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, r#"{{"plugin": "puts", "args": "fine"}}"#).unwrap();
+    let big = "x".repeat(default + 1);
+    writeln!(file, r#"{{"plugin": "puts", "args": "{big}"}}"#).unwrap();
+    let output = run(taskbox_at(url).args(["enqueue", "--file"]).arg(file.path()));
+    assert_refused(&output, "line 2: the args are");
+    assert_refused(&output, &limit);
+    assert!(
+        stderr_of(&output).len() < 300,
+        "the args are echoed: {} bytes",
+        stderr_of(&output).len()
+    );
+
+    // One argument on a command line holds at most 128 KiB, so the single
+    // path is shown with a lower limit.
+    let kib = "y".repeat(2000);
+    let single = ["enqueue", "puts", &format!("\"{kib}\"")];
+    let output = run(taskbox_at(url)
+        .args(single)
+        .args(["--max-args-size", "1KiB"]));
+    assert_refused(&output, "more than the limit of 1024 bytes");
+    let output = run(taskbox_at(url)
+        .args(single)
+        .env("TASKBOX_MAX_ARGS_SIZE", "1KiB"));
+    assert_refused(&output, "more than the limit of 1024 bytes");
+
+    assert_eq!(
+        stats(url),
+        serde_json::json!({"waiting": 0, "running": 0, "success": 0, "error": 0, "timeout": 0, "cancelled": 0}),
+        "something was written"
+    );
+
+    let output = run(taskbox_at(url).args(["enqueue", "--help"]));
+    assert!(
+        stdout_of(&output).contains(&format!("[default: {default}]")),
+        "{}",
+        stdout_of(&output)
+    );
+    // Raised, the same file goes in whole: the store's limit follows.
+    let output = run(taskbox_at(url)
+        .args(["enqueue", "--max-args-size", "5MiB", "--file"])
+        .arg(file.path()));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(stats(url)["waiting"], 2);
+}
+
+/// Heap a `show` or `list` may use here: the bug grew past it in a second.
+const SHOW_HEAP: u64 = 1 << 30;
+/// How long a `show` or `list` may take.
+const SHOW_WITHIN: Duration = Duration::from_secs(30);
+
+/// Run `command` with its heap capped at [`SHOW_HEAP`], failing the test if
+/// it is still running after [`SHOW_WITHIN`].
+fn run_bounded(command: &mut Command) -> std::process::Output {
+    // SAFETY: setrlimit is async-signal-safe and touches no shared state.
+    unsafe {
+        command.pre_exec(|| {
+            setrlimit(Resource::RLIMIT_DATA, SHOW_HEAP, SHOW_HEAP).map_err(std::io::Error::from)
+        });
+    }
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let pid = Pid::from_raw(child.id() as i32);
+    let (done, outcome) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match outcome.recv_timeout(SHOW_WITHIN) {
+        Ok(output) => output.expect("the binary runs"),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            panic!("still running after {SHOW_WITHIN:?}");
+        }
+    }
+}
+
+/// Issue 10, item 6: `unitbomb` returns 10 bytes declaring u64::MAX unit
+/// values. `show --json` and `list --json` finish quickly within a heap cap,
+/// print valid JSON, and say the result is too large instead of printing it.
+fn a_result_declaring_billions_of_units_shows_as_a_marker(url: &str) {
+    let enqueue = |count: &str| {
+        let output = run(taskbox_at(url).args(["enqueue", "unitbomb", count]));
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        stdout_of(&output).trim().to_owned()
+    };
+    let bomb = enqueue(&u64::MAX.to_string());
+    let small = enqueue("3");
+    let output = run(taskbox_at(url).args(["worker", "--drain"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(stats(url)["success"], 2);
+
+    let marker = format!(
+        "[taskbox: result too large to show: more than {} values]",
+        taskbox::schema::MAX_DECODED_VALUES
+    );
+    let started = Instant::now();
+    let output = run_bounded(taskbox_at(url).args(["show", &bomb, "--json"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let shown: Value = serde_json::from_slice(&output.stdout).expect("show --json prints JSON");
+    assert_eq!(shown["result"], marker.as_str());
+    assert_eq!(shown["args"], u64::MAX);
+
+    let output = run_bounded(taskbox_at(url).args(["show", &bomb]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        stdout_of(&output).contains(&marker),
+        "{}",
+        stdout_of(&output)
+    );
+
+    let output = run_bounded(taskbox_at(url).args(["list", "--json"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(
+        output.stdout.len() < 64 * 1024,
+        "{} bytes",
+        output.stdout.len()
+    );
+    let listed: Value = serde_json::from_slice(&output.stdout).expect("list --json prints JSON");
+    let result_of = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|task| task["id"].to_string() == id)
+            .unwrap_or_else(|| panic!("task {id} missing from {listed}"))["result"]
+            .clone()
+    };
+    assert_eq!(result_of(&bomb), marker.as_str());
+    assert_eq!(result_of(&small), serde_json::json!([null, null, null]));
+    assert!(
+        started.elapsed() < SHOW_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Bad JSON is quoted by a short prefix, not echoed whole.
+#[test]
+fn invalid_json_is_quoted_by_a_short_prefix() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let url = sqlite_url(dir.path());
+    let bad = format!("{{\"a\": {}", "1234567890".repeat(100));
+    let output = run(taskbox_at(&url).args(["enqueue", "add", &bad]));
+    assert_refused(&output, "not valid JSON");
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains(&format!("`{}...`", &bad[..60])), "{stderr}");
+    assert!(stderr.len() < 200, "{} bytes: {stderr}", stderr.len());
 }
 
 #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use taskbox::store::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
-    RescueRequest, Rescued, Stats, Status, StoreError, TaskStore,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
+    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, TaskStore,
 };
 use tokio::sync::mpsc;
 
@@ -50,6 +50,7 @@ macro_rules! conformance {
 conformance!(
     enqueue_keeps_order_and_every_field,
     enqueue_is_all_or_nothing,
+    enqueue_refuses_args_over_the_limit,
     claim_order_is_priority_then_run_at_then_id,
     claim_respects_limit_and_queues,
     concurrent_claimers_never_share_a_task,
@@ -197,6 +198,53 @@ async fn enqueue_keeps_order_and_every_field<S: TaskStore>(store: S) {
         "run_at round-trips to the microsecond"
     );
     assert_eq!(record(&store, ids[2]).await.plugin, "third");
+}
+
+/// Issue 10, item 7: the limit lives in the store, so every client
+/// inherits it; a batch with one task over it writes nothing.
+async fn enqueue_refuses_args_over_the_limit<S: TaskStore>(store: S) {
+    let over_default = NewTask::new("big", vec![0; DEFAULT_MAX_ARGS_BYTES + 1]);
+    let result = store.enqueue(std::slice::from_ref(&over_default)).await;
+    assert!(
+        matches!(result, Err(StoreError::ArgsTooLarge { index: 0, batch: 1, size, limit })
+            if size == DEFAULT_MAX_ARGS_BYTES + 1 && limit == DEFAULT_MAX_ARGS_BYTES),
+        "{result:?}"
+    );
+
+    let limit = 64;
+    let small = store.clone().with_max_args_bytes(limit);
+    let at_limit = NewTask::new("fits", vec![7; limit]);
+    let over = NewTask::new("over", vec![7; limit + 1]);
+    let result = small.enqueue(&[at_limit.clone(), over]).await;
+    let err = result.expect_err("args over the limit are refused");
+    assert!(
+        matches!(
+            err,
+            StoreError::ArgsTooLarge {
+                index: 1,
+                batch: 2,
+                size: 65,
+                limit: 64
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the args of task 2 of 2 are 65 bytes, more than the limit of 64 bytes"
+    );
+    assert_eq!(store.stats().await.unwrap().total(), 0, "a row was kept");
+
+    small
+        .enqueue(&[at_limit])
+        .await
+        .expect("args at the limit fit");
+    let large = store.with_max_args_bytes(DEFAULT_MAX_ARGS_BYTES + 1);
+    large
+        .enqueue(&[over_default])
+        .await
+        .expect("a raised limit admits more");
+    assert_eq!(large.stats().await.unwrap().total(), 2);
 }
 
 async fn enqueue_is_all_or_nothing<S: TaskStore>(store: S) {

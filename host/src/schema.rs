@@ -92,10 +92,265 @@ pub fn encode(schema: &OwnedNamedType, value: &Value) -> Result<Vec<u8>, String>
     }
 }
 
-/// Render postcard bytes as JSON through `schema`.
-pub fn decode(schema: &OwnedNamedType, bytes: &[u8]) -> Result<Value, String> {
-    postcard_dyn::from_slice_dyn(schema, bytes)
-        .map_err(|_| format!("bytes do not decode as {}", schema.to_pseudocode()))
+/// Most JSON values one decode may produce. Postcard trusts declared
+/// lengths and encodes unit values as nothing, so a few bytes can declare
+/// billions of values; past this, nothing is decoded.
+pub const MAX_DECODED_VALUES: usize = 100_000;
+/// Most JSON text (compact, counted from above) one decode may produce.
+pub const MAX_DECODED_TEXT: usize = 4 * 1024 * 1024;
+
+/// Why postcard bytes were not rendered as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the bytes do not decode as {0}")]
+    Mismatch(String),
+    #[error("more than {MAX_DECODED_VALUES} values")]
+    TooManyValues,
+    #[error("more than {MAX_DECODED_TEXT} bytes of JSON")]
+    TooMuchText,
+}
+
+impl DecodeError {
+    /// The bytes may well decode, but into more than a decode may produce.
+    pub fn is_too_large(&self) -> bool {
+        !matches!(self, DecodeError::Mismatch(_))
+    }
+}
+
+/// Render postcard bytes as JSON through `schema`, within
+/// [`MAX_DECODED_VALUES`] and [`MAX_DECODED_TEXT`]: a dry run counts what
+/// decoding would produce, allocating nothing, and stops at the bound.
+pub fn decode(schema: &OwnedNamedType, bytes: &[u8]) -> Result<Value, DecodeError> {
+    let mismatch = || DecodeError::Mismatch(schema.to_pseudocode());
+    let mut budget = Budget {
+        values: MAX_DECODED_VALUES,
+        text: MAX_DECODED_TEXT,
+    };
+    measure(&schema.ty, bytes, &mut budget).map_err(|stop| match stop {
+        Stop::Mismatch => mismatch(),
+        Stop::TooManyValues => DecodeError::TooManyValues,
+        Stop::TooMuchText => DecodeError::TooMuchText,
+    })?;
+    postcard_dyn::from_slice_dyn(schema, bytes).map_err(|_| mismatch())
+}
+
+/// What a decode may still produce.
+struct Budget {
+    values: usize,
+    text: usize,
+}
+
+enum Stop {
+    Mismatch,
+    TooManyValues,
+    TooMuchText,
+}
+
+impl Budget {
+    /// `count` values of at most `text` characters each (separators included).
+    fn spend(&mut self, count: usize, text: usize) -> Result<(), Stop> {
+        self.values = self.values.checked_sub(count).ok_or(Stop::TooManyValues)?;
+        self.text_only(count.saturating_mul(text))
+    }
+
+    /// Text that is not a value of its own: an object's key.
+    fn text_only(&mut self, text: usize) -> Result<(), Stop> {
+        self.text = self.text.checked_sub(text).ok_or(Stop::TooMuchText)?;
+        Ok(())
+    }
+}
+
+// Upper bounds on a value's JSON text, its trailing comma included.
+const NULL_TEXT: usize = 5;
+const BOOL_TEXT: usize = 6;
+const BRACKETS_TEXT: usize = 3;
+const fn int_text(max_len: usize) -> usize {
+    max_len + 2
+}
+const FLOAT_TEXT: usize = 26;
+
+/// Walk `data` as `ty` the way `postcard_dyn::from_slice_dyn` does,
+/// charging `budget` for every value it would produce; returns the bytes
+/// left. Every step that produces a value charges at least one, so the walk
+/// ends within the budget whatever lengths the bytes declare.
+fn measure<'a>(
+    ty: &OwnedDataModelType,
+    data: &'a [u8],
+    budget: &mut Budget,
+) -> Result<&'a [u8], Stop> {
+    use OwnedDataModelType as T;
+    /// An integer: a varint of at most `max_bytes`, at most `digits` long.
+    fn int<'a>(
+        data: &'a [u8],
+        max_bytes: usize,
+        digits: usize,
+        budget: &mut Budget,
+    ) -> Result<&'a [u8], Stop> {
+        let (_, rest) = take_varint(data, max_bytes)?;
+        budget.spend(1, int_text(digits))?;
+        Ok(rest)
+    }
+    match ty {
+        T::Bool => {
+            let (byte, rest) = take(data, 1)?;
+            if byte[0] > 1 {
+                return Err(Stop::Mismatch);
+            }
+            budget.spend(1, BOOL_TEXT)?;
+            Ok(rest)
+        }
+        T::U8 | T::I8 => {
+            let (_, rest) = take(data, 1)?;
+            budget.spend(1, int_text(4))?;
+            Ok(rest)
+        }
+        T::U16 | T::I16 => int(data, 3, 6, budget),
+        T::U32 | T::I32 => int(data, 5, 11, budget),
+        T::U64 | T::I64 | T::Usize | T::Isize => int(data, 10, 20, budget),
+        T::U128 | T::I128 => int(data, 19, 40, budget),
+        T::F32 | T::F64 => {
+            let (_, rest) = take(data, if matches!(ty, T::F32) { 4 } else { 8 })?;
+            budget.spend(1, FLOAT_TEXT)?;
+            Ok(rest)
+        }
+        T::String => {
+            let (len, rest) = take_len(data)?;
+            let (text, rest) = take(rest, len)?;
+            budget.spend(1, json_string_len(text))?;
+            Ok(rest)
+        }
+        T::ByteArray => {
+            let (len, rest) = take_len(data)?;
+            let (_, rest) = take(rest, len)?;
+            budget.spend(1, BRACKETS_TEXT)?;
+            budget.spend(len, int_text(3))?;
+            Ok(rest)
+        }
+        T::Option(inner) => {
+            let (tag, rest) = take(data, 1)?;
+            match tag[0] {
+                0 => budget.spend(1, NULL_TEXT).map(|()| rest),
+                1 => measure(&inner.ty, rest, budget),
+                _ => Err(Stop::Mismatch),
+            }
+        }
+        T::Unit | T::UnitStruct => budget.spend(1, NULL_TEXT).map(|()| data),
+        T::NewtypeStruct(inner) => measure(&inner.ty, data, budget),
+        T::Seq(inner) => {
+            let (len, mut rest) = take_len(data)?;
+            budget.spend(1, BRACKETS_TEXT)?;
+            for _ in 0..len {
+                rest = measure(&inner.ty, rest, budget)?;
+            }
+            Ok(rest)
+        }
+        T::Tuple(items) | T::TupleStruct(items) => measure_tuple(items, data, budget),
+        T::Map { key, val } => {
+            // postcard-dyn decodes string keys only.
+            if key.ty != T::String {
+                return Err(Stop::Mismatch);
+            }
+            let (len, mut rest) = take_len(data)?;
+            budget.spend(1, BRACKETS_TEXT)?;
+            for _ in 0..len {
+                let (key_len, after) = take_len(rest)?;
+                let (key, after) = take(after, key_len)?;
+                budget.text_only(json_string_len(key))?;
+                rest = measure(&val.ty, after, budget)?;
+            }
+            Ok(rest)
+        }
+        T::Struct(fields) => measure_struct(fields, data, budget),
+        T::Enum(variants) => {
+            let (index, rest) = take_len(data)?;
+            let variant = variants.get(index).ok_or(Stop::Mismatch)?;
+            let name = json_string_len(variant.name.as_bytes());
+            match &variant.ty {
+                OwnedDataModelVariant::UnitVariant => budget.spend(1, name).map(|()| rest),
+                OwnedDataModelVariant::NewtypeVariant(inner) => {
+                    budget.spend(1, BRACKETS_TEXT + name)?;
+                    measure(&inner.ty, rest, budget)
+                }
+                OwnedDataModelVariant::TupleVariant(items) => {
+                    budget.spend(1, BRACKETS_TEXT + name)?;
+                    measure_tuple(items, rest, budget)
+                }
+                OwnedDataModelVariant::StructVariant(fields) => {
+                    budget.spend(1, BRACKETS_TEXT + name)?;
+                    measure_struct(fields, rest, budget)
+                }
+            }
+        }
+        // Refused by `parse_schema`, and postcard-dyn cannot decode them.
+        T::Char | T::Schema => Err(Stop::Mismatch),
+    }
+}
+
+/// A tuple of none is `null`, of one is that value, of more an array.
+fn measure_tuple<'a>(
+    items: &[OwnedNamedType],
+    data: &'a [u8],
+    budget: &mut Budget,
+) -> Result<&'a [u8], Stop> {
+    match items {
+        [] => budget.spend(1, NULL_TEXT).map(|()| data),
+        [item] => measure(&item.ty, data, budget),
+        items => {
+            budget.spend(1, BRACKETS_TEXT)?;
+            items
+                .iter()
+                .try_fold(data, |rest, item| measure(&item.ty, rest, budget))
+        }
+    }
+}
+
+fn measure_struct<'a>(
+    fields: &[postcard_schema::schema::owned::OwnedNamedValue],
+    data: &'a [u8],
+    budget: &mut Budget,
+) -> Result<&'a [u8], Stop> {
+    budget.spend(1, BRACKETS_TEXT)?;
+    fields.iter().try_fold(data, |rest, field| {
+        budget.text_only(json_string_len(field.name.as_bytes()) + 1)?;
+        measure(&field.ty.ty, rest, budget)
+    })
+}
+
+fn take(data: &[u8], len: usize) -> Result<(&[u8], &[u8]), Stop> {
+    if data.len() < len {
+        return Err(Stop::Mismatch);
+    }
+    Ok(data.split_at(len))
+}
+
+/// A varint of at most `max_bytes` bytes (postcard's limit for its type).
+fn take_varint(data: &[u8], max_bytes: usize) -> Result<(u128, &[u8]), Stop> {
+    let mut value = 0u128;
+    for (at, byte) in data.iter().take(max_bytes).enumerate() {
+        value |= u128::from(byte & 0x7f) << (7 * at);
+        if byte & 0x80 == 0 {
+            return Ok((value, &data[at + 1..]));
+        }
+    }
+    Err(Stop::Mismatch)
+}
+
+/// A length or an enum's variant index: a usize varint.
+fn take_len(data: &[u8]) -> Result<(usize, &[u8]), Stop> {
+    let (value, rest) = take_varint(data, 10)?;
+    Ok((usize::try_from(value).map_err(|_| Stop::Mismatch)?, rest))
+}
+
+/// The length of `text` as a JSON string: quotes, escapes and a separator.
+fn json_string_len(text: &[u8]) -> usize {
+    text.iter()
+        .map(|byte| match byte {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+        + 3
 }
 
 /// JSON equality where `1` and `1.0` are the same number.
@@ -156,6 +411,93 @@ mod tests {
             decode(&schema_of::<Pair>(), &bytes).unwrap(),
             json!({"a": 5, "b": 6})
         );
+    }
+
+    /// A varint length of `u64::MAX`: ten bytes, as unitbomb returns.
+    const HUGE_LENGTH: [u8; 10] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+
+    #[test]
+    fn a_sequence_of_units_declaring_billions_stops_at_the_bound() {
+        #[derive(Serialize, Deserialize, Schema)]
+        struct Nothing;
+        #[derive(Serialize, Deserialize, Schema)]
+        struct Empty {}
+        for schema in [
+            schema_of::<Vec<()>>(),
+            schema_of::<Vec<Nothing>>(),
+            schema_of::<Vec<Empty>>(),
+            schema_of::<Vec<((), ())>>(),
+        ] {
+            let started = std::time::Instant::now();
+            assert_eq!(
+                decode(&schema, &HUGE_LENGTH),
+                Err(DecodeError::TooManyValues),
+                "{}",
+                schema.to_pseudocode()
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn nested_sequences_of_units_share_one_bound() {
+        // Each inner sequence is small enough alone; together they are not.
+        let inner = MAX_DECODED_VALUES / 4;
+        let count = 8usize;
+        let mut bytes = postcard::to_stdvec(&count).unwrap();
+        for _ in 0..count {
+            bytes.extend(postcard::to_stdvec(&inner).unwrap());
+        }
+        assert_eq!(
+            decode(&schema_of::<Vec<Vec<()>>>(), &bytes),
+            Err(DecodeError::TooManyValues)
+        );
+        // One length per level: outer, middle, and the first innermost.
+        let deep = HUGE_LENGTH.repeat(3);
+        assert_eq!(
+            decode(&schema_of::<Vec<Vec<Vec<()>>>>(), &deep),
+            Err(DecodeError::TooManyValues)
+        );
+    }
+
+    #[test]
+    fn within_the_bound_units_decode() {
+        let bytes = postcard::to_stdvec(&vec![(); 3]).unwrap();
+        assert_eq!(
+            decode(&schema_of::<Vec<()>>(), &bytes).unwrap(),
+            json!([null, null, null])
+        );
+        let bytes = postcard::to_stdvec(&vec![(); MAX_DECODED_VALUES - 1]).unwrap();
+        assert!(decode(&schema_of::<Vec<()>>(), &bytes).is_ok());
+    }
+
+    #[test]
+    fn text_is_bounded_too() {
+        // Few values, each a long string.
+        let long = "x".repeat(MAX_DECODED_TEXT / 4);
+        let bytes = postcard::to_stdvec(&vec![long.clone(); 5]).unwrap();
+        assert_eq!(
+            decode(&schema_of::<Vec<String>>(), &bytes),
+            Err(DecodeError::TooMuchText)
+        );
+        let bytes = postcard::to_stdvec(&vec![long; 3]).unwrap();
+        assert!(decode(&schema_of::<Vec<String>>(), &bytes).is_ok());
+    }
+
+    #[test]
+    fn short_or_wrong_bytes_are_a_mismatch_not_a_panic() {
+        assert!(matches!(
+            decode(&schema_of::<Vec<u8>>(), &HUGE_LENGTH),
+            Err(DecodeError::Mismatch(_))
+        ));
+        assert!(matches!(
+            decode(&schema_of::<Pair>(), &[0x80]),
+            Err(DecodeError::Mismatch(_))
+        ));
+        assert!(matches!(
+            decode(&schema_of::<bool>(), &[2]),
+            Err(DecodeError::Mismatch(_))
+        ));
     }
 
     #[test]

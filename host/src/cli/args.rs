@@ -89,6 +89,10 @@ pub struct EnqueueArgs {
     /// JSON lines of {"plugin": ..., "args": ...}; all or nothing.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Refuse a task whose encoded args are larger (bytes; KiB, MiB, GiB suffixes work).
+    #[arg(long, env = "TASKBOX_MAX_ARGS_SIZE", value_name = "BYTES", value_parser = parse_bytes,
+          default_value_t = crate::store::DEFAULT_MAX_ARGS_BYTES)]
+    pub max_args_size: usize,
     #[command(flatten)]
     pub options: TaskOptions,
 }

@@ -12,17 +12,42 @@ use super::{CliError, input, print_out, usable_plugin};
 use crate::sandbox::Plugins;
 use crate::store::{NewTask, TaskStore};
 
-/// Check `args` against the plugin's schema and build the task.
+/// Characters of the user's input an error message quotes.
+const QUOTED_INPUT_CHARS: usize = 60;
+
+/// `text` as an error message quotes it: at most [`QUOTED_INPUT_CHARS`]
+/// characters, with an ellipsis when cut.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_INPUT_CHARS) {
+        Some((cut, _)) => format!("`{}...`", &text[..cut]),
+        None => format!("`{text}`"),
+    }
+}
+
+/// Check `args` against the plugin's schema and the size limit, and build
+/// the task.
 async fn checked_task(
     plugins: &Plugins,
     plugin: &str,
     args: Option<Value>,
     options: &TaskOptions,
+    max_args_size: usize,
 ) -> Result<NewTask, CliError> {
     let loaded = usable_plugin(plugins, plugin).await?;
     let args = args.unwrap_or(Value::Null);
-    let bytes = crate::schema::encode(&loaded.args_schema, &args)
-        .map_err(|why| input(format!("args {args} do not fit plugin `{plugin}`: {why}")))?;
+    let bytes = crate::schema::encode(&loaded.args_schema, &args).map_err(|why| {
+        input(format!(
+            "args {} do not fit plugin `{plugin}`: {why}",
+            quoted(&args.to_string())
+        ))
+    })?;
+    // The store refuses them too; checking here names the line of a file.
+    if bytes.len() > max_args_size {
+        return Err(input(format!(
+            "the args are {} bytes, more than the limit of {max_args_size} bytes (--max-args-size)",
+            bytes.len()
+        )));
+    }
     Ok(NewTask {
         plugin: plugin.to_owned(),
         args: bytes,
@@ -54,15 +79,20 @@ pub(super) async fn enqueue<S: TaskStore>(
     args: EnqueueArgs,
 ) -> Result<(), CliError> {
     let tasks = match (&args.file, &args.plugin) {
-        (Some(file), _) => tasks_from_file(plugins, file, &args.options).await?,
+        (Some(file), _) => {
+            tasks_from_file(plugins, file, &args.options, args.max_args_size).await?
+        }
         (None, Some(plugin)) => {
             let json = match &args.args {
                 Some(text) => Some(serde_json::from_str(text).map_err(|err| {
-                    input(format!("the args `{text}` are not valid JSON: {err}"))
+                    input(format!(
+                        "the args {} are not valid JSON: {err}",
+                        quoted(text)
+                    ))
                 })?),
                 None => None,
             };
-            vec![checked_task(plugins, plugin, json, &args.options).await?]
+            vec![checked_task(plugins, plugin, json, &args.options, args.max_args_size).await?]
         }
         (None, None) => return Err(input("name a plugin or pass --file")),
     };
@@ -76,6 +106,7 @@ async fn tasks_from_file(
     plugins: &Plugins,
     path: &Path,
     defaults: &TaskOptions,
+    max_args_size: usize,
 ) -> Result<Vec<NewTask>, CliError> {
     let file = std::fs::File::open(path)
         .map_err(|err| input(format!("cannot read {}: {err}", path.display())))?;
@@ -115,7 +146,7 @@ async fn tasks_from_file(
                 .map_err(|_| input(format!("{}: `{run_at}` is not an RFC 3339 time", at())))?;
             options.run_at = Some(time.with_timezone(&chrono::Utc));
         }
-        let task = checked_task(plugins, &entry.plugin, entry.args, &options)
+        let task = checked_task(plugins, &entry.plugin, entry.args, &options, max_args_size)
             .await
             .map_err(|err| match err {
                 CliError::Input(message) => input(format!("{}: {message}", at())),
@@ -127,4 +158,18 @@ async fn tasks_from_file(
         return Err(input(format!("{} holds no tasks", path.display())));
     }
     Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_at_most_a_short_prefix() {
+        assert_eq!(quoted("{\"a\": 1"), "`{\"a\": 1`");
+        let long = "é".repeat(10 * QUOTED_INPUT_CHARS);
+        let shown = quoted(&long);
+        assert_eq!(shown.chars().count(), QUOTED_INPUT_CHARS + 5, "{shown}");
+        assert!(shown.ends_with("...`"));
+    }
 }

@@ -18,7 +18,7 @@ use crate::sandbox::{PluginError, Plugins, Sandbox, SandboxConfig};
 use crate::store::sqlite::DEFAULT_DATABASE_URL;
 use crate::store::{CancelOutcome, ListFilter, PgStore, SqliteStore, StoreError, TaskStore};
 use args::{Cli, Command};
-use view::TaskView;
+use view::{TaskView, TaskViews};
 
 /// Instances a short-lived command needs (loading plugins one at a time).
 const CLI_INSTANCES: u32 = 4;
@@ -41,6 +41,8 @@ impl From<StoreError> for CliError {
         match err {
             // Starting a second worker on an SQLite file is bad usage.
             StoreError::WorkerLocked { .. } => CliError::Input(err.to_string()),
+            // Refused before anything was written.
+            StoreError::ArgsTooLarge { .. } => CliError::Input(err.to_string()),
             err if err.is_connection() => CliError::Failure(anyhow::anyhow!(
                 "cannot reach the database: {}",
                 err.cause()
@@ -175,7 +177,10 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
             store.migrate().await?;
             Ok(())
         }
-        Command::Enqueue(args) => enqueue::enqueue(&store, &cli_plugins()?, args).await,
+        Command::Enqueue(args) => {
+            let store = store.with_max_args_bytes(args.max_args_size);
+            enqueue::enqueue(&store, &cli_plugins()?, args).await
+        }
         Command::Worker(args) => serve::worker(store, &plugins_dir, args).await,
         Command::Show { id, json } => {
             let record = store
@@ -200,7 +205,7 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
                 plugin,
                 limit,
             };
-            let views = TaskView::many(store.list(&filter).await?, &cli_plugins()?).await;
+            let views = TaskViews::new(store.list(&filter).await?, &cli_plugins()?).await;
             if json {
                 print_json(&views)
             } else {
@@ -240,9 +245,14 @@ fn print_out(text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Written as it renders: `list --json` never holds all of its text.
 fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).context("rendering JSON")?;
-    print_out(&(text + "\n"))
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut stdout, value).context("writing JSON to stdout")?;
+    writeln!(stdout)
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")?;
+    Ok(())
 }
 
 /// The plugin's name as a bad-input error when it cannot be used.

@@ -1,14 +1,15 @@
 //! How tasks look to people and scripts: the JSON object `show --json` and
 //! `list --json` print, and the plain-text forms.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use postcard_schema::schema::owned::OwnedNamedType;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::sandbox::Plugins;
+use crate::sandbox::{Plugin, Plugins};
 use crate::schema;
 use crate::store::{Status, TaskRecord};
 
@@ -40,12 +41,63 @@ fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Postcard bytes as JSON through the plugin's schema, or as hex when the
-/// plugin is gone or the bytes do not fit.
-fn render(schema: Option<&OwnedNamedType>, bytes: &[u8]) -> Value {
-    schema
-        .and_then(|schema| schema::decode(schema, bytes).ok())
-        .unwrap_or_else(|| Value::String(format!("postcard:{}", hex::encode(bytes))))
+/// Bytes shown as hex when args or a result cannot be shown as JSON.
+const MAX_HEX_BYTES: usize = 1024;
+
+/// Postcard bytes as JSON through the plugin's schema; a marker string when
+/// that JSON would be too large to show (see [`schema::MAX_DECODED_VALUES`]);
+/// hex (`postcard:...`, at most [`MAX_HEX_BYTES`] of it) when the plugin is
+/// gone or the bytes do not fit.
+fn render(what: &str, schema: Option<&OwnedNamedType>, bytes: &[u8]) -> Value {
+    let decoded = schema.map(|schema| schema::decode(schema, bytes));
+    match decoded {
+        Some(Ok(value)) => value,
+        Some(Err(err)) if err.is_too_large() => {
+            Value::String(format!("[taskbox: {what} too large to show: {err}]"))
+        }
+        _ if bytes.len() > MAX_HEX_BYTES => Value::String(format!(
+            "postcard:{}... ({} bytes in all)",
+            hex::encode(&bytes[..MAX_HEX_BYTES]),
+            bytes.len()
+        )),
+        _ => Value::String(format!("postcard:{}", hex::encode(bytes))),
+    }
+}
+
+/// Tasks that render one at a time as they are written out, so that
+/// `list` holds one rendered task in memory, not `--limit` of them.
+pub struct TaskViews {
+    records: Vec<TaskRecord>,
+    plugins: HashMap<String, Option<Arc<Plugin>>>,
+}
+
+impl TaskViews {
+    pub async fn new(records: Vec<TaskRecord>, plugins: &Plugins) -> Self {
+        let mut loaded = HashMap::new();
+        for record in &records {
+            if !loaded.contains_key(&record.plugin) {
+                let plugin = plugins.get(&record.plugin).await.ok();
+                loaded.insert(record.plugin.clone(), plugin);
+            }
+        }
+        TaskViews {
+            records,
+            plugins: loaded,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = TaskView> + '_ {
+        self.records.iter().map(|record| {
+            let plugin = self.plugins.get(&record.plugin).and_then(Option::as_ref);
+            TaskView::with_plugin(record.clone(), plugin)
+        })
+    }
+}
+
+impl Serialize for TaskViews {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 impl TaskView {
@@ -54,18 +106,10 @@ impl TaskView {
         Self::with_plugin(record, plugin.as_ref())
     }
 
-    pub async fn many(records: Vec<TaskRecord>, plugins: &Plugins) -> Vec<Self> {
-        let mut views = Vec::with_capacity(records.len());
-        for record in records {
-            views.push(Self::new(record, plugins).await);
-        }
-        views
-    }
-
-    fn with_plugin(record: TaskRecord, plugin: Option<&Arc<crate::sandbox::Plugin>>) -> Self {
-        let args = render(plugin.map(|p| &p.args_schema), &record.args);
+    fn with_plugin(record: TaskRecord, plugin: Option<&Arc<Plugin>>) -> Self {
+        let args = render("args", plugin.map(|p| &p.args_schema), &record.args);
         let result = match &record.result {
-            Some(bytes) => render(plugin.map(|p| &p.result_schema), bytes),
+            Some(bytes) => render("result", plugin.map(|p| &p.result_schema), bytes),
             None => Value::Null,
         };
         let text = |bytes: Option<Vec<u8>>| {
@@ -149,5 +193,27 @@ impl TaskView {
             self.enqueued_at,
             error
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_bounded_too() {
+        let shown = render("result", None, &[0xab; 10 * MAX_HEX_BYTES]);
+        let text = shown.as_str().unwrap();
+        assert!(text.starts_with("postcard:abab"), "{text}");
+        assert!(text.ends_with(&format!("... ({} bytes in all)", 10 * MAX_HEX_BYTES)));
+        assert!(
+            text.len() < 2 * MAX_HEX_BYTES + 64,
+            "{} characters",
+            text.len()
+        );
+        assert_eq!(
+            render("args", None, &[1, 2]),
+            Value::String("postcard:0102".into())
+        );
     }
 }

@@ -17,6 +17,10 @@ pub use sqlite::SqliteStore;
 
 /// Queue a task goes to when the caller names none.
 pub const DEFAULT_QUEUE: &str = "default";
+/// Largest args (postcard bytes) a store accepts unless told otherwise:
+/// args live in the guest's memory while it runs, so args near the default
+/// memory cap could never run.
+pub const DEFAULT_MAX_ARGS_BYTES: usize = 4 * 1024 * 1024;
 
 /// A task's place in its life cycle; the schema enforces the same set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
@@ -299,6 +303,18 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// A task's args are over the store's limit; nothing was written.
+    #[error(
+        "the args{} are {size} bytes, more than the limit of {limit} bytes",
+        if *.batch > 1 { format!(" of task {} of {}", .index + 1, .batch) } else { String::new() }
+    )]
+    ArgsTooLarge {
+        /// The task's place in the batch, from 0.
+        index: usize,
+        batch: usize,
+        size: usize,
+        limit: usize,
+    },
     /// The database admits one worker process and another one holds it.
     #[error(
         "another taskbox worker{} already runs on {}; SQLite allows one worker process per database file, so stop that one first or use Postgres for several",
@@ -358,6 +374,20 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Refuse a batch in which any task's args are over `limit` bytes, before
+/// anything is written.
+pub(crate) fn check_args_size(tasks: &[NewTask], limit: usize) -> StoreResult<()> {
+    match tasks.iter().position(|task| task.args.len() > limit) {
+        Some(index) => Err(StoreError::ArgsTooLarge {
+            index,
+            batch: tasks.len(),
+            size: tasks[index].args.len(),
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The operations taskbox needs from a database. Implementations must make
 /// `claim` safe under concurrent workers and fence `complete` on the attempt.
 pub trait TaskStore: Send + Sync + Clone + 'static {
@@ -365,8 +395,14 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     fn migrate(&self) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Insert all tasks in one transaction (all or nothing) and wake workers
-    /// once; returns the new ids in input order.
+    /// once; returns the new ids in input order. Fails with
+    /// [`StoreError::ArgsTooLarge`], writing nothing, when any task's args
+    /// are over the store's limit ([`DEFAULT_MAX_ARGS_BYTES`] unless set by
+    /// [`TaskStore::with_max_args_bytes`]).
     fn enqueue(&self, tasks: &[NewTask]) -> impl Future<Output = StoreResult<Vec<i64>>> + Send;
+
+    /// The same store, refusing args over `limit` bytes at enqueue.
+    fn with_max_args_bytes(self, limit: usize) -> Self;
 
     /// Claim up to `limit` runnable tasks: lowest priority number first, then
     /// oldest `run_at`, then id. Each claimed row is `running` with its

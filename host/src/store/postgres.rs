@@ -10,8 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
-    RescueRequest, Rescued, Stats, Status, StoreResult, TaskRecord, TaskStore,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
+    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreResult, TaskRecord,
+    TaskStore, check_args_size,
 };
 
 /// Channel every enqueue notifies and every worker listens on.
@@ -192,6 +193,8 @@ pub struct PgStore {
     /// the batch into the primary key. Custom plans trust statistics taken
     /// when nothing was running and scan the whole table instead.
     completions: PgPool,
+    /// Args over this many bytes are refused at enqueue.
+    max_args_bytes: usize,
 }
 
 impl PgStore {
@@ -220,6 +223,7 @@ impl PgStore {
             pool,
             claims,
             completions,
+            max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
         })
     }
 
@@ -229,6 +233,7 @@ impl PgStore {
             claims: pool.clone(),
             completions: pool.clone(),
             pool,
+            max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
         }
     }
 
@@ -247,7 +252,13 @@ impl TaskStore for PgStore {
         Ok(())
     }
 
+    fn with_max_args_bytes(mut self, limit: usize) -> Self {
+        self.max_args_bytes = limit;
+        self
+    }
+
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
+        check_args_size(tasks, self.max_args_bytes)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }

@@ -37,8 +37,9 @@ use sqlx::sqlite::{
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, ListFilter, NewTask, Notification,
-    RescueRequest, Rescued, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
+    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, StoreResult,
+    TaskRecord, TaskStore, check_args_size,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -157,6 +158,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     shared: Arc<Shared>,
+    /// Args over this many bytes are refused at enqueue.
+    max_args_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -220,6 +223,7 @@ impl SqliteStore {
                 wake,
                 worker_lock: Mutex::new(None),
             }),
+            max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
         }
     }
 
@@ -389,7 +393,13 @@ impl TaskStore for SqliteStore {
         Ok(())
     }
 
+    fn with_max_args_bytes(mut self, limit: usize) -> Self {
+        self.max_args_bytes = limit;
+        self
+    }
+
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
+        check_args_size(tasks, self.max_args_bytes)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
