@@ -3,7 +3,9 @@
 //! and the epoch ticker that makes deadlines preemptive. Loading plugins
 //! lives in [`plugin`], running one task in [`run`].
 
+mod cache;
 pub mod capture;
+pub mod compile;
 pub mod plugin;
 pub mod run;
 
@@ -16,6 +18,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use compile::{Compiler, LoadLimits};
 pub use plugin::{Plugin, PluginError, Plugins};
 pub use run::{Execution, Outcome};
 
@@ -56,6 +59,8 @@ pub struct SandboxConfig {
     /// of the deadline. `None`: deadlines only (epoch interruption), which
     /// costs less on call-heavy guests.
     pub fuel: Option<u64>,
+    /// Limits on reading and compiling plugin files.
+    pub load: LoadLimits,
 }
 
 impl Default for SandboxConfig {
@@ -67,6 +72,7 @@ impl Default for SandboxConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
             cache_dir: default_cache_dir(),
             fuel: None,
+            load: LoadLimits::default(),
         }
     }
 }
