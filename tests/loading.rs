@@ -384,17 +384,17 @@ async fn a_corrupted_artifact_is_recompiled_and_crashes_nothing(pool: PgPool) {
     let output = run(taskbox_in(&pool, dir.path(), cache.path()).args(["plugins", "--json"]));
     assert_eq!(listed_error(&listed(&output), "add"), None);
     let artifact = artifacts(cache.path()).pop().expect("add was cached");
-    flip_byte(&artifact, CORRUPT_AT);
+    corrupt_code(&artifact);
 
     let output = run(taskbox_in(&pool, dir.path(), cache.path()).args(["plugins", "--json"]));
     assert_eq!(listed_error(&listed(&output), "add"), None);
-    flip_byte(&artifacts(cache.path()).pop().unwrap(), CORRUPT_AT);
+    corrupt_code(&artifacts(cache.path()).pop().unwrap());
     let id = enqueue_id(taskbox_in(&pool, dir.path(), cache.path()).args([
         "enqueue",
         "add",
         r#"{"a": 1, "b": 2}"#,
     ]));
-    flip_byte(&artifacts(cache.path()).pop().unwrap(), CORRUPT_AT);
+    corrupt_code(&artifacts(cache.path()).pop().unwrap());
     let output = run(taskbox_in(&pool, dir.path(), cache.path()).args(["worker", "--drain"]));
     assert!(
         output.status.success(),
@@ -402,7 +402,7 @@ async fn a_corrupted_artifact_is_recompiled_and_crashes_nothing(pool: PgPool) {
         output.status,
         stderr_of(&output)
     );
-    flip_byte(&artifacts(cache.path()).pop().unwrap(), CORRUPT_AT);
+    corrupt_code(&artifacts(cache.path()).pop().unwrap());
     let output =
         run(taskbox_in(&pool, dir.path(), cache.path()).args(["show", &id.to_string(), "--json"]));
     assert!(
@@ -416,14 +416,37 @@ async fn a_corrupted_artifact_is_recompiled_and_crashes_nothing(pool: PgPool) {
     assert_eq!(shown["result"], 3);
 }
 
-/// Where in the artifact a byte is flipped: a fraction of its length, in
-/// the native code.
-const CORRUPT_AT: f64 = 0.25;
-
-fn flip_byte(path: &Path, at: f64) {
+/// Flip every bit of the native code in the artifact at `path` (an ELF
+/// object, after whatever header the cache puts first). Any single flipped
+/// byte there may or may not be reached; all of them always are, so a
+/// loader that trusts the file crashes on every run.
+fn corrupt_code(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
-    let index = (bytes.len() as f64 * at) as usize;
-    bytes[index] ^= 0xff;
+    let elf = bytes
+        .windows(4)
+        .position(|w| w == b"\x7fELF")
+        .expect("an artifact holds an ELF object");
+    let u16_at =
+        |b: &[u8], at: usize| u16::from_le_bytes(b[at..at + 2].try_into().unwrap()) as usize;
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+    let sections = elf + u64_at(&bytes, elf + 0x28);
+    let (size, count) = (u16_at(&bytes, elf + 0x3a), u16_at(&bytes, elf + 0x3c));
+    let mut flipped = 0;
+    for n in 0..count {
+        let header = sections + n * size;
+        const SHF_EXECINSTR: usize = 0x4;
+        if u64_at(&bytes, header + 8) & SHF_EXECINSTR != 0 {
+            let start = elf + u64_at(&bytes, header + 24);
+            let len = u64_at(&bytes, header + 32);
+            for byte in &mut bytes[start..start + len] {
+                *byte ^= 0xff;
+            }
+            flipped += len;
+        }
+    }
+    assert!(flipped > 0, "no native code found in {}", path.display());
+    // In place, as a bad disk or a stray write would leave it.
     let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     file.rewind().unwrap();
     file.write_all(&bytes).unwrap();
