@@ -1,8 +1,13 @@
-//! Plugins: a folder of `NAME.wasm` components. Each is compiled once, its
-//! precompiled artifact cached on disk by content hash and engine
-//! compatibility, pre-linked into an `InstancePre`, and asked once for its
-//! args/result schema. Files that are not taskbox components are refused
-//! with a reason the `plugins` command shows; the rest keep working.
+//! Plugins: a folder of `NAME.wasm` components. Each is read (refused
+//! unread above the size limit), compiled once within the load limits (see
+//! [`super::compile`]), its precompiled artifact cached on disk and verified
+//! before reuse (see `cache.rs`), pre-linked into an `InstancePre`, and
+//! asked once for its args/result schema. Each plugin loads under its own
+//! lock, so a slow one holds up no other. A file version is told apart by
+//! inode, change time, length and mtime, then by content digest; while a
+//! newer file fails to load, the last version that loaded keeps serving.
+//! Files that are not taskbox components are refused with a reason the
+//! `plugins` command shows; the rest keep working.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -71,7 +76,7 @@ pub enum PluginError {
 /// `48 MiB` when whole mebibytes, otherwise bytes.
 fn show_bytes(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{bytes} bytes")
