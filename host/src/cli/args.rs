@@ -30,8 +30,25 @@ pub struct Cli {
     #[arg(long = "plugins", env = "TASKBOX_PLUGINS", global = true, default_value = DEFAULT_PLUGINS_DIR)]
     pub plugins_dir: PathBuf,
 
+    #[command(flatten)]
+    pub load: LoadArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Limits on loading plugin files, for every command that loads them.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Refuse plugin files larger than this, unread (bytes; KiB, MiB, GiB suffixes work).
+    #[arg(long, env = "TASKBOX_MAX_PLUGIN_SIZE", global = true, default_value = "128MiB", value_parser = parse_bytes)]
+    pub max_plugin_size: usize,
+    /// Refuse a plugin that takes longer than this to compile.
+    #[arg(long, env = "TASKBOX_COMPILE_TIMEOUT", global = true, default_value = "20s", value_parser = parse_duration)]
+    pub compile_timeout: Duration,
+    /// Refuse a plugin whose compiler needs more memory than this.
+    #[arg(long, env = "TASKBOX_COMPILE_MEMORY", global = true, default_value = "1GiB", value_parser = parse_bytes)]
+    pub compile_memory: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +230,15 @@ mod tests {
         assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    fn load_defaults_shown_in_help_are_the_library_defaults() {
+        use crate::sandbox::compile::*;
+        let cli = Cli::parse_from(["taskbox", "plugins"]);
+        assert_eq!(cli.load.max_plugin_size as u64, DEFAULT_MAX_PLUGIN_SIZE);
+        assert_eq!(cli.load.compile_timeout, DEFAULT_COMPILE_TIMEOUT);
+        assert_eq!(cli.load.compile_memory as u64, DEFAULT_COMPILE_MEMORY);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{CliError, input, print_out, usable_plugin};
-use crate::sandbox::{Plugins, Sandbox, SandboxConfig};
+use super::{CliError, input, open_plugins, print_out, usable_plugin};
+use crate::sandbox::{LoadLimits, Sandbox, SandboxConfig};
 use crate::store::{NewTask, TaskStore};
 use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency};
 
@@ -19,7 +19,12 @@ const ENQUEUE_BATCH: usize = 1000;
 /// How often the progress bar reads the counts.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
-pub async fn run<S: TaskStore>(store: S, plugins_dir: &Path, count: usize) -> Result<(), CliError> {
+pub async fn run<S: TaskStore>(
+    store: S,
+    plugins_dir: &Path,
+    count: usize,
+    load: LoadLimits,
+) -> Result<(), CliError> {
     if count == 0 {
         return Err(input("--count must be at least 1"));
     }
@@ -28,10 +33,11 @@ pub async fn run<S: TaskStore>(store: S, plugins_dir: &Path, count: usize) -> Re
     let concurrency = default_concurrency();
     let sandbox = Sandbox::new(SandboxConfig {
         max_instances: u32::try_from(concurrency).unwrap_or(u32::MAX),
+        load,
         ..SandboxConfig::default()
     })
     .map_err(anyhow::Error::from)?;
-    let plugins = Arc::new(Plugins::new(sandbox, plugins_dir));
+    let plugins = Arc::new(open_plugins(sandbox, plugins_dir)?);
     let puts = usable_plugin(&plugins, DEMO_PLUGIN).await?;
 
     store.migrate().await?;

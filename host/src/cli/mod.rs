@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::sandbox::{PluginError, Plugins, Sandbox, SandboxConfig};
+use crate::sandbox::{Compiler, LoadLimits, PluginError, Plugins, Sandbox, SandboxConfig};
 use crate::store::sqlite::DEFAULT_DATABASE_URL;
 use crate::store::{CancelOutcome, ListFilter, PgStore, SqliteStore, StoreError, TaskStore};
 use args::{Cli, Command};
@@ -58,6 +58,12 @@ fn input(message: impl Into<String>) -> CliError {
 
 /// Parse the process's arguments, run, and report.
 pub fn main() -> ExitCode {
+    // The compiler process the worker starts for each plugin (see
+    // `sandbox::compile`): not a user command, so not in clap's help.
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some(crate::sandbox::compile::COMPILE_SUBCOMMAND) {
+        return crate::sandbox::compile::child_main(&argv[1..]);
+    }
     let cli = match <Cli as clap::Parser>::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
@@ -162,15 +168,42 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// The load limits the flags ask for, compiling in a child process of
+/// this binary so a hostile plugin cannot exhaust this one.
+fn load_limits(args: &args::LoadArgs) -> Result<LoadLimits, CliError> {
+    let program = std::env::current_exe().map_err(|err| {
+        anyhow::anyhow!("cannot find the taskbox binary to compile plugins with: {err}")
+    })?;
+    Ok(LoadLimits {
+        max_file_size: args.max_plugin_size as u64,
+        compile_timeout: args.compile_timeout,
+        compile_memory: args.compile_memory as u64,
+        compiler: Compiler::Subprocess(program),
+    })
+}
+
+/// Plugins ready to load, the cache folder checked: one that others may
+/// write to is bad input (exit 2), as ssh treats `~/.ssh`.
+fn open_plugins(sandbox: Arc<Sandbox>, dir: &std::path::Path) -> Result<Plugins, CliError> {
+    let plugins = Plugins::new(sandbox, dir);
+    plugins.check_cache().map_err(|err| match err {
+        PluginError::UnsafeCache { .. } => input(err.to_string()),
+        err => CliError::Failure(err.into()),
+    })?;
+    Ok(plugins)
+}
+
 async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
     let plugins_dir = cli.plugins_dir;
+    let load = load_limits(&cli.load)?;
     let cli_plugins = || -> Result<Plugins, CliError> {
         let sandbox = Sandbox::new(SandboxConfig {
             max_instances: CLI_INSTANCES,
+            load: load.clone(),
             ..SandboxConfig::default()
         })
         .map_err(|err| CliError::Failure(err.into()))?;
-        Ok(Plugins::new(sandbox, &plugins_dir))
+        open_plugins(sandbox, &plugins_dir)
     };
     match cli.command {
         Command::Migrate => {
@@ -181,7 +214,7 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
             let store = store.with_max_args_bytes(args.max_args_size);
             enqueue::enqueue(&store, &cli_plugins()?, args).await
         }
-        Command::Worker(args) => serve::worker(store, &plugins_dir, args).await,
+        Command::Worker(args) => serve::worker(store, &plugins_dir, args, load).await,
         Command::Show { id, json } => {
             let record = store
                 .get(id)
@@ -232,7 +265,7 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
         }
         Command::Plugins { json } => list_plugins(&cli_plugins()?, json).await,
         Command::Cancel { id } => cancel(&store, id).await,
-        Command::Demo { count } => demo::run(store, &plugins_dir, count).await,
+        Command::Demo { count } => demo::run(store, &plugins_dir, count, load).await,
     }
 }
 
@@ -316,6 +349,10 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
         args_schema: Option<String>,
         result_schema: Option<String>,
         error: Option<String>,
+        /// While the file fails to load: the digest of the version that
+        /// still serves.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        serving: Option<String>,
     }
     let rows: Vec<Row> = listings
         .into_iter()
@@ -326,6 +363,7 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
                 args_schema: Some(plugin.args_schema.to_pseudocode()),
                 result_schema: Some(plugin.result_schema.to_pseudocode()),
                 error: None,
+                serving: None,
             },
             Err(err) => Row {
                 name: listing.name,
@@ -333,6 +371,7 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
                 args_schema: None,
                 result_schema: None,
                 error: Some(err.to_string()),
+                serving: listing.serving.map(|plugin| plugin.digest.clone()),
             },
         })
         .collect();

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::args::WorkerArgs;
-use super::{CliError, input};
-use crate::sandbox::{Plugins, Sandbox, SandboxConfig};
+use super::{CliError, input, open_plugins};
+use crate::sandbox::{LoadLimits, Sandbox, SandboxConfig};
 use crate::store::TaskStore;
 use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency};
 
@@ -14,6 +14,7 @@ pub(super) async fn worker<S: TaskStore>(
     store: S,
     plugins_dir: &Path,
     args: WorkerArgs,
+    load: LoadLimits,
 ) -> Result<(), CliError> {
     if !plugins_dir.is_dir() {
         return Err(input(format!(
@@ -27,6 +28,7 @@ pub(super) async fn worker<S: TaskStore>(
         .map_or_else(default_concurrency, |n| n as usize);
     let mut sandbox_config = SandboxConfig {
         max_instances: u32::try_from(concurrency).unwrap_or(u32::MAX),
+        load,
         ..SandboxConfig::default()
     };
     if let Some(memory) = args.memory {
@@ -34,9 +36,9 @@ pub(super) async fn worker<S: TaskStore>(
     }
     sandbox_config.fuel = args.fuel;
     let sandbox = Sandbox::new(sandbox_config).map_err(anyhow::Error::from)?;
-    let plugins = Arc::new(Plugins::new(sandbox, plugins_dir));
-    let listings = plugins.load_all().await.map_err(anyhow::Error::from)?;
-    let ready = listings.iter().filter(|l| l.loaded.is_ok()).count();
+    // Plugins load in the background (the worker's watcher, or the first
+    // task that needs one): claiming starts at once.
+    let plugins = Arc::new(open_plugins(sandbox, plugins_dir)?);
     store.migrate().await?;
     let config = WorkerConfig {
         concurrency,
@@ -57,8 +59,6 @@ pub(super) async fn worker<S: TaskStore>(
     tracing::info!(
         worker = %config.worker_id,
         concurrency,
-        plugins = ready,
-        refused = listings.len() - ready,
         "worker started"
     );
     let shutdown = Shutdown::default();

@@ -3,7 +3,9 @@
 //! and the epoch ticker that makes deadlines preemptive. Loading plugins
 //! lives in [`plugin`], running one task in [`run`].
 
+mod cache;
 pub mod capture;
+pub mod compile;
 pub mod limits;
 pub mod log;
 pub mod plugin;
@@ -20,6 +22,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use limits::{MAX_CORE_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
 
+pub use compile::{Compiler, LoadLimits};
 use limits::TaskLimiter;
 use log::PluginLog;
 pub use log::{LogLimits, LogTarget};
@@ -71,6 +74,8 @@ pub struct SandboxConfig {
     /// `false` forces on-demand allocation, what a host that refuses the
     /// pool's reservation gets; every per-task limit holds either way.
     pub pooling: bool,
+    /// Limits on reading and compiling plugin files.
+    pub load: LoadLimits,
 }
 
 impl Default for SandboxConfig {
@@ -84,6 +89,7 @@ impl Default for SandboxConfig {
             fuel: None,
             log: LogLimits::default(),
             pooling: true,
+            load: LoadLimits::default(),
         }
     }
 }

@@ -1,14 +1,20 @@
-//! Plugins: a folder of `NAME.wasm` components. Each is compiled once, its
-//! precompiled artifact cached on disk by content hash and engine
-//! compatibility, pre-linked into an `InstancePre`, and asked once for its
-//! args/result schema. Files that are not taskbox components are refused
-//! with a reason the `plugins` command shows; the rest keep working.
+//! Plugins: a folder of `NAME.wasm` components. Each is read (refused
+//! unread above the size limit), compiled once within the load limits (see
+//! [`super::compile`]), its precompiled artifact cached on disk and verified
+//! before reuse (see `cache.rs`), pre-linked into an `InstancePre`, and
+//! asked once for its args/result schema. Each plugin loads under its own
+//! lock, so a slow one holds up no other. A file version is told apart by
+//! inode, change time, length and mtime, then by content digest; while a
+//! newer file fails to load, the last version that loaded keeps serving.
+//! Files that are not taskbox components are refused with a reason the
+//! `plugins` command shows; the rest keep working.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use postcard_schema::schema::owned::OwnedNamedType;
 use sha2::{Digest, Sha256};
@@ -16,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::Component;
 
 use super::bindings::TaskPre;
+use super::cache::ArtifactCache;
+use super::compile;
 use super::run::{Call, Returned};
 use super::{LogTarget, Sandbox, TaskState};
 
@@ -47,8 +55,32 @@ pub enum PluginError {
     WrongWorld { path: String, reason: String },
     #[error("{path} did not describe its args: {reason}")]
     Describe { path: String, reason: String },
+    #[error(
+        "{path} is {size} bytes, over the plugin size limit of {limit} bytes (--max-plugin-size)"
+    )]
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error("{0} changed while it was read; it is read again on the next look")]
+    Changing(String),
+    #[error("{path} took longer than {} to compile (--compile-timeout)", humantime::format_duration(*.limit))]
+    CompileTimeout { path: String, limit: Duration },
+    #[error("{path} needed more than {} of memory to compile (--compile-memory)", show_bytes(*.limit))]
+    CompileMemory { path: String, limit: u64 },
+    #[error(
+        "the plugin cache {dir} is {reason}; make it yours and writable by you alone (chmod 700), or set TASKBOX_CACHE to another folder"
+    )]
+    UnsafeCache { dir: String, reason: String },
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
+}
+
+/// `48 MiB` when whole mebibytes, otherwise bytes.
+fn show_bytes(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 impl PluginError {
@@ -81,30 +113,63 @@ impl std::fmt::Debug for Plugin {
 #[derive(Debug, Clone)]
 pub struct PluginListing {
     pub name: String,
+    /// What loading the file as it is now gave.
     pub loaded: Result<Arc<Plugin>, PluginError>,
+    /// When that failed: the last version that loaded, which tasks still run.
+    pub serving: Option<Arc<Plugin>>,
 }
 
-/// Identity of a file on disk, so a changed file is loaded again.
+/// Identity of one version of a file. `cp -p`, `rsync -t` and Nix keep the
+/// length and modification time of a replacement, so those alone miss it;
+/// the inode (a rename) and the change time (any write; nobody can set it)
+/// do not. A changed stamp leads to comparing content digests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
-    modified: Option<SystemTime>,
+    dev: u64,
+    ino: u64,
     len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
 }
 
-#[derive(Clone)]
-struct Entry {
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The file version looked at last and what loading it gave.
+struct Seen {
     stamp: FileStamp,
+    /// `None` when the file could not be read whole.
+    sha256: Option<[u8; 32]>,
     loaded: Result<Arc<Plugin>, PluginError>,
+}
+
+/// What a look at one plugin file found.
+struct Refreshed {
+    loaded: Result<Arc<Plugin>, PluginError>,
+    /// The last version that loaded, which tasks run meanwhile.
+    serving: Option<Arc<Plugin>>,
 }
 
 /// The plugins folder and what has been loaded from it.
 pub struct Plugins {
     dir: PathBuf,
     sandbox: Arc<Sandbox>,
-    entries: Mutex<HashMap<String, Entry>>,
-    /// Serialises loading so one file is compiled once even when many
-    /// consumers ask for it together.
-    loading: tokio::sync::Mutex<()>,
+    /// The version of each plugin tasks run: the last that loaded. Read
+    /// without waiting for any load.
+    serving: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// One lock per plugin name, held while its file is looked at and
+    /// loaded: a file compiles once however many ask for it together, and a
+    /// slow one holds up no other plugin.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Seen>>>>>,
 }
 
 impl Plugins {
@@ -112,8 +177,8 @@ impl Plugins {
         Plugins {
             dir: dir.into(),
             sandbox,
-            entries: Mutex::default(),
-            loading: tokio::sync::Mutex::new(()),
+            serving: Mutex::default(),
+            slots: Mutex::default(),
         }
     }
 
@@ -125,22 +190,38 @@ impl Plugins {
         &self.sandbox
     }
 
-    /// The plugin called `name`, loading it on first use. A file that failed
-    /// to load is tried again once it changes on disk.
+    /// Refuse a cache folder another user owns or others may write to (and
+    /// create it, writable by this user alone, when missing). Loading checks
+    /// this too; a command checks it first to fail before doing anything.
+    pub fn check_cache(&self) -> Result<(), PluginError> {
+        match &self.sandbox.config.cache_dir {
+            Some(dir) => ArtifactCache::open(dir).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// The plugin called `name`, loading it on first use. While a newer
+    /// file fails to load, the last version that loaded keeps serving; a
+    /// failed file is tried again once it changes on disk.
     pub async fn get(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
-        if let Some(Ok(plugin)) = self.cached(name).map(|entry| entry.loaded) {
+        if let Some(plugin) = self.serving_now(name) {
             return Ok(plugin);
         }
-        let _guard = self.loading.lock().await;
         // Boxed: loading is rare, and its future would otherwise make every
         // caller's future (one per running task) several kilobytes larger.
-        Box::pin(self.refresh(name)).await
+        let refreshed = Box::pin(self.refresh(name)).await;
+        match (refreshed.loaded, refreshed.serving) {
+            (Ok(plugin), _) | (Err(_), Some(plugin)) => Ok(plugin),
+            (Err(err), None) => Err(err),
+        }
     }
 
     /// Load every plugin in the folder (again where a file changed) and
-    /// report each, sorted by name. A worker calls this periodically, so a
-    /// plugin dropped in or replaced is picked up without a restart.
+    /// report each, sorted by name. A worker's watcher calls this in the
+    /// background, so a plugin dropped in or replaced is picked up without
+    /// a restart.
     pub async fn load_all(&self) -> Result<Vec<PluginListing>, PluginError> {
+        self.check_cache()?;
         let mut names = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(|err| PluginError::Io {
             path: self.dir.display().to_string(),
@@ -155,66 +236,177 @@ impl Plugins {
             }
         }
         names.sort();
-        let _guard = self.loading.lock().await;
         let mut listings = Vec::with_capacity(names.len());
         for name in names {
-            let loaded = self.refresh(&name).await;
-            listings.push(PluginListing { name, loaded });
+            let refreshed = Box::pin(self.refresh(&name)).await;
+            let serving = match &refreshed.loaded {
+                Ok(_) => None,
+                Err(_) => refreshed.serving,
+            };
+            listings.push(PluginListing {
+                name,
+                loaded: refreshed.loaded,
+                serving,
+            });
         }
         Ok(listings)
     }
 
-    fn cached(&self, name: &str) -> Option<Entry> {
-        self.entries
+    fn serving_now(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.serving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
     }
 
-    async fn refresh(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
+    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Option<Seen>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    async fn refresh(&self, name: &str) -> Refreshed {
         if !valid_name(name) {
-            return Err(PluginError::BadName(name.to_owned()));
+            return Refreshed {
+                loaded: Err(PluginError::BadName(name.to_owned())),
+                serving: None,
+            };
         }
+        let slot = self.slot(name);
+        let mut seen = slot.lock().await;
+        let loaded = self.look(name, &mut seen).await;
+        Refreshed {
+            loaded,
+            serving: self.serving_now(name),
+        }
+    }
+
+    /// Load `name` if its file is not the version `seen` holds.
+    async fn look(&self, name: &str, seen: &mut Option<Seen>) -> Result<Arc<Plugin>, PluginError> {
         let path = self.dir.join(format!("{name}.{PLUGIN_EXTENSION}"));
+        let shown = path.display().to_string();
         let stamp = match std::fs::metadata(&path) {
-            Ok(meta) => FileStamp {
-                modified: meta.modified().ok(),
-                len: meta.len(),
-            },
+            Ok(meta) => FileStamp::of(&meta),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Err(PluginError::NotFound(name.to_owned()));
             }
             Err(err) => {
                 return Err(PluginError::Io {
-                    path: path.display().to_string(),
+                    path: shown,
                     reason: err.to_string(),
                 });
             }
         };
-        if let Some(entry) = self.cached(name)
-            && entry.stamp == stamp
+        if let Some(seen) = seen.as_ref()
+            && seen.stamp == stamp
         {
-            return entry.loaded;
+            return seen.loaded.clone();
         }
-        let loaded = load(&self.sandbox, name, &path).await.map(Arc::new);
-        // Logged once per version of the file, however often it is looked at.
-        match &loaded {
-            Ok(plugin) => tracing::info!(plugin = name, digest = %plugin.digest, "loaded"),
-            Err(err) => tracing::warn!(plugin = name, "refused: {err}"),
+        let max_size = self.sandbox.config.load.max_file_size;
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || read_plugin(&path, max_size))
+                .await
+                .map_err(PluginError::engine)?
+        };
+        let (stamp, bytes, sha256) = match read {
+            Ok(read) => read,
+            // Half-written: looked at again on the next scan, not recorded.
+            Err(err @ PluginError::Changing(_)) => return Err(err),
+            Err(err) => {
+                self.record(name, seen, stamp, None, Err(err.clone()));
+                return Err(err);
+            }
+        };
+        if let Some(old) = seen.as_mut()
+            && old.sha256 == Some(sha256)
+        {
+            // The same content under a new stamp (touched, copied back).
+            old.stamp = stamp;
+            return old.loaded.clone();
         }
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                name.to_owned(),
-                Entry {
-                    stamp,
-                    loaded: loaded.clone(),
-                },
-            );
+        let loaded = load(&self.sandbox, name, &shown, bytes, sha256)
+            .await
+            .map(Arc::new);
+        self.record(name, seen, stamp, Some(sha256), loaded.clone());
         loaded
     }
+
+    /// Remember what loading this file version gave, and log it: once per
+    /// version of the file, however often it is looked at.
+    fn record(
+        &self,
+        name: &str,
+        seen: &mut Option<Seen>,
+        stamp: FileStamp,
+        sha256: Option<[u8; 32]>,
+        loaded: Result<Arc<Plugin>, PluginError>,
+    ) {
+        match &loaded {
+            Ok(plugin) => {
+                tracing::info!(plugin = name, digest = %plugin.digest, "loaded");
+                self.serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_owned(), plugin.clone());
+            }
+            Err(err) => match self.serving_now(name) {
+                Some(serving) => tracing::warn!(
+                    plugin = name,
+                    serving = %serving.digest,
+                    "refused: {err}; the last version that loaded keeps serving"
+                ),
+                None => tracing::warn!(plugin = name, "refused: {err}"),
+            },
+        }
+        *seen = Some(Seen {
+            stamp,
+            sha256,
+            loaded,
+        });
+    }
+}
+
+/// The file's stamp, bytes and sha256, read without loading more than
+/// `max_size` bytes: a larger file is refused from its length alone.
+fn read_plugin(path: &Path, max_size: u64) -> Result<(FileStamp, Vec<u8>, [u8; 32]), PluginError> {
+    let shown = path.display().to_string();
+    let io = |err: std::io::Error| PluginError::Io {
+        path: shown.clone(),
+        reason: err.to_string(),
+    };
+    let too_large = |size: u64| PluginError::TooLarge {
+        path: shown.clone(),
+        size,
+        limit: max_size,
+    };
+    // Opening a FIFO would block until someone writes to it.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(PluginError::NotWasm(shown.clone()));
+    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let before = FileStamp::of(&file.metadata().map_err(io)?);
+    if before.len > max_size {
+        return Err(too_large(before.len));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(before.len).unwrap_or(0));
+    (&mut file)
+        .take(max_size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_size {
+        return Err(too_large(bytes.len() as u64));
+    }
+    let after = FileStamp::of(&file.metadata().map_err(io)?);
+    if after != before || bytes.len() as u64 != before.len {
+        return Err(PluginError::Changing(shown.clone()));
+    }
+    let sha256 = Sha256::digest(&bytes).into();
+    Ok((before, bytes, sha256))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -224,12 +416,14 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-async fn load(sandbox: &Arc<Sandbox>, name: &str, path: &Path) -> Result<Plugin, PluginError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|err| PluginError::Io {
-        path: shown.clone(),
-        reason: err.to_string(),
-    })?;
+async fn load(
+    sandbox: &Arc<Sandbox>,
+    name: &str,
+    shown: &str,
+    bytes: Vec<u8>,
+    sha256: [u8; 32],
+) -> Result<Plugin, PluginError> {
+    let shown = shown.to_owned();
     if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
         return Err(PluginError::NotWasm(shown));
     }
@@ -239,18 +433,8 @@ async fn load(sandbox: &Arc<Sandbox>, name: &str, path: &Path) -> Result<Plugin,
     if bytes[4..8] != COMPONENT_LAYER {
         return Err(PluginError::NotWasm(shown));
     }
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-    let component = {
-        let engine = sandbox.engine.clone();
-        let cache_dir = sandbox.config.cache_dir.clone();
-        let digest = digest.clone();
-        let shown = shown.clone();
-        tokio::task::spawn_blocking(move || {
-            compile(&engine, cache_dir.as_deref(), &digest, &bytes, &shown)
-        })
-        .await
-        .map_err(PluginError::engine)??
-    };
+    let digest = format!("sha256:{}", hex::encode(sha256));
+    let component = component(sandbox, bytes, sha256, &shown).await?;
     let instance_pre =
         sandbox
             .linker
@@ -294,50 +478,47 @@ async fn load(sandbox: &Arc<Sandbox>, name: &str, path: &Path) -> Result<Plugin,
     })
 }
 
-/// Compile, or load the precompiled artifact for this exact file and engine.
-fn compile(
-    engine: &wasmtime::Engine,
-    cache_dir: Option<&Path>,
-    digest: &str,
-    bytes: &[u8],
+/// The verified cached artifact for this wasm and engine, or a fresh
+/// compile within the limits, cached for next time.
+async fn component(
+    sandbox: &Arc<Sandbox>,
+    wasm: Vec<u8>,
+    sha256: [u8; 32],
     shown: &str,
 ) -> Result<Component, PluginError> {
-    let cached = cache_dir.map(|dir| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let file_hash = digest.trim_start_matches("sha256:");
-        dir.join(format!("{file_hash}-{:016x}.cwasm", hasher.finish()))
-    });
-    if let Some(path) = &cached
-        && path.exists()
-    {
-        // SAFETY: the cache holds only artifacts this process family wrote
-        // with `Component::serialize`; wasmtime checks the engine
-        // compatibility header again and we recompile on any failure.
-        match unsafe { Component::deserialize_file(engine, path) } {
-            Ok(component) => return Ok(component),
-            Err(err) => tracing::warn!(path = %path.display(), "ignoring cached artifact: {err}"),
+    let cache = match &sandbox.config.cache_dir {
+        Some(dir) => Some(ArtifactCache::open(dir)?),
+        None => None,
+    };
+    if let Some(cache) = cache.clone() {
+        let engine = sandbox.engine.clone();
+        let cached = tokio::task::spawn_blocking(move || cache.load(&engine, &sha256))
+            .await
+            .map_err(PluginError::engine)?;
+        if let Some(component) = cached {
+            return Ok(component);
         }
     }
-    let component = Component::new(engine, bytes).map_err(|err| PluginError::Compile {
-        path: shown.to_owned(),
-        reason: format!("{err:#}"),
-    })?;
-    if let Some(path) = &cached
-        && let Err(err) = store_artifact(&component, path)
-    {
-        tracing::warn!(path = %path.display(), "cannot cache the compiled plugin: {err}");
-    }
-    Ok(component)
-}
-
-fn store_artifact(component: &Component, path: &Path) -> std::io::Result<()> {
-    let artifact = component.serialize().map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Write beside and rename, so a reader never sees half a file.
-    let partial = path.with_extension(format!("{}.partial", std::process::id()));
-    std::fs::write(&partial, artifact)?;
-    std::fs::rename(&partial, path)
+    let artifact = compile::precompile(sandbox, wasm, shown).await?;
+    let engine = sandbox.engine.clone();
+    let shown = shown.to_owned();
+    tokio::task::spawn_blocking(move || {
+        // SAFETY: `Engine::precompile_component` produced these bytes just
+        // now, for an engine configured as this one (in this process, or in
+        // the compiler process this binary started).
+        let component = unsafe { Component::deserialize(&engine, &artifact) }.map_err(|err| {
+            PluginError::Compile {
+                path: shown.clone(),
+                reason: format!("{err:#}"),
+            }
+        })?;
+        if let Some(cache) = cache
+            && let Err(err) = cache.store(&engine, &sha256, &artifact)
+        {
+            tracing::warn!("cannot cache the compiled {shown}: {err}");
+        }
+        Ok(component)
+    })
+    .await
+    .map_err(PluginError::engine)?
 }

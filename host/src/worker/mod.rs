@@ -292,23 +292,32 @@ impl<S: TaskStore> Worker<S> {
     }
 }
 
-/// Reload plugins whose files appeared or changed, every `every`, until
-/// `stop`: a task always runs the plugin file as it is now.
+/// Load plugins whose files appeared or changed, at once and then every
+/// `every`, until `stop`: the worker claims meanwhile, and a task runs the
+/// latest version of its plugin that loaded.
 async fn watch_plugins(plugins: Arc<Plugins>, every: Duration, stop: CancellationToken) {
     let mut failing = false;
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
         }
-        match plugins.load_all().await {
+        // A slow compile must not hold up stopping.
+        let scan = tokio::select! {
+            scan = plugins.load_all() => scan,
+            _ = stop.cancelled() => return,
+        };
+        match scan {
             Ok(_) if failing => {
-                tracing::info!("the plugins folder is readable again");
+                tracing::info!("plugins load again");
                 failing = false;
             }
             Ok(_) => {}
             Err(err) if !failing => {
-                tracing::warn!("cannot read the plugins folder: {err}");
+                tracing::warn!("cannot load plugins: {err}");
                 failing = true;
             }
             Err(_) => {}
