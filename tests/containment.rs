@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::hostile::{Hostile, plugins_folder_with};
+use common::hostile::Hostile;
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -34,6 +34,18 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
+/// A plugins folder of the test's own holding copies of the named real
+/// plugins, for hostile files to be added beside them.
+pub fn plugins_folder_with(real: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    for name in real {
+        let file = format!("{name}.wasm");
+        std::fs::copy(plugins_dir().join(&file), dir.path().join(&file))
+            .expect("copies a built plugin");
+    }
+    dir
+}
+
 pub fn plugins() -> Arc<Plugins> {
     plugins_with(SandboxConfig::default())
 }
