@@ -8,7 +8,8 @@
 //! TASKBOX_BIN (the release `taskbox` binary), TASKBOX_ROOT (the checkout).
 //! Args: `--jobs N` (default 20000), `--big N` (default 100000),
 //! `--concurrency N` (default 2048), `--rounds N` (default 3), `--no-peers`,
-//! `--no-profile`.
+//! `--no-profile`, `--sandbox-only` (print the sandbox's cost per task and
+//! stop: no database, nothing written).
 //!
 //! The one-process `add` drain and the peers' drains run in interleaved
 //! rounds and are compared by their medians, so a slow stretch of a noisy
@@ -57,6 +58,7 @@ struct Options {
     rounds: usize,
     peers: bool,
     profile: bool,
+    sandbox_only: bool,
 }
 
 fn options() -> Result<Options> {
@@ -67,6 +69,7 @@ fn options() -> Result<Options> {
         rounds: DEFAULT_ROUNDS,
         peers: true,
         profile: true,
+        sandbox_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -83,6 +86,7 @@ fn options() -> Result<Options> {
             "--rounds" => options.rounds = number("--rounds")?.max(1),
             "--no-peers" => options.peers = false,
             "--no-profile" => options.profile = false,
+            "--sandbox-only" => options.sandbox_only = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -595,6 +599,18 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = options()?;
+    if options.sandbox_only {
+        let plugins_dir = env_path("TASKBOX_PLUGINS")?;
+        let plugins = Arc::new(Plugins::new(
+            Sandbox::new(SandboxConfig::default())?,
+            &plugins_dir,
+        ));
+        for plugin in ["add", "puts"] {
+            let (mean, p50) = sandbox_overhead(&plugins, plugin).await?;
+            println!("sandbox per task, `{plugin}`, mean / p50: {mean:.1} µs / {p50:.1} µs");
+        }
+        return Ok(());
+    }
     let base = std::env::var("DATABASE_URL")
         .context("DATABASE_URL is not set; run `cargo xtask bench`")?;
     let plugins_dir = env_path("TASKBOX_PLUGINS")?;
