@@ -75,8 +75,8 @@ async fn a_tasks_memories_share_one_budget(pool: PgPool) {
     let grow = pages(40);
     Hostile {
         hogs: 1,
-        hog_pages: 1,
         run: Hostile::grow_or_trap("$grow_main", grow) + &Hostile::grow_or_trap("$grow0", grow),
+        ..Hostile::default()
     }
     .write(dir.path(), "twomem");
     let plugins = plugins_in(dir.path(), SandboxConfig::default());
@@ -97,9 +97,8 @@ async fn tables_count_against_the_budget_without_the_pool(pool: PgPool) {
     let dir = plugins_folder_with(&["add"]);
     // 16M elements of a table with no maximum: 128 MiB of pointers.
     Hostile {
-        hogs: 0,
-        hog_pages: 1,
         run: Hostile::grow_or_trap("$grow_table", 16 * MIB),
+        ..Hostile::default()
     }
     .write(dir.path(), "tablebomb");
     let plugins = plugins_in(
@@ -125,8 +124,8 @@ async fn a_task_cannot_take_its_neighbours_pool_slots(pool: PgPool) {
     // would fill a pool sized for sixteen tasks of two memories each.
     Hostile {
         hogs: 7,
-        hog_pages: 1,
         run: "(loop $spin (br $spin))".to_owned(),
+        ..Hostile::default()
     }
     .write(dir.path(), "slothog");
     let plugins = plugins_in(
@@ -153,8 +152,7 @@ async fn without_the_pool_too_many_memories_fail_alone(pool: PgPool) {
     let dir = plugins_folder_with(&["add"]);
     Hostile {
         hogs: 4,
-        hog_pages: 1,
-        run: String::new(),
+        ..Hostile::default()
     }
     .write(dir.path(), "manymem");
     let plugins = plugins_in(
@@ -192,60 +190,16 @@ async fn a_shadow_stack_overflow_is_named(pool: PgPool) {
 async fn an_exit_code_is_reported_as_given(pool: PgPool) {
     let store = store(pool).await;
     let dir = plugins_folder_with(&["add"]);
-    std::fs::write(dir.path().join("exit3.wasm"), exit_with_code(3)).unwrap();
+    Hostile {
+        run: "(call $exit (i32.const 3))".to_owned(),
+        ..Hostile::default()
+    }
+    .write(dir.path(), "exit3");
     let plugins = plugins_in(dir.path(), SandboxConfig::default());
     let rows = run_beside_ordinary_tasks(&store, &plugins, "exit3", 1, 10, 2).await;
     let message = rows[0].error.clone().unwrap();
     assert_eq!(rows[0].status, Status::Error, "{message}");
     assert!(message.contains("exited with status 3"), "{message}");
-}
-
-/// A component whose `run` calls `wasi:cli/exit.exit-with-code(3)`.
-fn exit_with_code(code: u8) -> Vec<u8> {
-    let schema = postcard::to_stdvec(&postcard_schema::schema::owned::OwnedNamedType::from(
-        <() as postcard_schema::Schema>::SCHEMA,
-    ))
-    .unwrap();
-    let len = schema.len();
-    let data: String = schema.iter().map(|b| format!("\\{b:02x}")).collect();
-    let text = format!(
-        r#"(component
-  (import "wasi:cli/exit@0.2.12" (instance $exit (export "exit-with-code" (func (param "status-code" u8)))))
-  (core func $exit_with_code (canon lower (func $exit "exit-with-code")))
-  (core module $main
-    (import "exit" "with-code" (func $exit (param i32)))
-    (memory (export "memory") 1)
-    (data (i32.const 16) "{data}")
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
-    (func (export "describe") (result i32)
-      (i32.store (i32.const 64) (i32.const 16))
-      (i32.store (i32.const 68) (i32.const {len}))
-      (i32.store (i32.const 72) (i32.const 16))
-      (i32.store (i32.const 76) (i32.const {len}))
-      (i32.const 64))
-    (func (export "run") (param i32 i32) (result i32)
-      (call $exit (i32.const {code}))
-      unreachable))
-  (core instance $exit_core (export "with-code" (func $exit_with_code)))
-  (core instance $i (instantiate $main (with "exit" (instance $exit_core))))
-  (type $sig (record (field "args-schema" (list u8)) (field "result-schema" (list u8))))
-  (func $describe (result $sig)
-    (canon lift (core func $i "describe") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
-  (component $describe_shape
-    (type $sig (record (field "args-schema" (list u8)) (field "result-schema" (list u8))))
-    (import "import-type-signature" (type $t (eq $sig)))
-    (import "import-func-describe" (func $f (result $t)))
-    (export $te "signature" (type $t))
-    (export "describe" (func $f) (func (result $te))))
-  (instance $d (instantiate $describe_shape
-    (with "import-func-describe" (func $describe))
-    (with "import-type-signature" (type $sig))))
-  (export "taskbox:plugin/describe@0.1.0" (instance $d))
-  (func (export "run") (param "args" (list u8)) (result (result (list u8) (error string)))
-    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
-"#
-    );
-    wat::parse_str(text).expect("valid WAT")
 }
 
 /// The worker's log while a plugin floods its own: bounded, attributed, and

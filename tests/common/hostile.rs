@@ -13,15 +13,22 @@ use postcard_schema::schema::owned::OwnedNamedType;
 #[derive(Debug, Clone)]
 pub struct Hostile {
     /// Core instances beside the main one, each with a memory of its own
-    /// that `run` may grow through `$growN`.
+    /// (one page to start with) that `run` may grow through `$growN`.
     pub hogs: u32,
-    /// Initial pages of each hog's memory.
-    pub hog_pages: u32,
     /// Instructions `run` executes before returning `ok`. They may call
     /// `$grow_main`, `$grow_table` and `$grow0`.. (each `(param i32)
-    /// (result i32)`, returning -1 when refused) and must leave the stack
-    /// empty.
+    /// (result i32)`, returning -1 when refused), and `$exit` (`(param
+    /// i32)`, WASI's `exit-with-code`), and must leave the stack empty.
     pub run: String,
+}
+
+impl Default for Hostile {
+    fn default() -> Self {
+        Hostile {
+            hogs: 0,
+            run: String::new(),
+        }
+    }
 }
 
 impl Hostile {
@@ -58,15 +65,19 @@ impl Hostile {
         let hog_withs: String = (0..self.hogs)
             .map(|n| format!("(with \"hog{n}\" (instance $h{n})) "))
             .collect();
-        let hog_pages = self.hog_pages;
         let run = &self.run;
         format!(
             r#"(component
+  (import "wasi:cli/exit@0.2.12" (instance $wasi_exit
+    (export "exit-with-code" (func (param "status-code" u8)))))
+  (core func $exit_with_code (canon lower (func $wasi_exit "exit-with-code")))
+  (core instance $exit (export "with-code" (func $exit_with_code)))
   (core module $hog
-    (memory (export "memory") {hog_pages})
+    (memory (export "memory") 1)
     (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
   {hog_instances}
   (core module $main
+    (import "exit" "with-code" (func $exit (param i32)))
     {hog_imports}
     (memory (export "memory") 1)
     (table $t 1 funcref)
@@ -93,7 +104,7 @@ impl Hostile {
       (i32.store (i32.const 100) (i32.const 0))
       (i32.store (i32.const 104) (i32.const 0))
       (i32.const 96)))
-  (core instance $i (instantiate $main {hog_withs}))
+  (core instance $i (instantiate $main (with "exit" (instance $exit)) {hog_withs}))
   (type $sig (record (field "args-schema" (list u8)) (field "result-schema" (list u8))))
   (func $describe (result $sig)
     (canon lift (core func $i "describe") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
