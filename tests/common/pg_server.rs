@@ -8,6 +8,9 @@ pub struct TempPostgres {
     bin: PathBuf,
     data: tempfile::TempDir,
     pub port: u16,
+    /// Server settings (`name=value`) on top of the defaults, kept across
+    /// restarts.
+    settings: Vec<String>,
 }
 
 fn postgres_bin() -> PathBuf {
@@ -43,6 +46,11 @@ fn is_root() -> bool {
 impl TempPostgres {
     /// `initdb` a fresh cluster and start it.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// The same, with these server settings (`name=value`) on every start.
+    pub fn start_with(settings: &[&str]) -> Self {
         let bin = postgres_bin();
         let data = tempfile::tempdir().expect("a temporary folder");
         if is_root() {
@@ -62,6 +70,7 @@ impl TempPostgres {
             bin,
             data,
             port: free_port(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         server.run(
             "initdb",
@@ -110,11 +119,15 @@ impl TempPostgres {
     }
 
     pub fn start_server(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
             self.port,
             self.data.path().display()
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let log = self.data.path().join("server.log").display().to_string();
         self.run(
             "pg_ctl",
@@ -124,6 +137,14 @@ impl TempPostgres {
 
     pub fn stop_server(&self) {
         self.run("pg_ctl", &["-D", &self.dir(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Stop as a crash would: no checkpoint, WAL not yet written is lost.
+    pub fn crash_server(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.dir(), "-m", "immediate", "-w", "stop"],
+        );
     }
 
     pub fn url(&self) -> String {

@@ -184,10 +184,9 @@ SELECT id FROM inserted, wake ORDER BY id";
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    /// Claims only: commits without waiting for the WAL flush. A claim lost
-    /// to a database crash leaves its rows `waiting` at the old attempt, so
-    /// the fenced completion of that attempt writes nothing and the task
-    /// simply runs again; enqueues and completions stay durable.
+    /// Claims only. Claims are durable commits like every other statement:
+    /// a claim lost to a database crash let its tasks run a second time
+    /// under the same attempt, with nothing in their history to show it.
     claims: PgPool,
     /// Completions only: always the generic plan, which drives the join from
     /// the batch into the primary key. Custom plans trust statistics taken
@@ -213,7 +212,7 @@ impl PgStore {
             .max_connections(CLAIM_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
+            .connect_lazy_with(options.clone());
         let completions = PgPoolOptions::new()
             .max_connections(COMPLETION_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
