@@ -8,6 +8,8 @@ pub struct TempPostgres {
     bin: PathBuf,
     data: tempfile::TempDir,
     pub port: u16,
+    /// Extra `-c name=value` server settings.
+    settings: Vec<(String, String)>,
 }
 
 fn postgres_bin() -> PathBuf {
@@ -43,6 +45,12 @@ fn is_root() -> bool {
 impl TempPostgres {
     /// `initdb` a fresh cluster and start it.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`TempPostgres::start`], with server settings of the test's own
+    /// (e.g. `("max_connections", "8")`), kept across restarts.
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
         let bin = postgres_bin();
         let data = tempfile::tempdir().expect("a temporary folder");
         if is_root() {
@@ -62,6 +70,10 @@ impl TempPostgres {
             bin,
             data,
             port: free_port(),
+            settings: settings
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
         };
         server.run(
             "initdb",
@@ -110,11 +122,14 @@ impl TempPostgres {
     }
 
     pub fn start_server(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
             self.port,
             self.data.path().display()
         );
+        for (name, value) in &self.settings {
+            options.push_str(&format!(" -c {name}={value}"));
+        }
         let log = self.data.path().join("server.log").display().to_string();
         self.run(
             "pg_ctl",
