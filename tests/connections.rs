@@ -189,7 +189,10 @@ async fn workers_keep_to_their_connection_budget_and_a_full_server_is_named() {
     let first_code = first.exit_within(EXIT_WAIT).await;
     drop(held);
     let second_code = second.exit_within(EXIT_WAIT).await;
-    for (code, log) in [(first_code, first.log.text()), (second_code, second.log.text())] {
+    for (code, log) in [
+        (first_code, first.log.text()),
+        (second_code, second.log.text()),
+    ] {
         assert!(!log.contains("pool timed out"), "{log}");
         assert!(
             code == 0 || (code == 1 && log.contains("too many clients")),
@@ -222,7 +225,14 @@ async fn a_drain_ends_within_its_patience_when_the_database_stops_answering() {
     let id = store.enqueue(&[failing]).await.unwrap()[0];
     let mut worker = spawn(
         &server.url(),
-        &["worker", "--drain", "--backoff", "1h", "--drain-patience", "2s"],
+        &[
+            "worker",
+            "--drain",
+            "--backoff",
+            "1h",
+            "--drain-patience",
+            "2s",
+        ],
     );
     wait::until("the first attempt to fail", EXIT_WAIT, || async {
         store
@@ -312,7 +322,12 @@ fn an_sqlite_url_without_a_file_is_refused() {
         let output = run(taskbox_at(url)
             .current_dir(dir.path())
             .args(["enqueue", "puts", "\"hi\""]));
-        assert_eq!(output.status.code(), Some(2), "{url}: {}", stderr_of(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{url}: {}",
+            stderr_of(&output)
+        );
         assert!(stdout_of(&output).is_empty(), "{url}: printed an id");
         let stderr = one_line_error(&output);
         assert!(stderr.contains("name a file"), "{url}: {stderr}");
@@ -344,7 +359,12 @@ async fn an_error_names_its_cause_once() {
 }
 
 fn assert_not_migrated(output: &Output, what: &str) {
-    assert_eq!(output.status.code(), Some(2), "{what}: {}", stderr_of(output));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{what}: {}",
+        stderr_of(output)
+    );
     let stderr = one_line_error(output);
     assert!(
         stderr.contains("no taskbox tables yet") && stderr.contains("taskbox migrate"),

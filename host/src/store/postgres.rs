@@ -289,18 +289,21 @@ impl PgStore {
     /// real cause, instead of sqlx's "pool timed out".
     async fn explain<T>(&self, work: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
         match work.await {
-            Err(StoreError::Database(sqlx::Error::PoolTimedOut)) => Err(self.probe().await.err().unwrap_or_else(|| {
-                StoreError::Connect {
+            Err(StoreError::Database(sqlx::Error::PoolTimedOut)) => Err(self
+                .probe()
+                .await
+                .err()
+                .unwrap_or_else(|| StoreError::Connect {
                     target: self.target.clone(),
                     reason: format!(
                         "every connection of this process stayed busy for {}",
                         humantime::format_duration(ACQUIRE_TIMEOUT)
                     ),
                     transient: true,
-                }
-            })),
-            Err(StoreError::Database(err)) => Err(connect_error(&self.target, &err)
-                .unwrap_or(StoreError::Database(err))),
+                })),
+            Err(StoreError::Database(err)) => {
+                Err(connect_error(&self.target, &err).unwrap_or(StoreError::Database(err)))
+            }
             other => other,
         }
     }
@@ -323,13 +326,13 @@ impl PgStore {
                 ),
                 transient: true,
             }),
-            Ok(Err(err)) => Err(connect_error(&self.target, &err).unwrap_or(
-                StoreError::Connect {
+            Ok(Err(err)) => Err(
+                connect_error(&self.target, &err).unwrap_or(StoreError::Connect {
                     target: self.target.clone(),
                     reason: err.to_string(),
                     transient: true,
-                },
-            )),
+                }),
+            ),
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 Ok(())
@@ -364,10 +367,7 @@ fn connect_error(target: &str, err: &sqlx::Error) -> Option<StoreError> {
                 true,
             ),
             Some("57P03") => ("the database is starting up".to_owned(), true),
-            Some("28P01" | "28000") => (
-                format!("authentication failed ({})", db.message()),
-                false,
-            ),
+            Some("28P01" | "28000") => (format!("authentication failed ({})", db.message()), false),
             Some("3D000") => (format!("unknown database ({})", db.message()), false),
             _ => return None,
         },
@@ -387,8 +387,8 @@ fn millis(duration: Duration) -> i64 {
 impl TaskStore for PgStore {
     async fn migrate(&self) -> StoreResult<()> {
         self.explain(async {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+            MIGRATOR.run(&self.pool).await?;
+            Ok(())
         })
         .await
     }
@@ -400,136 +400,138 @@ impl TaskStore for PgStore {
 
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
         self.explain(async {
-        check_args_size(tasks, self.max_args_bytes)?;
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
-        let plugins: Vec<&str> = tasks.iter().map(|t| t.plugin.as_str()).collect();
-        let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
-        let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
-        let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
-        let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout.map(millis)).collect();
-        let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
-        let ids = sqlx::query_scalar(ENQUEUE)
-            .bind(queues)
-            .bind(plugins)
-            .bind(args)
-            .bind(priorities)
-            .bind(max_attempts)
-            .bind(timeouts)
-            .bind(run_ats)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids)
+            check_args_size(tasks, self.max_args_bytes)?;
+            if tasks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+            let plugins: Vec<&str> = tasks.iter().map(|t| t.plugin.as_str()).collect();
+            let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
+            let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
+            let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
+            let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout.map(millis)).collect();
+            let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
+            let ids = sqlx::query_scalar(ENQUEUE)
+                .bind(queues)
+                .bind(plugins)
+                .bind(args)
+                .bind(priorities)
+                .bind(max_attempts)
+                .bind(timeouts)
+                .bind(run_ats)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(ids)
         })
         .await
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         self.explain(async {
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let queues = (!request.queues.is_empty()).then_some(request.queues);
-        let query = sqlx::query_as(CLAIM)
-            .bind(limit)
-            .bind(request.worker_id)
-            .bind(millis(request.default_timeout))
-            .bind(queues);
-        Ok(query.fetch_all(&self.claims).await?)
+            let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+            let queues = (!request.queues.is_empty()).then_some(request.queues);
+            let query = sqlx::query_as(CLAIM)
+                .bind(limit)
+                .bind(request.worker_id)
+                .bind(millis(request.default_timeout))
+                .bind(queues);
+            Ok(query.fetch_all(&self.claims).await?)
         })
         .await
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
         self.explain(async {
-        let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
-        let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
-        let statuses: Vec<&str> = completions.iter().map(|c| c.status.as_str()).collect();
-        let results: Vec<Option<&[u8]>> = completions.iter().map(|c| c.result.as_deref()).collect();
-        let stdouts: Vec<&[u8]> = completions.iter().map(|c| c.stdout.as_slice()).collect();
-        let stderrs: Vec<&[u8]> = completions.iter().map(|c| c.stderr.as_slice()).collect();
-        let errors: Vec<Option<&str>> = completions.iter().map(|c| c.error.as_deref()).collect();
-        let digests: Vec<Option<&str>> = completions
-            .iter()
-            .map(|c| c.plugin_digest.as_deref())
-            .collect();
-        let retry_ats: Vec<Option<DateTime<Utc>>> =
-            completions.iter().map(|c| c.retry_at).collect();
-        let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
-        let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
-        let done = sqlx::query(COMPLETE)
-            .bind(ids)
-            .bind(attempts)
-            .bind(statuses)
-            .bind(results)
-            .bind(stdouts)
-            .bind(stderrs)
-            .bind(errors)
-            .bind(digests)
-            .bind(retry_ats)
-            .bind(spends)
-            .bind(ended_leases)
-            .execute(&self.completions)
-            .await?;
-        Ok(done.rows_affected())
+            let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
+            let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
+            let statuses: Vec<&str> = completions.iter().map(|c| c.status.as_str()).collect();
+            let results: Vec<Option<&[u8]>> =
+                completions.iter().map(|c| c.result.as_deref()).collect();
+            let stdouts: Vec<&[u8]> = completions.iter().map(|c| c.stdout.as_slice()).collect();
+            let stderrs: Vec<&[u8]> = completions.iter().map(|c| c.stderr.as_slice()).collect();
+            let errors: Vec<Option<&str>> =
+                completions.iter().map(|c| c.error.as_deref()).collect();
+            let digests: Vec<Option<&str>> = completions
+                .iter()
+                .map(|c| c.plugin_digest.as_deref())
+                .collect();
+            let retry_ats: Vec<Option<DateTime<Utc>>> =
+                completions.iter().map(|c| c.retry_at).collect();
+            let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
+            let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
+            let done = sqlx::query(COMPLETE)
+                .bind(ids)
+                .bind(attempts)
+                .bind(statuses)
+                .bind(results)
+                .bind(stdouts)
+                .bind(stderrs)
+                .bind(errors)
+                .bind(digests)
+                .bind(retry_ats)
+                .bind(spends)
+                .bind(ended_leases)
+                .execute(&self.completions)
+                .await?;
+            Ok(done.rows_affected())
         })
         .await
     }
 
     async fn get(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
         self.explain(async {
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
-        Ok(sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+            let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+            Ok(sqlx::query_as(&sql)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
         })
         .await
     }
 
     async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<TaskRecord>> {
         self.explain(async {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks
              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR plugin = $2)
              ORDER BY id DESC LIMIT $3"
-        );
-        Ok(sqlx::query_as(&sql)
-            .bind(filter.status.map(Status::as_str))
-            .bind(filter.plugin.as_deref())
-            .bind(filter.limit)
-            .fetch_all(&self.pool)
-            .await?)
+            );
+            Ok(sqlx::query_as(&sql)
+                .bind(filter.status.map(Status::as_str))
+                .bind(filter.plugin.as_deref())
+                .bind(filter.limit)
+                .fetch_all(&self.pool)
+                .await?)
         })
         .await
     }
 
     async fn stats(&self) -> StoreResult<Stats> {
         self.explain(async {
-        let rows: Vec<(Status, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        let mut stats = Stats::default();
-        for (status, count) in rows {
-            stats.set(status, count);
-        }
-        Ok(stats)
+            let rows: Vec<(Status, i64)> =
+                sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+                    .fetch_all(&self.pool)
+                    .await?;
+            let mut stats = Stats::default();
+            for (status, count) in rows {
+                stats.set(status, count);
+            }
+            Ok(stats)
         })
         .await
     }
 
     async fn has_pending(&self) -> StoreResult<bool> {
         self.explain(async {
-        // Every running task is in a lease, and leases are few.
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM leases l JOIN tasks t ON t.id = ANY(l.task_ids)
+            // Every running task is in a lease, and leases are few.
+            Ok(sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM leases l JOIN tasks t ON t.id = ANY(l.task_ids)
                             WHERE t.status = 'running')
                  OR EXISTS (SELECT 1 FROM tasks WHERE is_waiting
                             AND (run_at <= now() OR attempt > 0))",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+            )
+            .fetch_one(&self.pool)
+            .await?)
         })
         .await
     }
@@ -556,147 +558,147 @@ impl TaskStore for PgStore {
 
     async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {
         self.explain(async {
-        sqlx::query(
-            "INSERT INTO workers (id) VALUES ($1)
+            sqlx::query(
+                "INSERT INTO workers (id) VALUES ($1)
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-        )
-        .bind(worker_id)
-        .execute(&self.heartbeats)
-        .await?;
-        Ok(())
+            )
+            .bind(worker_id)
+            .execute(&self.heartbeats)
+            .await?;
+            Ok(())
         })
         .await
     }
 
     async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
         self.explain(async {
-        sqlx::query("DELETE FROM workers WHERE id = $1")
-            .bind(worker_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+            sqlx::query("DELETE FROM workers WHERE id = $1")
+                .bind(worker_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
         })
         .await
     }
 
     async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {
         self.explain(async {
-        let grace = request.grace.as_secs_f64();
-        let mut tx = self.pool.begin().await?;
-        let lapsed: Vec<i64> = sqlx::query_scalar(LAPSED_LEASES)
-            .bind(grace)
-            .bind(request.worker_ttl.as_secs_f64())
-            .bind(request.worker_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        if lapsed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rescued = sqlx::query_as(RESCUE)
-            .bind(grace)
-            .bind(request.worker_id)
-            .bind(request.in_flight)
-            .bind(&lapsed)
-            .fetch_all(&mut *tx)
-            .await?;
-        sqlx::query(DROP_SPENT_LEASES)
-            .bind(&lapsed)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(rescued)
+            let grace = request.grace.as_secs_f64();
+            let mut tx = self.pool.begin().await?;
+            let lapsed: Vec<i64> = sqlx::query_scalar(LAPSED_LEASES)
+                .bind(grace)
+                .bind(request.worker_ttl.as_secs_f64())
+                .bind(request.worker_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            if lapsed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rescued = sqlx::query_as(RESCUE)
+                .bind(grace)
+                .bind(request.worker_id)
+                .bind(request.in_flight)
+                .bind(&lapsed)
+                .fetch_all(&mut *tx)
+                .await?;
+            sqlx::query(DROP_SPENT_LEASES)
+                .bind(&lapsed)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(rescued)
         })
         .await
     }
 
     async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
         self.explain(async {
-        // A task may be claimed or retried between the statements; try again
-        // until one of them sees it.
-        loop {
-            let waiting: Option<i64> = sqlx::query_scalar(CANCEL_WAITING)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if waiting.is_some() {
-                return Ok(CancelOutcome::Cancelled);
-            }
-            let running = sqlx::query(CANCEL_RUNNING)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if running.is_some() {
-                return Ok(CancelOutcome::Interrupting);
-            }
-            let status: Option<Status> =
-                sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+            // A task may be claimed or retried between the statements; try again
+            // until one of them sees it.
+            loop {
+                let waiting: Option<i64> = sqlx::query_scalar(CANCEL_WAITING)
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
-            match status {
-                None => return Ok(CancelOutcome::NotFound),
-                Some(Status::Waiting | Status::Running) => continue,
-                Some(status) => return Ok(CancelOutcome::AlreadyFinished(status)),
+                if waiting.is_some() {
+                    return Ok(CancelOutcome::Cancelled);
+                }
+                let running = sqlx::query(CANCEL_RUNNING)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if running.is_some() {
+                    return Ok(CancelOutcome::Interrupting);
+                }
+                let status: Option<Status> =
+                    sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                match status {
+                    None => return Ok(CancelOutcome::NotFound),
+                    Some(Status::Waiting | Status::Running) => continue,
+                    Some(status) => return Ok(CancelOutcome::AlreadyFinished(status)),
+                }
             }
-        }
         })
         .await
     }
 
     async fn subscribe(&self) -> StoreResult<mpsc::Receiver<Notification>> {
         self.explain(async {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([TASKS_CHANNEL, CANCEL_CHANNEL]).await?;
-        let (sender, receiver) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut connected = true;
-            loop {
-                // `try_recv` reconnects by itself; `None` marks a lost
-                // connection, after which notifications may have been missed.
-                let received = tokio::select! {
-                    received = listener.try_recv() => received,
-                    // The subscriber is gone: close the connection with it.
-                    _ = sender.closed() => break,
-                };
-                let event = match received {
-                    Ok(Some(notification)) => {
-                        if !connected {
-                            tracing::info!("listening for notifications again");
-                            connected = true;
-                        }
-                        if notification.channel() == CANCEL_CHANNEL {
-                            match notification.payload().parse() {
-                                Ok(id) => Notification::Cancel(id),
-                                Err(_) => continue,
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen_all([TASKS_CHANNEL, CANCEL_CHANNEL]).await?;
+            let (sender, receiver) = mpsc::channel(64);
+            tokio::spawn(async move {
+                let mut connected = true;
+                loop {
+                    // `try_recv` reconnects by itself; `None` marks a lost
+                    // connection, after which notifications may have been missed.
+                    let received = tokio::select! {
+                        received = listener.try_recv() => received,
+                        // The subscriber is gone: close the connection with it.
+                        _ = sender.closed() => break,
+                    };
+                    let event = match received {
+                        Ok(Some(notification)) => {
+                            if !connected {
+                                tracing::info!("listening for notifications again");
+                                connected = true;
                             }
-                        } else {
+                            if notification.channel() == CANCEL_CHANNEL {
+                                match notification.payload().parse() {
+                                    Ok(id) => Notification::Cancel(id),
+                                    Err(_) => continue,
+                                }
+                            } else {
+                                Notification::TasksAvailable
+                            }
+                        }
+                        Ok(None) => {
+                            if connected {
+                                tracing::warn!("lost the notification connection; reconnecting");
+                                connected = false;
+                            }
                             Notification::TasksAvailable
                         }
-                    }
-                    Ok(None) => {
-                        if connected {
-                            tracing::warn!("lost the notification connection; reconnecting");
-                            connected = false;
+                        Err(err) => {
+                            if connected {
+                                tracing::warn!("notification connection down: {err}; retrying");
+                                connected = false;
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                                _ = sender.closed() => break,
+                            }
                         }
-                        Notification::TasksAvailable
+                    };
+                    if sender.send(event).await.is_err() {
+                        break;
                     }
-                    Err(err) => {
-                        if connected {
-                            tracing::warn!("notification connection down: {err}; retrying");
-                            connected = false;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                            _ = sender.closed() => break,
-                        }
-                    }
-                };
-                if sender.send(event).await.is_err() {
-                    break;
                 }
-            }
-        });
-        Ok(receiver)
+            });
+            Ok(receiver)
         })
         .await
     }
