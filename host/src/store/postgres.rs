@@ -214,6 +214,9 @@ pub struct PgStore {
     completions: PgPool,
     /// Heartbeats only (see [`HEARTBEAT_CONNECTIONS`]).
     heartbeats: PgPool,
+    /// The LISTEN connection only: sqlx's listener keeps its pooled
+    /// connection, so on the general pool it would take one of its slots.
+    listen: PgPool,
     /// For direct connection attempts that find out why a pool failed.
     options: PgConnectOptions,
     /// `host:port` (or socket), for messages.
@@ -254,11 +257,18 @@ impl PgStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_lazy_with(options.clone());
+        let listen = PgPoolOptions::new()
+            .max_connections(LISTENER_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(options.clone());
         Ok(PgStore {
             pool,
             claims,
             completions,
             heartbeats,
+            listen,
             target: target(&options),
             options,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
@@ -272,6 +282,7 @@ impl PgStore {
             claims: pool.clone(),
             completions: pool.clone(),
             heartbeats: pool.clone(),
+            listen: pool.clone(),
             target: target(&options),
             options,
             pool,
@@ -647,7 +658,7 @@ impl TaskStore for PgStore {
 
     async fn subscribe(&self) -> StoreResult<mpsc::Receiver<Notification>> {
         self.explain(async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
+            let mut listener = PgListener::connect_with(&self.listen).await?;
             listener.listen_all([TASKS_CHANNEL, CANCEL_CHANNEL]).await?;
             let (sender, receiver) = mpsc::channel(64);
             tokio::spawn(async move {
