@@ -248,7 +248,8 @@ async fn a_drain_ends_within_its_patience_when_the_database_stops_answering() {
     let code = worker.exit_within(Duration::from_secs(30)).await;
     let log = worker.log.text();
     assert_eq!(code, 1, "{log}");
-    assert!(stopped.elapsed() < Duration::from_secs(15), "{log}");
+    // Bounded: patience plus a connection timeout or two, not for ever.
+    assert!(stopped.elapsed() < Duration::from_secs(25), "{log}");
     let last = log.trim().lines().last().unwrap_or_default();
     assert!(
         last.contains("stopped draining")

@@ -335,7 +335,11 @@ impl<S: TaskStore> Worker<S> {
         rescuer_stop.cancel();
         let _ = rescuer.await;
         let _ = watcher.await;
-        if let Err(err) = self.store.deregister(&config.worker_id).await {
+        if report.drain_unconfirmed.is_some() {
+            // The database is not answering: asking again would only delay
+            // the exit by a connection timeout.
+            tracing::warn!("not deregistering this worker; its row will go stale");
+        } else if let Err(err) = self.store.deregister(&config.worker_id).await {
             tracing::warn!("cannot deregister this worker ({err}); its row will go stale");
         }
         Ok(report)
