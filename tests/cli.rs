@@ -379,7 +379,7 @@ fn a_result_declaring_billions_of_units_shows_as_a_marker(url: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .find(|task| task["id"].to_string() == id)
+            .find(|task| task["id"].as_i64() == id.parse().ok())
             .unwrap_or_else(|| panic!("task {id} missing from {listed}"))["result"]
             .clone()
     };

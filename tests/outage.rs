@@ -115,7 +115,7 @@ async fn claims_survive_a_database_crash() {
     const TASKS: usize = 20;
     // WAL nobody waits for stays in the server's memory for 10 s, where a
     // crash loses it: what an asynchronous commit risks.
-    let server = TempPostgres::start_with(&["wal_writer_delay=10000"]);
+    let server = TempPostgres::start_with(&[("wal_writer_delay", "10000")]);
     let store = PgStore::connect_lazy(&server.url()).unwrap();
     store.migrate().await.unwrap();
     let plugins = plugins();

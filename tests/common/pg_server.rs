@@ -8,9 +8,8 @@ pub struct TempPostgres {
     bin: PathBuf,
     data: tempfile::TempDir,
     pub port: u16,
-    /// Server settings (`name=value`) on top of the defaults, kept across
-    /// restarts.
-    settings: Vec<String>,
+    /// Extra `-c name=value` server settings.
+    settings: Vec<(String, String)>,
 }
 
 fn postgres_bin() -> PathBuf {
@@ -49,8 +48,9 @@ impl TempPostgres {
         Self::start_with(&[])
     }
 
-    /// The same, with these server settings (`name=value`) on every start.
-    pub fn start_with(settings: &[&str]) -> Self {
+    /// Like [`TempPostgres::start`], with server settings of the test's own
+    /// (e.g. `("max_connections", "8")`), kept across restarts.
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
         let bin = postgres_bin();
         let data = tempfile::tempdir().expect("a temporary folder");
         if is_root() {
@@ -70,7 +70,10 @@ impl TempPostgres {
             bin,
             data,
             port: free_port(),
-            settings: settings.iter().map(|s| s.to_string()).collect(),
+            settings: settings
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
         };
         server.run(
             "initdb",
@@ -124,9 +127,8 @@ impl TempPostgres {
             self.port,
             self.data.path().display()
         );
-        for setting in &self.settings {
-            options.push_str(" -c ");
-            options.push_str(setting);
+        for (name, value) in &self.settings {
+            options.push_str(&format!(" -c {name}={value}"));
         }
         let log = self.data.path().join("server.log").display().to_string();
         self.run(

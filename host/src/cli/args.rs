@@ -155,6 +155,14 @@ pub struct WorkerArgs {
     /// Exit once nothing is running or due.
     #[arg(long)]
     pub drain: bool,
+    /// With --drain: stop (exit 1) once nothing runs here and the database
+    /// has not answered for this long.
+    #[arg(long, env = "TASKBOX_DRAIN_PATIENCE", default_value = "30s", value_parser = parse_duration)]
+    pub drain_patience: Duration,
+    /// How long to wait at start for a database that cannot be reached yet
+    /// (refused, timed out, too many clients, starting up).
+    #[arg(long, env = "TASKBOX_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
     /// Serve only these queues (repeatable; default: all).
     #[arg(long = "queue")]
     pub queues: Vec<String>,
@@ -239,6 +247,16 @@ mod tests {
         assert_eq!(cli.load.max_plugin_size as u64, DEFAULT_MAX_PLUGIN_SIZE);
         assert_eq!(cli.load.compile_timeout, DEFAULT_COMPILE_TIMEOUT);
         assert_eq!(cli.load.compile_memory as u64, DEFAULT_COMPILE_MEMORY);
+    }
+
+    #[test]
+    fn worker_defaults_shown_in_help_are_the_library_defaults() {
+        let cli = Cli::parse_from(["taskbox", "worker"]);
+        let Command::Worker(args) = cli.command else {
+            panic!("parses as worker")
+        };
+        assert_eq!(args.connect_timeout, crate::worker::DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(args.drain_patience, crate::worker::DEFAULT_DRAIN_PATIENCE);
     }
 
     #[test]

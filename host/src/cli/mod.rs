@@ -43,6 +43,10 @@ impl From<StoreError> for CliError {
             StoreError::WorkerLocked { .. } => CliError::Input(err.to_string()),
             // Refused before anything was written.
             StoreError::ArgsTooLarge { .. } => CliError::Input(err.to_string()),
+            // A read of a database nobody migrated: nothing was created.
+            StoreError::NotMigrated => CliError::Input(err.to_string()),
+            // Already names the server and the cause.
+            StoreError::Connect { .. } => CliError::Failure(anyhow::anyhow!(err.to_string())),
             err if err.is_connection() => CliError::Failure(anyhow::anyhow!(
                 "cannot reach the database: {}",
                 err.cause()
@@ -108,10 +112,27 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(CliError::Failure(err)) => {
-            eprintln!("taskbox: {err:#}");
+            eprintln!("taskbox: {}", one_sentence(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each said once: a cause whose text its
+/// wrapper already shows is left out (sqlx and thiserror wrappers both
+/// display their source and return it).
+fn one_sentence(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn init_logging(worker: bool) {
@@ -159,7 +180,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             run_with(PgStore::connect_lazy(&url).map_err(unusable)?, cli).await
         }
         Backend::Sqlite(url) => {
-            let store = SqliteStore::connect_lazy(&url).map_err(unusable)?;
+            // Commands that only read create no database file.
+            let reads_only = matches!(
+                cli.command,
+                Command::Show { .. } | Command::List { .. } | Command::Stats { .. }
+            );
+            let store = if reads_only {
+                SqliteStore::connect_existing(&url).map_err(|err| match err {
+                    StoreError::NotMigrated => CliError::from(err),
+                    err => unusable(err),
+                })?
+            } else {
+                SqliteStore::connect_lazy(&url).map_err(unusable)?
+            };
             let outcome = run_with(store.clone(), cli).await;
             // Leaves one tidy file behind rather than a WAL beside it.
             store.close().await;

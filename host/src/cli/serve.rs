@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::args::WorkerArgs;
 use super::{CliError, input, open_plugins};
 use crate::sandbox::{LoadLimits, Sandbox, SandboxConfig};
-use crate::store::TaskStore;
-use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency};
+use crate::store::{StoreError, TaskStore};
+use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency, wait_for_database};
 
 pub(super) async fn worker<S: TaskStore>(
     store: S,
@@ -39,12 +39,24 @@ pub(super) async fn worker<S: TaskStore>(
     // Plugins load in the background (the worker's watcher, or the first
     // task that needs one): claiming starts at once.
     let plugins = Arc::new(open_plugins(sandbox, plugins_dir)?);
-    store.migrate().await?;
+    // A service waits for a database that is not up yet.
+    wait_for_database(&store, args.connect_timeout)
+        .await
+        .map_err(|err| match err {
+            err @ StoreError::Connect {
+                transient: true, ..
+            } => CliError::Failure(anyhow::anyhow!(
+                "gave up after {} (--connect-timeout): {err}",
+                humantime::format_duration(args.connect_timeout)
+            )),
+            err => CliError::from(err),
+        })?;
     let config = WorkerConfig {
         concurrency,
         default_timeout: args.timeout,
         queues: args.queues,
         drain: args.drain,
+        drain_patience: args.drain_patience,
         backoff: crate::worker::retry::Backoff {
             base: args.backoff,
             ..Default::default()
@@ -66,7 +78,13 @@ pub(super) async fn worker<S: TaskStore>(
     let report = Worker::new(store, plugins, config).run(shutdown).await?;
     signals.abort();
     tracing::info!(claimed = report.claimed, "worker stopped");
-    Ok(())
+    match report.drain_unconfirmed {
+        Some(last) => Err(CliError::Failure(anyhow::anyhow!(
+            "stopped draining without knowing whether tasks remain, as the database did not answer for {} (--drain-patience): {last}",
+            humantime::format_duration(args.drain_patience)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// First SIGINT/SIGTERM: stop claiming, give running tasks `grace`, then

@@ -297,10 +297,27 @@ pub struct Rescued {
 /// later) from a refused write.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Displayed with its cause and not returned as a `source`, so a chain
+    /// printed with `{:#}` names the cause once.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The database could not be reached or refused the connection;
+    /// `reason` is the real cause in plain words.
+    #[error("cannot connect to the database at {target}: {reason}")]
+    Connect {
+        /// `host:port` (or the socket) that was tried.
+        target: String,
+        reason: String,
+        /// True when waiting may help (refused, timed out, too many
+        /// clients, starting up); false for authentication or an unknown
+        /// database.
+        transient: bool,
+    },
+    /// A read found none of taskbox's tables: nothing was created.
+    #[error("the database has no taskbox tables yet; create them with `taskbox migrate`")]
+    NotMigrated,
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
     /// A task's args are over the store's limit; nothing was written.
@@ -332,6 +349,29 @@ pub enum StoreError {
     },
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_missing_table(&err) {
+            StoreError::NotMigrated
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(err)
+    }
+}
+
+/// Postgres `undefined_table`, or SQLite's "no such table".
+fn is_missing_table(err: &sqlx::Error) -> bool {
+    err.as_database_error().is_some_and(|db| {
+        db.code().as_deref() == Some("42P01") || db.message().starts_with("no such table")
+    })
+}
+
 impl StoreError {
     /// True when the database could not be reached at all (or, for SQLite,
     /// stayed locked by another process past the busy timeout): the caller
@@ -342,7 +382,17 @@ impl StoreError {
                 StoreError::connection_lost(err)
             }
             StoreError::Database(err) => StoreError::connection_lost(err),
+            StoreError::Connect { .. } => true,
             _ => false,
+        }
+    }
+
+    /// True when the database could not be reached for a reason that
+    /// waiting may cure (refused, timed out, too many clients, starting up).
+    pub fn is_transient_connection(&self) -> bool {
+        match self {
+            StoreError::Connect { transient, .. } => *transient,
+            other => other.is_connection(),
         }
     }
 
@@ -433,6 +483,13 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     /// Open the connections a worker claims and completes on, so its first
     /// tasks do not wait for them. Stores without such pools do nothing.
     fn warm_up(&self) -> impl Future<Output = StoreResult<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Open one fresh connection and close it, to learn whether the
+    /// database can be reached now and, if not, exactly why (a
+    /// [`StoreError::Connect`]). Stores without a server succeed.
+    fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send {
         async { Ok(()) }
     }
 

@@ -3,6 +3,7 @@
 //! are one fenced `UPDATE ... FROM unnest(...)` per batch, and wake-ups travel
 //! over LISTEN/NOTIFY.
 
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,22 +12,40 @@ use tokio::sync::mpsc;
 
 use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreResult, TaskRecord,
-    TaskStore, check_args_size,
+    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, StoreResult,
+    TaskRecord, TaskStore, check_args_size,
 };
 
 /// Channel every enqueue notifies and every worker listens on.
 pub const TASKS_CHANNEL: &str = "taskbox_tasks";
 /// Channel carrying the id of a running task to interrupt.
 pub const CANCEL_CHANNEL: &str = "taskbox_cancel";
-/// Connections a process keeps open at most (the listener has its own).
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
-/// Connections for claiming (one producer per process needs one).
-pub const CLAIM_CONNECTIONS: u32 = 2;
-/// Connections for writing outcomes (one completer per process needs one).
-pub const COMPLETION_CONNECTIONS: u32 = 2;
+/// Connections for everything but claims, completions and heartbeats:
+/// migrations, enqueues, reads, the rescuer and the drain check. Two, so a
+/// rescue transaction never holds up the drain check.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 2;
+/// Connections for claiming (the one claim loop of a worker needs one).
+pub const CLAIM_CONNECTIONS: u32 = 1;
+/// Connections for writing outcomes (the one completer needs one).
+pub const COMPLETION_CONNECTIONS: u32 = 1;
+/// The heartbeat's own connection: nothing else uses it, so a heartbeat
+/// never waits behind other statements, and once open it is kept.
+pub const HEARTBEAT_CONNECTIONS: u32 = 1;
+/// The LISTEN connection for wake-ups and cancels.
+pub const LISTENER_CONNECTIONS: u32 = 1;
+/// Connections one worker process holds at most on Postgres: plan
+/// `max_connections` as workers × this (plus other clients). A short-lived
+/// command (`enqueue`, `stats`, ...) uses one.
+pub const WORKER_CONNECTION_BUDGET: u32 = DEFAULT_MAX_CONNECTIONS
+    + CLAIM_CONNECTIONS
+    + COMPLETION_CONNECTIONS
+    + HEARTBEAT_CONNECTIONS
+    + LISTENER_CONNECTIONS;
 /// How long a caller waits for a pooled connection before giving up.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one direct connection attempt may take when finding out why
+/// the database cannot be reached.
+pub const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -192,6 +211,15 @@ pub struct PgStore {
     /// the batch into the primary key. Custom plans trust statistics taken
     /// when nothing was running and scan the whole table instead.
     completions: PgPool,
+    /// Heartbeats only (see [`HEARTBEAT_CONNECTIONS`]).
+    heartbeats: PgPool,
+    /// The LISTEN connection only: sqlx's listener keeps its pooled
+    /// connection, so on the general pool it would take one of its slots.
+    listen: PgPool,
+    /// For direct connection attempts that find out why a pool failed.
+    options: PgConnectOptions,
+    /// `host:port` (or socket), for messages.
+    target: String,
     /// Args over this many bytes are refused at enqueue.
     max_args_bytes: usize,
 }
@@ -217,22 +245,108 @@ impl PgStore {
             .max_connections(COMPLETION_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
+            .connect_lazy_with(
+                options
+                    .clone()
+                    .options([("plan_cache_mode", "force_generic_plan")]),
+            );
+        let heartbeats = PgPoolOptions::new()
+            .max_connections(HEARTBEAT_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(options.clone());
+        let listen = PgPoolOptions::new()
+            .max_connections(LISTENER_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(options.clone());
         Ok(PgStore {
             pool,
             claims,
             completions,
+            heartbeats,
+            listen,
+            target: target(&options),
+            options,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
         })
     }
 
     /// A store on an existing pool (every statement durable).
     pub fn from_pool(pool: PgPool) -> Self {
+        let options = (*pool.connect_options()).clone();
         PgStore {
             claims: pool.clone(),
             completions: pool.clone(),
+            heartbeats: pool.clone(),
+            listen: pool.clone(),
+            target: target(&options),
+            options,
             pool,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
+        }
+    }
+
+    /// Where this store connects: `host:port`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Run `work`, turning a failure to get a connection into a
+    /// [`StoreError::Connect`] that names this store's `host:port` and the
+    /// real cause, instead of sqlx's "pool timed out".
+    async fn explain<T>(&self, work: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        match work.await {
+            Err(StoreError::Database(sqlx::Error::PoolTimedOut)) => Err(self
+                .probe()
+                .await
+                .err()
+                .unwrap_or_else(|| StoreError::Connect {
+                    target: self.target.clone(),
+                    reason: format!(
+                        "every connection of this process stayed busy for {}",
+                        humantime::format_duration(ACQUIRE_TIMEOUT)
+                    ),
+                    transient: true,
+                })),
+            Err(StoreError::Database(err)) => {
+                Err(connect_error(&self.target, &err).unwrap_or(StoreError::Database(err)))
+            }
+            other => other,
+        }
+    }
+
+    /// One direct connection, closed at once: `Ok` when the database
+    /// answers, else why not.
+    async fn probe(&self) -> StoreResult<()> {
+        use sqlx::Connection;
+        match tokio::time::timeout(
+            CONNECT_PROBE_TIMEOUT,
+            sqlx::PgConnection::connect_with(&self.options),
+        )
+        .await
+        {
+            Err(_) => Err(StoreError::Connect {
+                target: self.target.clone(),
+                reason: format!(
+                    "timed out after {} (is the host reachable?)",
+                    humantime::format_duration(CONNECT_PROBE_TIMEOUT)
+                ),
+                transient: true,
+            }),
+            Ok(Err(err)) => Err(
+                connect_error(&self.target, &err).unwrap_or(StoreError::Connect {
+                    target: self.target.clone(),
+                    reason: err.to_string(),
+                    transient: true,
+                }),
+            ),
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Ok(())
+            }
         }
     }
 
@@ -241,14 +355,52 @@ impl PgStore {
     }
 }
 
+fn target(options: &PgConnectOptions) -> String {
+    format!("{}:{}", options.get_host(), options.get_port())
+}
+
+/// A connection failure in plain words, or `None` when `err` is not one.
+fn connect_error(target: &str, err: &sqlx::Error) -> Option<StoreError> {
+    let (reason, transient) = match err {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => (
+                "connection refused (is Postgres running and listening there?)".to_owned(),
+                true,
+            ),
+            std::io::ErrorKind::TimedOut => ("timed out".to_owned(), true),
+            _ => (io.to_string(), true),
+        },
+        sqlx::Error::Tls(tls) => (format!("TLS failed: {tls}"), false),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("53300") => (
+                "too many clients: raise max_connections or run fewer workers".to_owned(),
+                true,
+            ),
+            Some("57P03") => ("the database is starting up".to_owned(), true),
+            Some("28P01" | "28000") => (format!("authentication failed ({})", db.message()), false),
+            Some("3D000") => (format!("unknown database ({})", db.message()), false),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(StoreError::Connect {
+        target: target.to_owned(),
+        reason,
+        transient,
+    })
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl TaskStore for PgStore {
     async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        self.explain(async {
+            MIGRATOR.run(&self.pool).await?;
+            Ok(())
+        })
+        .await
     }
 
     fn with_max_args_bytes(mut self, limit: usize) -> Self {
@@ -257,118 +409,141 @@ impl TaskStore for PgStore {
     }
 
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
-        check_args_size(tasks, self.max_args_bytes)?;
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
-        let plugins: Vec<&str> = tasks.iter().map(|t| t.plugin.as_str()).collect();
-        let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
-        let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
-        let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
-        let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout.map(millis)).collect();
-        let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
-        let ids = sqlx::query_scalar(ENQUEUE)
-            .bind(queues)
-            .bind(plugins)
-            .bind(args)
-            .bind(priorities)
-            .bind(max_attempts)
-            .bind(timeouts)
-            .bind(run_ats)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids)
+        self.explain(async {
+            check_args_size(tasks, self.max_args_bytes)?;
+            if tasks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+            let plugins: Vec<&str> = tasks.iter().map(|t| t.plugin.as_str()).collect();
+            let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
+            let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
+            let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
+            let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout.map(millis)).collect();
+            let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
+            let ids = sqlx::query_scalar(ENQUEUE)
+                .bind(queues)
+                .bind(plugins)
+                .bind(args)
+                .bind(priorities)
+                .bind(max_attempts)
+                .bind(timeouts)
+                .bind(run_ats)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(ids)
+        })
+        .await
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let queues = (!request.queues.is_empty()).then_some(request.queues);
-        let query = sqlx::query_as(CLAIM)
-            .bind(limit)
-            .bind(request.worker_id)
-            .bind(millis(request.default_timeout))
-            .bind(queues);
-        Ok(query.fetch_all(&self.claims).await?)
+        self.explain(async {
+            let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+            let queues = (!request.queues.is_empty()).then_some(request.queues);
+            let query = sqlx::query_as(CLAIM)
+                .bind(limit)
+                .bind(request.worker_id)
+                .bind(millis(request.default_timeout))
+                .bind(queues);
+            Ok(query.fetch_all(&self.claims).await?)
+        })
+        .await
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
-        let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
-        let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
-        let statuses: Vec<&str> = completions.iter().map(|c| c.status.as_str()).collect();
-        let results: Vec<Option<&[u8]>> = completions.iter().map(|c| c.result.as_deref()).collect();
-        let stdouts: Vec<&[u8]> = completions.iter().map(|c| c.stdout.as_slice()).collect();
-        let stderrs: Vec<&[u8]> = completions.iter().map(|c| c.stderr.as_slice()).collect();
-        let errors: Vec<Option<&str>> = completions.iter().map(|c| c.error.as_deref()).collect();
-        let digests: Vec<Option<&str>> = completions
-            .iter()
-            .map(|c| c.plugin_digest.as_deref())
-            .collect();
-        let retry_ats: Vec<Option<DateTime<Utc>>> =
-            completions.iter().map(|c| c.retry_at).collect();
-        let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
-        let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
-        let done = sqlx::query(COMPLETE)
-            .bind(ids)
-            .bind(attempts)
-            .bind(statuses)
-            .bind(results)
-            .bind(stdouts)
-            .bind(stderrs)
-            .bind(errors)
-            .bind(digests)
-            .bind(retry_ats)
-            .bind(spends)
-            .bind(ended_leases)
-            .execute(&self.completions)
-            .await?;
-        Ok(done.rows_affected())
+        self.explain(async {
+            let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
+            let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
+            let statuses: Vec<&str> = completions.iter().map(|c| c.status.as_str()).collect();
+            let results: Vec<Option<&[u8]>> =
+                completions.iter().map(|c| c.result.as_deref()).collect();
+            let stdouts: Vec<&[u8]> = completions.iter().map(|c| c.stdout.as_slice()).collect();
+            let stderrs: Vec<&[u8]> = completions.iter().map(|c| c.stderr.as_slice()).collect();
+            let errors: Vec<Option<&str>> =
+                completions.iter().map(|c| c.error.as_deref()).collect();
+            let digests: Vec<Option<&str>> = completions
+                .iter()
+                .map(|c| c.plugin_digest.as_deref())
+                .collect();
+            let retry_ats: Vec<Option<DateTime<Utc>>> =
+                completions.iter().map(|c| c.retry_at).collect();
+            let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
+            let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
+            let done = sqlx::query(COMPLETE)
+                .bind(ids)
+                .bind(attempts)
+                .bind(statuses)
+                .bind(results)
+                .bind(stdouts)
+                .bind(stderrs)
+                .bind(errors)
+                .bind(digests)
+                .bind(retry_ats)
+                .bind(spends)
+                .bind(ended_leases)
+                .execute(&self.completions)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     async fn get(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
-        Ok(sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.explain(async {
+            let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+            Ok(sqlx::query_as(&sql)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+        })
+        .await
     }
 
     async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<TaskRecord>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
+        self.explain(async {
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks
              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR plugin = $2)
              ORDER BY id DESC LIMIT $3"
-        );
-        Ok(sqlx::query_as(&sql)
-            .bind(filter.status.map(Status::as_str))
-            .bind(filter.plugin.as_deref())
-            .bind(filter.limit)
-            .fetch_all(&self.pool)
-            .await?)
+            );
+            Ok(sqlx::query_as(&sql)
+                .bind(filter.status.map(Status::as_str))
+                .bind(filter.plugin.as_deref())
+                .bind(filter.limit)
+                .fetch_all(&self.pool)
+                .await?)
+        })
+        .await
     }
 
     async fn stats(&self) -> StoreResult<Stats> {
-        let rows: Vec<(Status, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        let mut stats = Stats::default();
-        for (status, count) in rows {
-            stats.set(status, count);
-        }
-        Ok(stats)
+        self.explain(async {
+            let rows: Vec<(Status, i64)> =
+                sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+                    .fetch_all(&self.pool)
+                    .await?;
+            let mut stats = Stats::default();
+            for (status, count) in rows {
+                stats.set(status, count);
+            }
+            Ok(stats)
+        })
+        .await
     }
 
     async fn has_pending(&self) -> StoreResult<bool> {
-        // Every running task is in a lease, and leases are few.
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM leases l JOIN tasks t ON t.id = ANY(l.task_ids)
+        self.explain(async {
+            // Every running task is in a lease, and leases are few.
+            Ok(sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM leases l JOIN tasks t ON t.id = ANY(l.task_ids)
                             WHERE t.status = 'running')
                  OR EXISTS (SELECT 1 FROM tasks WHERE is_waiting
                             AND (run_at <= now() OR attempt > 0))",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+            )
+            .fetch_one(&self.pool)
+            .await?)
+        })
+        .await
     }
 
     async fn warm_up(&self) -> StoreResult<()> {
@@ -387,135 +562,154 @@ impl TaskStore for PgStore {
         Ok(())
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.probe().await
+    }
+
     async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO workers (id) VALUES ($1)
+        self.explain(async {
+            sqlx::query(
+                "INSERT INTO workers (id) VALUES ($1)
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-        )
-        .bind(worker_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+            )
+            .bind(worker_id)
+            .execute(&self.heartbeats)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn deregister(&self, worker_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM workers WHERE id = $1")
-            .bind(worker_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.explain(async {
+            sqlx::query("DELETE FROM workers WHERE id = $1")
+                .bind(worker_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {
-        let grace = request.grace.as_secs_f64();
-        let mut tx = self.pool.begin().await?;
-        let lapsed: Vec<i64> = sqlx::query_scalar(LAPSED_LEASES)
-            .bind(grace)
-            .bind(request.worker_ttl.as_secs_f64())
-            .bind(request.worker_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        if lapsed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rescued = sqlx::query_as(RESCUE)
-            .bind(grace)
-            .bind(request.worker_id)
-            .bind(request.in_flight)
-            .bind(&lapsed)
-            .fetch_all(&mut *tx)
-            .await?;
-        sqlx::query(DROP_SPENT_LEASES)
-            .bind(&lapsed)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(rescued)
+        self.explain(async {
+            let grace = request.grace.as_secs_f64();
+            let mut tx = self.pool.begin().await?;
+            let lapsed: Vec<i64> = sqlx::query_scalar(LAPSED_LEASES)
+                .bind(grace)
+                .bind(request.worker_ttl.as_secs_f64())
+                .bind(request.worker_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            if lapsed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rescued = sqlx::query_as(RESCUE)
+                .bind(grace)
+                .bind(request.worker_id)
+                .bind(request.in_flight)
+                .bind(&lapsed)
+                .fetch_all(&mut *tx)
+                .await?;
+            sqlx::query(DROP_SPENT_LEASES)
+                .bind(&lapsed)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(rescued)
+        })
+        .await
     }
 
     async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
-        // A task may be claimed or retried between the statements; try again
-        // until one of them sees it.
-        loop {
-            let waiting: Option<i64> = sqlx::query_scalar(CANCEL_WAITING)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if waiting.is_some() {
-                return Ok(CancelOutcome::Cancelled);
-            }
-            let running = sqlx::query(CANCEL_RUNNING)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if running.is_some() {
-                return Ok(CancelOutcome::Interrupting);
-            }
-            let status: Option<Status> =
-                sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+        self.explain(async {
+            // A task may be claimed or retried between the statements; try again
+            // until one of them sees it.
+            loop {
+                let waiting: Option<i64> = sqlx::query_scalar(CANCEL_WAITING)
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
-            match status {
-                None => return Ok(CancelOutcome::NotFound),
-                Some(Status::Waiting | Status::Running) => continue,
-                Some(status) => return Ok(CancelOutcome::AlreadyFinished(status)),
+                if waiting.is_some() {
+                    return Ok(CancelOutcome::Cancelled);
+                }
+                let running = sqlx::query(CANCEL_RUNNING)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if running.is_some() {
+                    return Ok(CancelOutcome::Interrupting);
+                }
+                let status: Option<Status> =
+                    sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                match status {
+                    None => return Ok(CancelOutcome::NotFound),
+                    Some(Status::Waiting | Status::Running) => continue,
+                    Some(status) => return Ok(CancelOutcome::AlreadyFinished(status)),
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn subscribe(&self) -> StoreResult<mpsc::Receiver<Notification>> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([TASKS_CHANNEL, CANCEL_CHANNEL]).await?;
-        let (sender, receiver) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut connected = true;
-            loop {
-                // `try_recv` reconnects by itself; `None` marks a lost
-                // connection, after which notifications may have been missed.
-                let received = tokio::select! {
-                    received = listener.try_recv() => received,
-                    // The subscriber is gone: close the connection with it.
-                    _ = sender.closed() => break,
-                };
-                let event = match received {
-                    Ok(Some(notification)) => {
-                        if !connected {
-                            tracing::info!("listening for notifications again");
-                            connected = true;
-                        }
-                        if notification.channel() == CANCEL_CHANNEL {
-                            match notification.payload().parse() {
-                                Ok(id) => Notification::Cancel(id),
-                                Err(_) => continue,
+        self.explain(async {
+            let mut listener = PgListener::connect_with(&self.listen).await?;
+            listener.listen_all([TASKS_CHANNEL, CANCEL_CHANNEL]).await?;
+            let (sender, receiver) = mpsc::channel(64);
+            tokio::spawn(async move {
+                let mut connected = true;
+                loop {
+                    // `try_recv` reconnects by itself; `None` marks a lost
+                    // connection, after which notifications may have been missed.
+                    let received = tokio::select! {
+                        received = listener.try_recv() => received,
+                        // The subscriber is gone: close the connection with it.
+                        _ = sender.closed() => break,
+                    };
+                    let event = match received {
+                        Ok(Some(notification)) => {
+                            if !connected {
+                                tracing::info!("listening for notifications again");
+                                connected = true;
                             }
-                        } else {
+                            if notification.channel() == CANCEL_CHANNEL {
+                                match notification.payload().parse() {
+                                    Ok(id) => Notification::Cancel(id),
+                                    Err(_) => continue,
+                                }
+                            } else {
+                                Notification::TasksAvailable
+                            }
+                        }
+                        Ok(None) => {
+                            if connected {
+                                tracing::warn!("lost the notification connection; reconnecting");
+                                connected = false;
+                            }
                             Notification::TasksAvailable
                         }
-                    }
-                    Ok(None) => {
-                        if connected {
-                            tracing::warn!("lost the notification connection; reconnecting");
-                            connected = false;
+                        Err(err) => {
+                            if connected {
+                                tracing::warn!("notification connection down: {err}; retrying");
+                                connected = false;
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                                _ = sender.closed() => break,
+                            }
                         }
-                        Notification::TasksAvailable
+                    };
+                    if sender.send(event).await.is_err() {
+                        break;
                     }
-                    Err(err) => {
-                        if connected {
-                            tracing::warn!("notification connection down: {err}; retrying");
-                            connected = false;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                            _ = sender.closed() => break,
-                        }
-                    }
-                };
-                if sender.send(event).await.is_err() {
-                    break;
                 }
-            }
-        });
-        Ok(receiver)
+            });
+            Ok(receiver)
+        })
+        .await
     }
 }

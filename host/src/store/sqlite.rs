@@ -190,18 +190,38 @@ impl SqliteStore {
                 "an in-memory SQLite database would vanish with each command; name a file, like sqlite:./taskbox.db".to_owned(),
             ));
         }
+        let path = url
+            .strip_prefix("sqlite:")
+            .unwrap_or(url)
+            .trim_start_matches("//");
+        if path.split('?').next().unwrap_or_default().is_empty() {
+            return Err(StoreError::Invalid(
+                "`sqlite:` without a file name gives each connection its own temporary database that vanishes with it; name a file, like sqlite:./taskbox.db".to_owned(),
+            ));
+        }
         let options: SqliteConnectOptions = url.parse()?;
-        Ok(Self::with_options(options))
+        Ok(Self::with_options(options, true))
+    }
+
+    /// Like [`SqliteStore::connect_lazy`], for commands that only read: a
+    /// missing file is [`StoreError::NotMigrated`] and nothing is created.
+    pub fn connect_existing(url: &str) -> StoreResult<Self> {
+        let store = Self::connect_lazy(url)?;
+        if !store.database().exists() {
+            return Err(StoreError::NotMigrated);
+        }
+        let options: SqliteConnectOptions = url.parse()?;
+        Ok(Self::with_options(options, false))
     }
 
     /// Open (and create when missing) the database file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Self {
-        Self::with_options(SqliteConnectOptions::new().filename(path))
+        Self::with_options(SqliteConnectOptions::new().filename(path), true)
     }
 
-    fn with_options(options: SqliteConnectOptions) -> Self {
+    fn with_options(options: SqliteConnectOptions, create: bool) -> Self {
         let options = options
-            .create_if_missing(true)
+            .create_if_missing(create)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Normal);
         let database = options.get_filename().to_path_buf();

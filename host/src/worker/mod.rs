@@ -49,6 +49,64 @@ pub const DEFAULT_MAX_CLAIM: usize = 512;
 /// rows the first has locked (measured: more Postgres CPU per task, no gain).
 pub const DEFAULT_CLAIMERS: usize = 1;
 
+/// How long a starting worker waits for a database it cannot reach yet
+/// (`--connect-timeout`, `TASKBOX_CONNECT_TIMEOUT`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// While waiting for the database at start, a log line at most this often.
+pub const CONNECT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// First pause between connection attempts at start; doubles up to
+/// [`MAX_CONNECT_RETRY_DELAY`].
+const FIRST_CONNECT_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_CONNECT_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// How long a draining worker with nothing running keeps asking a database
+/// that does not answer (claims, the drain check) before it stops
+/// (`--drain-patience`): a drain ends, it does not wait for ever.
+pub const DEFAULT_DRAIN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Wait until the database answers and is migrated, retrying with backoff
+/// while the cause is one that waiting may cure (refused, timed out, too
+/// many clients, starting up), for at most `limit`; a line is logged at
+/// once and then every [`CONNECT_LOG_EVERY`]. Other errors return at once.
+pub async fn wait_for_database<S: TaskStore>(store: &S, limit: Duration) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut delay = FIRST_CONNECT_RETRY_DELAY;
+    let mut last_log: Option<std::time::Instant> = None;
+    loop {
+        let err = match store.ping().await {
+            Ok(()) => match store.migrate().await {
+                Ok(()) => {
+                    if last_log.is_some() {
+                        tracing::info!(
+                            waited = %humantime::format_duration(round(started.elapsed())),
+                            "database reachable"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        let waited = started.elapsed();
+        if !err.is_transient_connection() || waited >= limit {
+            return Err(err);
+        }
+        if last_log.is_none_or(|at| at.elapsed() >= CONNECT_LOG_EVERY) {
+            tracing::warn!(
+                "waiting for the database (up to {}, --connect-timeout): {err}",
+                humantime::format_duration(limit)
+            );
+            last_log = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(delay.min(limit.saturating_sub(waited))).await;
+        delay = (delay * 2).min(MAX_CONNECT_RETRY_DELAY);
+    }
+}
+
+fn round(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64 / 100 * 100)
+}
+
 /// The default concurrency: 12 consumers per core.
 pub fn default_concurrency() -> usize {
     CONSUMERS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -74,6 +132,9 @@ pub struct WorkerConfig {
     pub plugin_rescan: Duration,
     /// Exit once nothing is running or due.
     pub drain: bool,
+    /// Draining with nothing running, stop after the database has not
+    /// answered for this long (see [`DEFAULT_DRAIN_PATIENCE`]).
+    pub drain_patience: Duration,
     pub backoff: Backoff,
     pub completer: CompleterConfig,
     pub rescuer: RescuerConfig,
@@ -92,6 +153,7 @@ impl Default for WorkerConfig {
             max_claim: DEFAULT_MAX_CLAIM,
             plugin_rescan: DEFAULT_PLUGIN_RESCAN,
             drain: false,
+            drain_patience: DEFAULT_DRAIN_PATIENCE,
             backoff: Backoff::default(),
             completer: CompleterConfig::default(),
             rescuer: RescuerConfig::default(),
@@ -169,6 +231,10 @@ impl InFlight {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerReport {
     pub claimed: u64,
+    /// Set when a drain stopped because the database did not answer for
+    /// `drain_patience` while nothing ran here: whether tasks remain is
+    /// unknown. The last error.
+    pub drain_unconfirmed: Option<String>,
 }
 
 pub struct Worker<S: TaskStore> {
@@ -245,10 +311,17 @@ impl<S: TaskStore> Worker<S> {
             shutdown,
             drained: CancellationToken::new(),
             claimed: AtomicU64::new(0),
+            unanswered_since: Mutex::new(None),
+            gave_up: Mutex::new(None),
         };
         futures::future::join_all((0..config.claimers.max(1)).map(|_| producer.claim_loop())).await;
         let report = WorkerReport {
             claimed: producer.claimed.load(Ordering::Relaxed),
+            drain_unconfirmed: producer
+                .gave_up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
         };
         drop(producer);
 
@@ -262,7 +335,11 @@ impl<S: TaskStore> Worker<S> {
         rescuer_stop.cancel();
         let _ = rescuer.await;
         let _ = watcher.await;
-        if let Err(err) = self.store.deregister(&config.worker_id).await {
+        if report.drain_unconfirmed.is_some() {
+            // The database is not answering: asking again would only delay
+            // the exit by a connection timeout.
+            tracing::warn!("not deregistering this worker; its row will go stale");
+        } else if let Err(err) = self.store.deregister(&config.worker_id).await {
             tracing::warn!("cannot deregister this worker ({err}); its row will go stale");
         }
         Ok(report)

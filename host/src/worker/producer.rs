@@ -4,9 +4,9 @@
 //! claim loops may share one producer so a batch is claimed while the
 //! previous one runs.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,10 @@ pub(super) struct Producer<S: TaskStore> {
     /// Fired by the first claim loop that finds a drained queue.
     pub drained: CancellationToken,
     pub claimed: AtomicU64,
+    /// Since when the database has not answered a claim or drain check.
+    pub unanswered_since: Mutex<Option<Instant>>,
+    /// Why a drain stopped without an answer (see `drain_patience`).
+    pub gave_up: Mutex<Option<String>>,
 }
 
 impl<S: TaskStore> Producer<S> {
@@ -64,6 +68,7 @@ impl<S: TaskStore> Producer<S> {
             };
             let claimed = match self.store.claim(&request).await {
                 Ok(claimed) => {
+                    self.answered();
                     if claim_failing {
                         tracing::info!("claiming again");
                         claim_failing = false;
@@ -77,6 +82,9 @@ impl<S: TaskStore> Producer<S> {
                         claim_failing = true;
                     }
                     drop(permits);
+                    if self.out_of_patience(&err) {
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(retry_delay) => {}
                         _ = self.stopped() => return,
@@ -199,12 +207,46 @@ impl<S: TaskStore> Producer<S> {
 
     async fn has_pending_or_unknown(&self) -> bool {
         match self.store.has_pending().await {
-            Ok(pending) => pending,
+            Ok(pending) => {
+                self.answered();
+                pending
+            }
             Err(err) => {
                 tracing::warn!("cannot tell whether tasks remain: {err}");
-                true
+                // Out of patience: the drain ends (reported as unconfirmed).
+                !self.out_of_patience(&err)
             }
         }
+    }
+
+    fn answered(&self) {
+        *self
+            .unanswered_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Note an unanswered question; true (and the drain ended) when this
+    /// worker is draining, runs nothing, and the database has not answered
+    /// for `drain_patience`.
+    fn out_of_patience(&self, err: &crate::store::StoreError) -> bool {
+        let since = *self
+            .unanswered_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
+        let idle = self.slots.available_permits() == self.config.concurrency
+            && self.in_flight.ids().is_empty();
+        if !(self.config.drain && idle && since.elapsed() >= self.config.drain_patience) {
+            return false;
+        }
+        tracing::error!(
+            "draining: the database has not answered for {} and nothing runs here; stopping",
+            humantime::format_duration(self.config.drain_patience)
+        );
+        *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+        self.drained.cancel();
+        true
     }
 }
 

@@ -37,7 +37,9 @@ impl Default for RescuerConfig {
     }
 }
 
-/// Beat and rescue every `interval` until `stop` fires.
+/// Beat and rescue every `interval` until `stop` fires. The heartbeat runs
+/// on its own, on the store's heartbeat connection, so a slow or refused
+/// rescue never delays it and a live worker never looks dead.
 pub(crate) async fn run<S: TaskStore>(
     store: S,
     worker_id: String,
@@ -45,23 +47,59 @@ pub(crate) async fn run<S: TaskStore>(
     in_flight: Arc<InFlight>,
     stop: CancellationToken,
 ) {
+    tokio::join!(
+        beat(&store, &worker_id, config.interval, &stop),
+        rescue(&store, &worker_id, &config, &in_flight, &stop),
+    );
+}
+
+async fn beat<S: TaskStore>(
+    store: &S,
+    worker_id: &str,
+    interval: Duration,
+    stop: &CancellationToken,
+) {
     let mut failing = false;
     loop {
-        let round = async {
-            store.heartbeat(&worker_id).await?;
-            let held = in_flight.ids();
-            let request = RescueRequest {
-                grace: config.grace,
-                worker_ttl: config.worker_ttl,
-                worker_id: &worker_id,
-                in_flight: &held,
-            };
-            store.rescue(&request).await
+        match store.heartbeat(worker_id).await {
+            Ok(()) if failing => {
+                tracing::info!("heartbeat working again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(err) if !failing => {
+                tracing::warn!("heartbeat failed: {err}; retrying");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn rescue<S: TaskStore>(
+    store: &S,
+    worker_id: &str,
+    config: &RescuerConfig,
+    in_flight: &InFlight,
+    stop: &CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let held = in_flight.ids();
+        let request = RescueRequest {
+            grace: config.grace,
+            worker_ttl: config.worker_ttl,
+            worker_id,
+            in_flight: &held,
         };
-        match round.await {
+        match store.rescue(&request).await {
             Ok(rescued) => {
                 if failing {
-                    tracing::info!("heartbeat and rescue working again");
+                    tracing::info!("rescue working again");
                     failing = false;
                 }
                 for row in rescued {
@@ -78,7 +116,7 @@ pub(crate) async fn run<S: TaskStore>(
             }
             Err(err) => {
                 if !failing {
-                    tracing::warn!("heartbeat or rescue failed: {err}; retrying");
+                    tracing::warn!("rescue failed: {err}; retrying");
                     failing = true;
                 }
             }
