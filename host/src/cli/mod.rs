@@ -43,6 +43,7 @@ impl From<StoreError> for CliError {
             StoreError::WorkerLocked { .. } => CliError::Input(err.to_string()),
             // Refused before anything was written.
             StoreError::ArgsTooLarge { .. } => CliError::Input(err.to_string()),
+            StoreError::OutOfBounds { .. } => CliError::Input(err.to_string()),
             err if err.is_connection() => CliError::Failure(anyhow::anyhow!(
                 "cannot reach the database: {}",
                 err.cause()

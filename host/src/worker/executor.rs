@@ -3,8 +3,9 @@
 //! cancelled, or released unrun when the worker is shutting down.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::Backoff;
@@ -20,9 +21,15 @@ pub enum InterruptCause {
     Shutdown,
 }
 
+/// How long a task the host failed to run waits before it is claimed again.
+pub const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+
 pub struct Executor {
     pub plugins: Arc<Plugins>,
     pub backoff: Backoff,
+    /// True while the host fails to run tasks: the problem is logged when
+    /// it starts and when it ends, not once per task.
+    pub host_failing: AtomicBool,
 }
 
 impl Executor {
@@ -60,7 +67,24 @@ impl Executor {
             ),
         };
         tracing::debug!(task = task.id, plugin = %task.plugin, elapsed = ?execution.elapsed, outcome = ?execution.outcome, "attempt ended");
+        if !matches!(execution.outcome, Outcome::HostFailure(_))
+            && self.host_failing.swap(false, Ordering::AcqRel)
+        {
+            tracing::info!("the host runs tasks again");
+        }
         let mut completion = match execution.outcome {
+            Outcome::HostFailure(message) => {
+                if !self.host_failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        "{message}; giving tasks back unspent, each to be tried again after {}, until the host can run them",
+                        humantime::format_duration(HOST_FAILURE_BACKOFF)
+                    );
+                }
+                Completion {
+                    retry_in: Some(HOST_FAILURE_BACKOFF),
+                    ..Completion::release(task.id, task.attempt)
+                }
+            }
             Outcome::Success(result) => Completion {
                 result: Some(result),
                 ..Completion::new(task.id, task.attempt, Status::Success)
@@ -85,16 +109,16 @@ impl Executor {
     /// otherwise final with `status`. Either way the message joins the
     /// row's error history.
     fn failed(&self, task: &ClaimedTask, status: Status, message: String) -> Completion {
-        let (status, retry_at) = if task.attempt < task.max_attempts {
-            let delay = self.backoff.delay(task.attempt);
-            let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            (Status::Waiting, Some(at))
+        // The delay, not an instant: the database adds it to its own clock,
+        // the one claims compare `run_at` with.
+        let (status, retry_in) = if task.attempt < task.max_attempts {
+            (Status::Waiting, Some(self.backoff.delay(task.attempt)))
         } else {
             (status, None)
         };
         Completion {
             error: Some(message),
-            retry_at,
+            retry_in,
             ..Completion::new(task.id, task.attempt, status)
         }
     }

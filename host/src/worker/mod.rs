@@ -201,6 +201,7 @@ impl<S: TaskStore> Worker<S> {
         let executor = Arc::new(Executor {
             plugins: self.plugins.clone(),
             backoff: config.backoff,
+            host_failing: Default::default(),
         });
 
         let (outcomes, completions) = mpsc::channel(config.concurrency.max(1) * 4);
