@@ -234,7 +234,7 @@ impl Sandbox {
         }
         if host_out_of_memory(err) {
             return Outcome::HostFailure(format!(
-                "the host could not reserve memory for an instance: {err:#}"
+                "the host could not reserve memory for an instance ({err:#})"
             ));
         }
         if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {

@@ -21,7 +21,8 @@ pub enum InterruptCause {
     Shutdown,
 }
 
-/// How long a task the host failed to run waits before it is claimed again.
+/// How long a worker whose host failed to run a task waits before it claims
+/// again (the task itself is runnable at once by any other worker).
 pub const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct Executor {
@@ -58,7 +59,11 @@ impl Executor {
             }
             Err(err) => (
                 Execution {
-                    outcome: Outcome::Error(format!("plugin: {err}")),
+                    outcome: if err.is_host_failure() {
+                        Outcome::HostFailure(err.to_string())
+                    } else {
+                        Outcome::Error(format!("plugin: {err}"))
+                    },
                     stdout: Vec::new(),
                     stderr: Vec::new(),
                     elapsed: Default::default(),
@@ -76,14 +81,11 @@ impl Executor {
             Outcome::HostFailure(message) => {
                 if !self.host_failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(
-                        "{message}; giving tasks back unspent, each to be tried again after {}, until the host can run them",
+                        "{message}; giving tasks back unspent and claiming again every {} until the host can run them",
                         humantime::format_duration(HOST_FAILURE_BACKOFF)
                     );
                 }
-                Completion {
-                    retry_in: Some(HOST_FAILURE_BACKOFF),
-                    ..Completion::release(task.id, task.attempt)
-                }
+                Completion::release(task.id, task.attempt)
             }
             Outcome::Success(result) => Completion {
                 result: Some(result),
