@@ -3,8 +3,9 @@
 //! cancelled, or released unrun when the worker is shutting down.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -25,12 +26,18 @@ pub enum InterruptCause {
 /// again (the task itself is runnable at once by any other worker).
 pub const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
+/// While the host keeps failing, its problem is told at most this often.
+pub const HOST_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Executor {
     pub plugins: Arc<Plugins>,
     pub backoff: Backoff,
-    /// True while the host fails to run tasks: the problem is logged when
-    /// it starts and when it ends, not once per task.
+    /// True after the host failed to run a task, until it runs one: the
+    /// producer backs off meanwhile.
     pub host_failing: AtomicBool,
+    /// When the host's problem was last told, and how many tasks were given
+    /// back since: told once, not once per task.
+    pub host_told: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Executor {
@@ -75,16 +82,12 @@ impl Executor {
         if !matches!(execution.outcome, Outcome::HostFailure(_))
             && self.host_failing.swap(false, Ordering::AcqRel)
         {
-            tracing::info!("the host runs tasks again");
+            tracing::debug!("the host ran a task again");
         }
         let mut completion = match execution.outcome {
             Outcome::HostFailure(message) => {
-                if !self.host_failing.swap(true, Ordering::AcqRel) {
-                    tracing::error!(
-                        "{message}; giving tasks back unspent and claiming again every {} until the host can run them",
-                        humantime::format_duration(HOST_FAILURE_BACKOFF)
-                    );
-                }
+                self.host_failing.store(true, Ordering::Release);
+                self.tell_host_failure(&message);
                 Completion::release(task.id, task.attempt)
             }
             Outcome::Success(result) => Completion {
@@ -105,6 +108,29 @@ impl Executor {
         completion.stderr = execution.stderr;
         completion.plugin_digest = digest;
         completion
+    }
+
+    /// Log the host's problem the first time, then at most once per
+    /// [`HOST_FAILURE_LOG_EVERY`] with the count of tasks given back.
+    fn tell_host_failure(&self, message: &str) {
+        let mut told = self.host_told.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *told {
+            Some((at, given_back)) if at.elapsed() < HOST_FAILURE_LOG_EVERY => *given_back += 1,
+            Some((_, given_back)) => {
+                tracing::error!(
+                    "the host still cannot run tasks; {} more given back unspent: {message}",
+                    *given_back + 1
+                );
+                *told = Some((Instant::now(), 0));
+            }
+            None => {
+                tracing::error!(
+                    "{message}; giving tasks back unspent and claiming again every {} until the host can run them",
+                    humantime::format_duration(HOST_FAILURE_BACKOFF)
+                );
+                *told = Some((Instant::now(), 0));
+            }
+        }
     }
 
     /// A failed attempt: retried after a backoff while attempts remain,

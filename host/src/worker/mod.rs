@@ -202,6 +202,7 @@ impl<S: TaskStore> Worker<S> {
             plugins: self.plugins.clone(),
             backoff: config.backoff,
             host_failing: Default::default(),
+            host_told: Default::default(),
         });
 
         let (outcomes, completions) = mpsc::channel(config.concurrency.max(1) * 4);
