@@ -375,6 +375,18 @@ impl StoreError {
         }
     }
 
+    /// True when the same write may succeed later without anything changed
+    /// on the caller's side: the database is unreachable
+    /// ([`StoreError::is_connection`]) or, for SQLite, its disk is full or
+    /// failing. A worker holds its results through either.
+    pub fn is_transient(&self) -> bool {
+        self.is_connection()
+            || match self {
+                StoreError::Database(err) => sqlite::is_disk_trouble(err),
+                _ => false,
+            }
+    }
+
     /// The innermost database error, without the layers that wrap it.
     pub fn cause(&self) -> String {
         match self {

@@ -219,6 +219,7 @@ impl SqliteStore {
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(|conn, _| Box::pin(use_wal(conn)))
+            .after_release(|conn, _| Box::pin(async move { Ok(usable_after_release(conn)) }))
             .connect_lazy_with(options.clone());
         let reader = SqlitePoolOptions::new()
             .max_connections(DEFAULT_READERS)
@@ -260,6 +261,35 @@ impl SqliteStore {
         // No subscriber is not an error: nobody needs waking.
         let _ = self.shared.wake.send(notification);
     }
+}
+
+/// Whether the writer connection may go back to the pool. A transaction
+/// whose `COMMIT` failed (a full disk: SQLite rolls it back by itself) or
+/// whose rollback failed leaves sqlx counting it as open, and every later
+/// `BEGIN` on that connection would fail for good ("attempted to call
+/// begin_with at non-zero transaction depth"). Such a connection is closed
+/// instead and the next write opens a fresh one. (A rollback still queued
+/// from a dropped transaction also counts as open here: closing that
+/// connection costs a reconnect, only after a failed write.)
+fn usable_after_release(conn: &mut SqliteConnection) -> bool {
+    use sqlx::Connection;
+    let usable = !conn.is_in_transaction();
+    if !usable {
+        tracing::debug!("replacing the SQLite writer connection left inside a transaction");
+    }
+    usable
+}
+
+/// True for SQLite's "database or disk is full" and I/O errors: the write
+/// may succeed once space returns, so the caller should keep what it holds
+/// and try again.
+pub(crate) fn is_disk_trouble(err: &sqlx::Error) -> bool {
+    const SQLITE_IOERR: i32 = 10;
+    const SQLITE_FULL: i32 = 13;
+    err.as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::sqlite::SqliteError>())
+        .and_then(|db| sqlx::error::DatabaseError::code(db)?.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_IOERR | SQLITE_FULL))
 }
 
 /// Switch the database to WAL (a lasting property of the file). Switching a
