@@ -20,7 +20,7 @@ use taskbox::store::{SqliteStore, Status, TaskStore};
 
 /// The tmpfs: room for the database and its WAL, filled to the last byte.
 const DISK_SIZE: &str = "8m";
-const TASKS: usize = 300;
+const TASKS: usize = 80;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs {
@@ -116,7 +116,7 @@ async fn a_full_disk_under_a_sqlite_worker_loses_no_result() {
     let store = SqliteStore::open(&database);
     store.migrate().await.unwrap();
     let plugins = plugins();
-    let template = task(&plugins, "sleep", json!(50)).await;
+    let template = task(&plugins, "sleep", json!(200)).await;
     let ids = store.enqueue(&vec![template; TASKS]).await.unwrap();
 
     let mut worker = KillOnDrop(taskbox_at(&sqlite_url(disk.path()))
@@ -128,16 +128,19 @@ async fn a_full_disk_under_a_sqlite_worker_loses_no_result() {
         .expect("the worker starts"));
     let log = LogTail::follow(worker.0.stderr.take().expect("stderr is piped"));
     wait::until("some tasks to finish", Duration::from_secs(60), || async {
-        store.stats().await.is_ok_and(|s| s.success >= 20)
+        store.stats().await.is_ok_and(|s| s.success >= 8)
     })
     .await;
 
     let ballast = disk.path().join("ballast");
     fill(&ballast);
+    // Tasks running at the fill finish while the disk is full: wait until
+    // the completer has met it (holding, or before the fix refusing, a
+    // result), so the outage really covers writing results.
     wait::until(
-        "the worker to meet the full disk",
+        "the worker to meet the full disk with a result to write",
         Duration::from_secs(30),
-        || async { log.contains("full") },
+        || async { log.contains("holding results") || log.contains("refused") },
     )
     .await;
     std::fs::remove_file(&ballast).unwrap();
