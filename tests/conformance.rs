@@ -1018,8 +1018,13 @@ async fn a_row_the_claim_cannot_run_ends_error_and_the_queue_moves<S: Backdoor>(
         ])
         .await
         .unwrap();
-    let refused = store.set_timeout(ids[0], i64::MAX).await;
-    assert!(refused.is_err(), "the schema bounds the timeout of a row written now");
+    // The schema's bound is the library's, to the millisecond.
+    let bound = i64::try_from(taskbox::store::MAX_TASK_TIMEOUT.as_millis()).unwrap();
+    store.set_timeout(ids[0], bound).await.expect("the bound itself is allowed");
+    for over in [bound + 1, i64::MAX] {
+        let refused = store.set_timeout(ids[0], over).await;
+        assert!(refused.is_err(), "the schema let a timeout of {over} ms be written");
+    }
     store.set_timeout_unchecked(ids[0], i64::MAX).await;
 
     let claimed = store.claim(&claim_by("w", 10)).await.expect("the claim works");
