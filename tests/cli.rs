@@ -129,7 +129,13 @@ fn durations_and_times_past_their_bounds_are_refused(url: &str) {
             "longer than the maximum of 7days",
         ),
         (
-            &["enqueue", "puts", "\"x\"", "--run-at", "9999-01-01T00:00:00Z"],
+            &[
+                "enqueue",
+                "puts",
+                "\"x\"",
+                "--run-at",
+                "9999-01-01T00:00:00Z",
+            ],
             "from now",
         ),
         (
@@ -423,7 +429,7 @@ fn a_result_declaring_billions_of_units_shows_as_a_marker(url: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .find(|task| task["id"].to_string() == id)
+            .find(|task| task["id"].as_i64() == id.parse().ok())
             .unwrap_or_else(|| panic!("task {id} missing from {listed}"))["result"]
             .clone()
     };

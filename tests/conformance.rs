@@ -929,12 +929,10 @@ impl Backdoor for taskbox::store::SqliteStore {
 
     async fn set_timeout_unchecked(&self, id: i64, timeout_ms: i64) {
         let mut conn = sqlite_connection(self).await;
-        sqlx::raw_sql(
-            "DROP TRIGGER timeout_bounded_insert; DROP TRIGGER timeout_bounded_update;",
-        )
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        sqlx::raw_sql("DROP TRIGGER timeout_bounded_insert; DROP TRIGGER timeout_bounded_update;")
+            .execute(&mut conn)
+            .await
+            .unwrap();
         sqlx::query("UPDATE tasks SET timeout_ms = ?2 WHERE id = ?1")
             .bind(id)
             .bind(timeout_ms)
@@ -961,17 +959,24 @@ impl Backdoor for taskbox::store::SqliteStore {
 async fn sqlite_connection(store: &taskbox::store::SqliteStore) -> sqlx::SqliteConnection {
     use sqlx::Connection;
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(store.database());
-    sqlx::SqliteConnection::connect_with(&options).await.unwrap()
+    sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap()
 }
 
 async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store: S) {
     use taskbox::store::{MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT};
     let longest = NewTask {
         timeout: Some(MAX_TASK_TIMEOUT),
-        run_at: Some(now() + TimeDelta::from_std(MAX_SCHEDULE_AHEAD).unwrap() - TimeDelta::hours(1)),
+        run_at: Some(
+            now() + TimeDelta::from_std(MAX_SCHEDULE_AHEAD).unwrap() - TimeDelta::hours(1),
+        ),
         ..new_task("bounded")
     };
-    store.enqueue(&[longest]).await.expect("the bounds themselves are accepted");
+    store
+        .enqueue(&[longest])
+        .await
+        .expect("the bounds themselves are accepted");
 
     let too_long = NewTask {
         timeout: Some(Duration::from_secs(300_000_000 * 365 * 24 * 3600)),
@@ -982,7 +987,14 @@ async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store
         .await
         .unwrap_err();
     assert!(
-        matches!(refused, StoreError::OutOfBounds { index: 1, what: "timeout", .. }),
+        matches!(
+            refused,
+            StoreError::OutOfBounds {
+                index: 1,
+                what: "timeout",
+                ..
+            }
+        ),
         "{refused:?}"
     );
     assert_eq!(
@@ -1001,7 +1013,11 @@ async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store
         matches!(refused, StoreError::OutOfBounds { what: "run_at", .. }),
         "{refused:?}"
     );
-    assert_eq!(store.stats().await.unwrap().total(), 1, "nothing else written");
+    assert_eq!(
+        store.stats().await.unwrap().total(),
+        1,
+        "nothing else written"
+    );
 }
 
 /// A row the claim cannot give a deadline (a timeout past the bound,
@@ -1020,24 +1036,43 @@ async fn a_row_the_claim_cannot_run_ends_error_and_the_queue_moves<S: Backdoor>(
         .unwrap();
     // The schema's bound is the library's, to the millisecond.
     let bound = i64::try_from(taskbox::store::MAX_TASK_TIMEOUT.as_millis()).unwrap();
-    store.set_timeout(ids[0], bound).await.expect("the bound itself is allowed");
+    store
+        .set_timeout(ids[0], bound)
+        .await
+        .expect("the bound itself is allowed");
     for over in [bound + 1, i64::MAX] {
         let refused = store.set_timeout(ids[0], over).await;
-        assert!(refused.is_err(), "the schema let a timeout of {over} ms be written");
+        assert!(
+            refused.is_err(),
+            "the schema let a timeout of {over} ms be written"
+        );
     }
     store.set_timeout_unchecked(ids[0], i64::MAX).await;
 
-    let claimed = store.claim(&claim_by("w", 10)).await.expect("the claim works");
-    assert_eq!(claimed_ids(&claimed), [ids[1]], "the healthy task is handed out");
+    let claimed = store
+        .claim(&claim_by("w", 10))
+        .await
+        .expect("the claim works");
+    assert_eq!(
+        claimed_ids(&claimed),
+        [ids[1]],
+        "the healthy task is handed out"
+    );
     let poison = record(&store, ids[0]).await;
     assert_eq!(poison.status, Status::Error);
     assert_eq!(poison.attempt, 1);
     assert!(poison.finished_at.is_some());
     let reason = poison.error.expect("a reason");
-    assert!(reason.contains("timeout") && reason.contains("7days"), "{reason}");
+    assert!(
+        reason.contains("timeout") && reason.contains("7days"),
+        "{reason}"
+    );
     assert!(reason.contains(&i64::MAX.to_string()), "{reason}");
     assert_eq!(poison.errors, [reason]);
-    assert_eq!(poison.timeout_ms, None, "cleared, so the row keeps the bound");
+    assert_eq!(
+        poison.timeout_ms, None,
+        "cleared, so the row keeps the bound"
+    );
 
     store.complete(&[success(&claimed[0])]).await.unwrap();
     assert!(store.claim(&claim_by("w", 10)).await.unwrap().is_empty());

@@ -119,13 +119,15 @@ async fn a_full_disk_under_a_sqlite_worker_loses_no_result() {
     let template = task(&plugins, "sleep", json!(200)).await;
     let ids = store.enqueue(&vec![template; TASKS]).await.unwrap();
 
-    let mut worker = KillOnDrop(taskbox_at(&sqlite_url(disk.path()))
-        .args(["worker", "--drain", "--concurrency", "8", "--timeout", "5s"])
-        .env("TASKBOX_LOG", "taskbox=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the worker starts"));
+    let mut worker = KillOnDrop(
+        taskbox_at(&sqlite_url(disk.path()))
+            .args(["worker", "--drain", "--concurrency", "8", "--timeout", "5s"])
+            .env("TASKBOX_LOG", "taskbox=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the worker starts"),
+    );
     let log = LogTail::follow(worker.0.stderr.take().expect("stderr is piped"));
     wait::until("some tasks to finish", Duration::from_secs(60), || async {
         store.stats().await.is_ok_and(|s| s.success >= 8)
@@ -164,7 +166,12 @@ async fn a_full_disk_under_a_sqlite_worker_loses_no_result() {
     );
     for id in ids {
         let row = record(&store, id).await;
-        assert_eq!(row.status, Status::Success, "task {id} {:?}\n{text}", row.errors);
+        assert_eq!(
+            row.status,
+            Status::Success,
+            "task {id} {:?}\n{text}",
+            row.errors
+        );
         assert_eq!(row.attempt, 1, "task {id} ran twice");
         assert!(row.errors.is_empty(), "task {id}: {:?}", row.errors);
     }

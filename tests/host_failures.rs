@@ -76,19 +76,20 @@ async fn instances_the_host_cannot_reserve_are_given_back_unspent(pool: PgPool) 
             let tasks = all_tasks(&store).await;
             for task in &tasks {
                 assert!(
-                    matches!(task.status, Status::Waiting | Status::Running | Status::Success),
+                    matches!(
+                        task.status,
+                        Status::Waiting | Status::Running | Status::Success
+                    ),
                     "task {} ended {} under a host failure: {:?}",
                     task.id,
                     task.status,
                     task.error
                 );
             }
-            tasks
-                .iter()
-                .all(|task| {
-                    task.status == Status::Success
-                        || (task.status == Status::Waiting && task.started_at.is_some())
-                })
+            tasks.iter().all(|task| {
+                task.status == Status::Success
+                    || (task.status == Status::Waiting && task.started_at.is_some())
+            })
         },
     )
     .await;
@@ -109,7 +110,12 @@ async fn instances_the_host_cannot_reserve_are_given_back_unspent(pool: PgPool) 
     for task in tasks {
         let spent = i32::from(task.status == Status::Success);
         assert_eq!(task.attempt, spent, "task {}: no attempt spent", task.id);
-        assert!(task.errors.is_empty(), "task {}: {:?}", task.id, task.errors);
+        assert!(
+            task.errors.is_empty(),
+            "task {}: {:?}",
+            task.id,
+            task.errors
+        );
     }
 
     // Without the limit, a worker runs them all on their first attempt.

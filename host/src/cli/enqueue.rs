@@ -142,9 +142,8 @@ async fn tasks_from_file(
             );
         }
         if let Some(run_at) = entry.run_at {
-            options.run_at = Some(
-                args::parse_time(&run_at).map_err(|why| input(format!("{}: {why}", at())))?,
-            );
+            options.run_at =
+                Some(args::parse_time(&run_at).map_err(|why| input(format!("{}: {why}", at())))?);
         }
         let task = checked_task(plugins, &entry.plugin, entry.args, &options, max_args_size)
             .await
