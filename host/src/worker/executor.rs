@@ -1,6 +1,7 @@
 //! The executor: runs one claimed task in the sandbox and decides what its
 //! row becomes: success, a retry with backoff, a final error or timeout,
-//! cancelled, or released unrun when the worker is shutting down.
+//! cancelled, or released unrun when the worker is shutting down or the
+//! host could not run it (a host failure spends no attempt).
 
 use std::sync::Arc;
 use std::sync::Mutex;
