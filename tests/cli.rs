@@ -51,6 +51,7 @@ on_both_backends!(
     broken_plugin_files_are_refused_and_the_rest_served,
     args_over_the_limit_are_refused_on_every_enqueue_path,
     a_result_declaring_billions_of_units_shows_as_a_marker,
+    durations_and_times_past_their_bounds_are_refused,
 );
 
 /// How long a worker process may take to start or stop.
@@ -115,6 +116,55 @@ fn bad_input_exits_2_and_writes_nothing(url: &str) {
         serde_json::json!({"waiting": 0, "running": 0, "success": 0, "error": 0, "timeout": 0, "cancelled": 0}),
         "something was written"
     );
+}
+
+/// A timeout of 300,000,000 years once made every later claim fail; every
+/// duration and time the database adds or compares is bounded at input.
+fn durations_and_times_past_their_bounds_are_refused(url: &str) {
+    let output = run(taskbox_at(url).arg("migrate"));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["enqueue", "puts", "\"x\"", "--timeout", "300000000y"],
+            "longer than the maximum of 7days",
+        ),
+        (
+            &[
+                "enqueue",
+                "puts",
+                "\"x\"",
+                "--run-at",
+                "9999-01-01T00:00:00Z",
+            ],
+            "from now",
+        ),
+        (
+            &["worker", "--drain", "--timeout", "300000000y"],
+            "longer than the maximum of 7days",
+        ),
+        (
+            &["worker", "--drain", "--backoff", "2h"],
+            "longer than the maximum of 1h",
+        ),
+        (
+            &["worker", "--drain", "--rescue-grace", "1000y"],
+            "longer than the maximum of 7days",
+        ),
+    ];
+    for (args, mentions) in cases {
+        assert_refused(&run(taskbox_at(url).args(args)), mentions);
+    }
+    for line in [
+        r#"{"plugin": "puts", "args": "x", "timeout": "300000000y"}"#,
+        r#"{"plugin": "puts", "args": "x", "run_at": "9999-01-01T00:00:00Z"}"#,
+    ] {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, r#"{{"plugin": "puts", "args": "fine"}}"#).unwrap();
+        writeln!(file, "{line}").unwrap();
+        let output = run(taskbox_at(url).args(["enqueue", "--file"]).arg(file.path()));
+        assert_refused(&output, "2");
+    }
+    assert_eq!(stats(url)["waiting"], 0, "something was written");
 }
 
 fn enqueue_run_and_read_back(url: &str) {

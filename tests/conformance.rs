@@ -64,6 +64,9 @@ conformance!(
     stats_count_every_status,
     list_filters_newest_first,
     has_pending_counts_backoff_but_not_scheduled_tasks,
+    enqueue_refuses_timeouts_and_run_at_past_the_bounds,
+    a_row_the_claim_cannot_run_ends_error_and_the_queue_moves,
+    a_retry_waits_its_delay_on_the_databases_clock,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -443,16 +446,16 @@ async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) 
     ];
 
     let first = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
-    let retry_at = now() - TimeDelta::milliseconds(1);
+    let before = now();
     let retry = Completion {
-        retry_at: Some(retry_at),
+        retry_in: Some(Duration::ZERO),
         ..failure(&first, Status::Waiting, errors[0])
     };
     assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
     let row = record(&store, id).await;
     assert_eq!(row.status, Status::Waiting);
     assert_eq!(row.attempt, 1, "the attempt is spent");
-    assert_eq!(row.run_at, retry_at);
+    assert_near(row.run_at, before, "run_at of a retry without delay");
     assert_eq!(row.finished_at, None);
     assert_eq!(row.error.as_deref(), Some(errors[0]));
     assert_eq!(row.errors, [errors[0]]);
@@ -461,11 +464,11 @@ async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) 
     assert_eq!((second.id, second.attempt), (id, 2));
     let later = now() + TimeDelta::hours(1);
     let retry = Completion {
-        retry_at: Some(later),
+        retry_in: Some(Duration::from_secs(3600)),
         ..failure(&second, Status::Waiting, errors[1])
     };
     store.complete(&[retry]).await.unwrap();
-    assert_eq!(record(&store, id).await.run_at, later);
+    assert_near(record(&store, id).await.run_at, later, "run_at of a retry");
     assert!(
         store.claim(&claim_by("w", 1)).await.unwrap().is_empty(),
         "claimed during its backoff"
@@ -482,7 +485,7 @@ async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) 
     let attempt = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
     assert_eq!(attempt.id, other);
     let retry = Completion {
-        retry_at: Some(now() - TimeDelta::milliseconds(1)),
+        retry_in: Some(Duration::ZERO),
         ..failure(&attempt, Status::Waiting, errors[1])
     };
     store.complete(&[retry]).await.unwrap();
@@ -657,7 +660,7 @@ async fn cancel_reports_what_it_found_and_did<S: TaskStore>(store: S) {
     assert_eq!(record(&store, ids[0]).await.status, Status::Running);
     // The interrupted attempt asks for a retry; the cancel turns it final.
     let retry = Completion {
-        retry_at: Some(now()),
+        retry_in: Some(Duration::ZERO),
         ..failure(&running, Status::Waiting, "interrupted")
     };
     assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
@@ -820,7 +823,7 @@ async fn has_pending_counts_backoff_but_not_scheduled_tasks<S: TaskStore>(store:
     assert!(store.has_pending().await.unwrap(), "a running task");
 
     let backoff = Completion {
-        retry_at: Some(now() + TimeDelta::hours(1)),
+        retry_in: Some(Duration::from_secs(3600)),
         ..failure(&claimed, Status::Waiting, "again later")
     };
     store.complete(&[backoff]).await.unwrap();
@@ -831,6 +834,283 @@ async fn has_pending_counts_backoff_but_not_scheduled_tasks<S: TaskStore>(store:
 
     store.cancel(id).await.unwrap();
     assert!(!store.has_pending().await.unwrap());
+}
+
+// ------------------------------------------- poison rows and clocks
+
+/// What a few cases need to do to a database behind the store's back.
+trait Backdoor: TaskStore {
+    /// Set a row's `timeout_ms` through the schema (its bound applies).
+    async fn set_timeout(&self, id: i64, timeout_ms: i64) -> Result<(), sqlx::Error>;
+
+    /// Set a row's `timeout_ms` past the schema's bound, as a row written
+    /// before the bound existed: the bound is lifted and put back.
+    async fn set_timeout_unchecked(&self, id: i64, timeout_ms: i64);
+
+    /// The same database through a store whose clock (`now()`) runs
+    /// `ahead` of this process's, when the backend has a clock of its own.
+    async fn skewed(&self, ahead: TimeDelta) -> Self;
+
+    /// The database's `now()`, as the store's statements see it.
+    async fn db_now(&self) -> DateTime<Utc>;
+}
+
+const PG_TIMEOUT_BOUND: &str = include_str!("../migrations/postgres/0004_timeout_bounded.sql");
+const SQLITE_TIMEOUT_BOUND: &str = include_str!("../migrations/sqlite/0002_timeout_bounded.sql");
+
+impl Backdoor for taskbox::store::PgStore {
+    async fn set_timeout(&self, id: i64, timeout_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE tasks SET timeout_ms = $2 WHERE id = $1")
+            .bind(id)
+            .bind(timeout_ms)
+            .execute(self.pool())
+            .await
+            .map(drop)
+    }
+
+    async fn set_timeout_unchecked(&self, id: i64, timeout_ms: i64) {
+        let mut tx = self.pool().begin().await.unwrap();
+        sqlx::query("ALTER TABLE tasks DROP CONSTRAINT timeout_bounded")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE tasks SET timeout_ms = $2 WHERE id = $1")
+            .bind(id)
+            .bind(timeout_ms)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::raw_sql(PG_TIMEOUT_BOUND)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn skewed(&self, ahead: TimeDelta) -> Self {
+        // A `now()` of the test's own that shadows the built-in one for
+        // every statement of the new pool (pg_catalog searched last).
+        let create = format!(
+            "CREATE SCHEMA IF NOT EXISTS skewed_clock;
+             CREATE OR REPLACE FUNCTION skewed_clock.now() RETURNS timestamptz
+                 LANGUAGE sql STABLE AS $$ SELECT pg_catalog.now() + interval '{} seconds' $$;",
+            ahead.num_seconds()
+        );
+        sqlx::raw_sql(&create).execute(self.pool()).await.unwrap();
+        let options = (*self.pool().connect_options())
+            .clone()
+            .options([("search_path", "skewed_clock,public,pg_catalog")]);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .unwrap();
+        taskbox::store::PgStore::from_pool(pool)
+    }
+
+    async fn db_now(&self) -> DateTime<Utc> {
+        sqlx::query_scalar("SELECT now()")
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+    }
+}
+
+impl Backdoor for taskbox::store::SqliteStore {
+    async fn set_timeout(&self, id: i64, timeout_ms: i64) -> Result<(), sqlx::Error> {
+        let mut conn = sqlite_connection(self).await;
+        sqlx::query("UPDATE tasks SET timeout_ms = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(timeout_ms)
+            .execute(&mut conn)
+            .await
+            .map(drop)
+    }
+
+    async fn set_timeout_unchecked(&self, id: i64, timeout_ms: i64) {
+        let mut conn = sqlite_connection(self).await;
+        sqlx::raw_sql("DROP TRIGGER timeout_bounded_insert; DROP TRIGGER timeout_bounded_update;")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE tasks SET timeout_ms = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(timeout_ms)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(SQLITE_TIMEOUT_BOUND)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// SQLite has no clock of its own: the store's `now()` is this
+    /// process's, so there is nothing to skew.
+    async fn skewed(&self, _ahead: TimeDelta) -> Self {
+        self.clone()
+    }
+
+    async fn db_now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+async fn sqlite_connection(store: &taskbox::store::SqliteStore) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(store.database());
+    sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap()
+}
+
+async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store: S) {
+    use taskbox::store::{MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT};
+    let longest = NewTask {
+        timeout: Some(MAX_TASK_TIMEOUT),
+        run_at: Some(
+            now() + TimeDelta::from_std(MAX_SCHEDULE_AHEAD).unwrap() - TimeDelta::hours(1),
+        ),
+        ..new_task("bounded")
+    };
+    store
+        .enqueue(&[longest])
+        .await
+        .expect("the bounds themselves are accepted");
+
+    let too_long = NewTask {
+        timeout: Some(Duration::from_secs(300_000_000 * 365 * 24 * 3600)),
+        ..new_task("unbounded")
+    };
+    let refused = store
+        .enqueue(&[new_task("fine"), too_long])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::OutOfBounds {
+                index: 1,
+                what: "timeout",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "the timeout of task 2 of 2 is {}, more than the maximum of 7days",
+            humantime::format_duration(Duration::from_secs(300_000_000 * 365 * 24 * 3600))
+        )
+    );
+    let too_late = NewTask {
+        run_at: Some(now() + TimeDelta::from_std(MAX_SCHEDULE_AHEAD).unwrap() + TimeDelta::days(1)),
+        ..new_task("much later")
+    };
+    let refused = store.enqueue(&[too_late]).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::OutOfBounds { what: "run_at", .. }),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.stats().await.unwrap().total(),
+        1,
+        "nothing else written"
+    );
+}
+
+/// A row the claim cannot give a deadline (a timeout past the bound,
+/// written before the schema held the bound) ends `error` with a reason;
+/// it does not fail the claim of every other task.
+async fn a_row_the_claim_cannot_run_ends_error_and_the_queue_moves<S: Backdoor>(store: S) {
+    let ids = store
+        .enqueue(&[
+            NewTask {
+                priority: -1,
+                ..new_task("poison")
+            },
+            new_task("healthy"),
+        ])
+        .await
+        .unwrap();
+    // The schema's bound is the library's, to the millisecond.
+    let bound = i64::try_from(taskbox::store::MAX_TASK_TIMEOUT.as_millis()).unwrap();
+    store
+        .set_timeout(ids[0], bound)
+        .await
+        .expect("the bound itself is allowed");
+    for over in [bound + 1, i64::MAX] {
+        let refused = store.set_timeout(ids[0], over).await;
+        assert!(
+            refused.is_err(),
+            "the schema let a timeout of {over} ms be written"
+        );
+    }
+    store.set_timeout_unchecked(ids[0], i64::MAX).await;
+
+    let claimed = store
+        .claim(&claim_by("w", 10))
+        .await
+        .expect("the claim works");
+    assert_eq!(
+        claimed_ids(&claimed),
+        [ids[1]],
+        "the healthy task is handed out"
+    );
+    let poison = record(&store, ids[0]).await;
+    assert_eq!(poison.status, Status::Error);
+    assert_eq!(poison.attempt, 1);
+    assert!(poison.finished_at.is_some());
+    let reason = poison.error.expect("a reason");
+    assert!(
+        reason.contains("timeout") && reason.contains("7days"),
+        "{reason}"
+    );
+    assert!(reason.contains(&i64::MAX.to_string()), "{reason}");
+    assert_eq!(poison.errors, [reason]);
+    assert_eq!(
+        poison.timeout_ms, None,
+        "cleared, so the row keeps the bound"
+    );
+
+    store.complete(&[success(&claimed[0])]).await.unwrap();
+    assert!(store.claim(&claim_by("w", 10)).await.unwrap().is_empty());
+    assert!(!store.has_pending().await.unwrap());
+}
+
+/// A retry's `run_at` is the database's `now()` plus the delay, whatever
+/// the worker's clock says. On Postgres the database's clock runs an hour
+/// ahead of this process's for the whole case, so a `run_at` computed from
+/// the process's clock would be an hour early. (SQLite's clock is the
+/// process's own.)
+async fn a_retry_waits_its_delay_on_the_databases_clock<S: Backdoor>(store: S) {
+    let store = store.skewed(TimeDelta::hours(1)).await;
+    let id = store
+        .enqueue(&[NewTask {
+            max_attempts: 3,
+            ..new_task("flaky")
+        }])
+        .await
+        .unwrap()[0];
+    let first = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    let delay = Duration::from_secs(600);
+    let retry = Completion {
+        retry_in: Some(delay),
+        ..failure(&first, Status::Waiting, "again")
+    };
+    assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
+    let run_at = record(&store, id).await.run_at;
+    let ahead = run_at - store.db_now().await;
+    let expected = TimeDelta::from_std(delay).unwrap();
+    assert!(
+        (ahead - expected).abs() <= CLOCK_SLACK,
+        "run_at is {ahead} after the database's now, expected {expected}"
+    );
+    assert!(
+        store.claim(&claim_by("w", 1)).await.unwrap().is_empty(),
+        "claimed during its backoff"
+    );
 }
 
 // ---------------------------------------------------------- SQLite only

@@ -167,7 +167,7 @@ pub struct WorkerArgs {
     #[arg(long = "queue")]
     pub queues: Vec<String>,
     /// Delay before the first retry of a failed task (doubles per attempt).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_backoff)]
     pub backoff: Duration,
     /// How far past its deadline a lost worker's task is taken back.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -181,21 +181,51 @@ fn parse_status(text: &str) -> Result<Status, String> {
     text.parse()
 }
 
-/// `250ms`, `1s`, `2m`: a unit is required, and zero is not a deadline.
+/// Longest duration any option takes: a task's deadline bound
+/// ([`crate::store::MAX_TASK_TIMEOUT`], a week), so every duration the
+/// database adds to its clock stays in range.
+pub const MAX_DURATION: Duration = crate::store::MAX_TASK_TIMEOUT;
+
+/// `250ms`, `1s`, `2m`: a unit is required, zero is not a deadline, and
+/// nothing is longer than [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_up_to(text, MAX_DURATION)
+}
+
+/// `--backoff`: a duration of at most [`crate::worker::retry::MAX_BACKOFF_BASE`].
+pub fn parse_backoff(text: &str) -> Result<Duration, String> {
+    parse_duration_up_to(text, crate::worker::retry::MAX_BACKOFF_BASE)
+}
+
+fn parse_duration_up_to(text: &str, max: Duration) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|_| {
         format!("`{text}` is not a duration; write it with a unit, like 250ms, 1s or 2m")
     })?;
     if duration.is_zero() {
         return Err("a duration must be longer than zero".to_owned());
     }
+    if duration > max {
+        return Err(format!(
+            "`{text}` is longer than the maximum of {}",
+            humantime::format_duration(max)
+        ));
+    }
     Ok(duration)
 }
 
-fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
+/// An RFC 3339 time at most [`crate::store::MAX_SCHEDULE_AHEAD`] from now.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let time = DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
-        .map_err(|_| format!("`{text}` is not an RFC 3339 time, like 2026-11-24T09:00:00Z"))
+        .map_err(|_| format!("`{text}` is not an RFC 3339 time, like 2026-11-24T09:00:00Z"))?;
+    let ahead = crate::store::MAX_SCHEDULE_AHEAD;
+    if time > Utc::now() + chrono::Duration::from_std(ahead).unwrap_or_default() {
+        return Err(format!(
+            "`{text}` is more than the maximum of {} from now",
+            humantime::format_duration(ahead)
+        ));
+    }
+    Ok(time)
 }
 
 /// Bytes, optionally with a KiB, MiB or GiB suffix.
@@ -230,6 +260,17 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn durations_and_times_are_bounded() {
+        assert_eq!(parse_duration("7days").unwrap(), MAX_DURATION);
+        let refused = parse_duration("300000000y").unwrap_err();
+        assert_eq!(refused, "`300000000y` is longer than the maximum of 7days");
+        assert!(parse_backoff("1h").is_ok());
+        assert!(parse_backoff("2h").is_err());
+        assert!(parse_time("2026-11-24T09:00:00Z").is_ok());
+        assert!(parse_time("9999-01-01T00:00:00Z").is_err());
     }
 
     #[test]

@@ -142,9 +142,8 @@ async fn tasks_from_file(
             );
         }
         if let Some(run_at) = entry.run_at {
-            let time = chrono::DateTime::parse_from_rfc3339(&run_at)
-                .map_err(|_| input(format!("{}: `{run_at}` is not an RFC 3339 time", at())))?;
-            options.run_at = Some(time.with_timezone(&chrono::Utc));
+            options.run_at =
+                Some(args::parse_time(&run_at).map_err(|why| input(format!("{}: {why}", at())))?);
         }
         let task = checked_task(plugins, &entry.plugin, entry.args, &options, max_args_size)
             .await

@@ -47,6 +47,7 @@ impl From<StoreError> for CliError {
             StoreError::NotMigrated => CliError::Input(err.to_string()),
             // Already names the server and the cause.
             StoreError::Connect { .. } => CliError::Failure(anyhow::anyhow!(err.to_string())),
+            StoreError::OutOfBounds { .. } => CliError::Input(err.to_string()),
             err if err.is_connection() => CliError::Failure(anyhow::anyhow!(
                 "cannot reach the database: {}",
                 err.cause()

@@ -71,6 +71,10 @@ pub enum PluginError {
     UnsafeCache { dir: String, reason: String },
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
+    /// The host, not the file, failed (it could not reserve memory for an
+    /// instance): not remembered against the file, tried again on next use.
+    #[error("{path} could not be loaded because {reason}")]
+    Host { path: String, reason: String },
 }
 
 /// `48 MiB` when whole mebibytes, otherwise bytes.
@@ -84,6 +88,12 @@ fn show_bytes(bytes: u64) -> String {
 }
 
 impl PluginError {
+    /// True when the host failed, not the plugin: a task that needs it
+    /// should be given back, not failed.
+    pub fn is_host_failure(&self) -> bool {
+        matches!(self, PluginError::Host { .. })
+    }
+
     pub(crate) fn engine(err: impl std::fmt::Display) -> Self {
         PluginError::Engine(format!("{err:#}"))
     }
@@ -332,6 +342,13 @@ impl Plugins {
         let loaded = load(&self.sandbox, name, &shown, bytes, sha256)
             .await
             .map(Arc::new);
+        if let Err(err) = &loaded
+            && err.is_host_failure()
+        {
+            // The file may be fine: load it again on the next use, and
+            // leave the telling to whoever gives the task back.
+            return loaded;
+        }
         self.record(name, seen, stamp, Some(sha256), loaded.clone());
         loaded
     }
@@ -463,6 +480,12 @@ async fn load(
     let signature = match returned {
         Ok(Returned::Describe(signature)) => signature,
         Ok(Returned::Run(_)) => unreachable!("asked to describe, not to run"),
+        Err(super::Outcome::HostFailure(reason)) => {
+            return Err(PluginError::Host {
+                path: shown.clone(),
+                reason,
+            });
+        }
         Err(outcome) => return Err(describe_error(format!("{outcome:?}"))),
     };
     let args_schema = crate::schema::parse_schema(&signature.args_schema)

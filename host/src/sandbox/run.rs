@@ -27,6 +27,10 @@ pub enum Outcome {
     Timeout(String),
     /// Stopped from outside (cancellation or shutdown) before it finished.
     Interrupted,
+    /// The host, not the plugin, failed: it could not reserve the memory an
+    /// instance needs (e.g. under `ulimit -v`). The task should be given
+    /// back unspent and run when the host can.
+    HostFailure(String),
 }
 
 /// An attempt's outcome with its captured output.
@@ -228,6 +232,11 @@ impl Sandbox {
         if let Some(message) = count_limit(err) {
             return Outcome::Error(message);
         }
+        if host_out_of_memory(err) {
+            return Outcome::HostFailure(format!(
+                "the host could not reserve memory for an instance ({err:#})"
+            ));
+        }
         if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return Outcome::Error(format!(
                 "the plugin exited with status {} instead of returning a result",
@@ -277,6 +286,24 @@ fn deep_in_recursion(err: &wasmtime::Error) -> bool {
             .count()
             >= RECURSION_FRAMES
     })
+}
+
+/// Whether wasmtime failed because the operating system refused it memory
+/// (an `mmap` reservation or a fiber stack failing with ENOMEM), as under a
+/// virtual-memory limit: the host's fault, not the plugin's. The task's own
+/// memory limit is a refusal of the limiter, checked before this.
+fn host_out_of_memory(err: &wasmtime::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(ENOMEM))
+    }) || {
+        let text = format!("{err:#}");
+        text.contains("failed to reserve")
+            || text.contains("Cannot allocate memory")
+            || text.contains("failed to allocate fiber stack")
+    }
 }
 
 /// The per-task count a component went past, named, when wasmtime refused

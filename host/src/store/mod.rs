@@ -21,6 +21,17 @@ pub const DEFAULT_QUEUE: &str = "default";
 /// args live in the guest's memory while it runs, so args near the default
 /// memory cap could never run.
 pub const DEFAULT_MAX_ARGS_BYTES: usize = 4 * 1024 * 1024;
+/// Longest deadline a task may have (a week). A deadline is a time the
+/// database must be able to add to its `now()`; an unbounded one
+/// (`--timeout 300000000y`) overflowed that sum and failed every claim. The
+/// migrations enforce the same number on every row written
+/// (`timeout_bounded`).
+pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Furthest ahead a task may be scheduled (`run_at`), about ten years.
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(3653 * 24 * 3600);
+/// Longest pause before a retry or a task given back; a longer one asked
+/// for is cut to this.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A task's place in its life cycle; the schema enforces the same set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
@@ -146,7 +157,8 @@ impl ClaimedTask {
 pub struct Completion {
     pub id: i64,
     pub attempt: i32,
-    /// `Waiting` means "run again at `retry_at`"; anything else is final.
+    /// `Waiting` means "run again `retry_in` after the database's `now()`"
+    /// (at once when `None`); anything else is final.
     pub status: Status,
     /// False when the attempt was interrupted by a shutdown before it could
     /// finish: it does not count against `max_attempts`.
@@ -156,7 +168,10 @@ pub struct Completion {
     pub stderr: Vec<u8>,
     pub error: Option<String>,
     pub plugin_digest: Option<String>,
-    pub retry_at: Option<DateTime<Utc>>,
+    /// How long after the database's clock a retry (or a task given back)
+    /// becomes runnable: a delay, not an instant, so that a worker whose
+    /// clock is off cannot move it (cut to [`MAX_RETRY_DELAY`]).
+    pub retry_in: Option<Duration>,
     /// Set on the last completion of a claim: its lease ends with the write.
     pub ends_lease: Option<i64>,
 }
@@ -174,7 +189,7 @@ impl Completion {
             stderr: Vec::new(),
             error: None,
             plugin_digest: None,
-            retry_at: None,
+            retry_in: None,
             ends_lease: None,
         }
     }
@@ -332,6 +347,20 @@ pub enum StoreError {
         size: usize,
         limit: usize,
     },
+    /// A task's setting is past a bound that keeps every row claimable;
+    /// nothing was written.
+    #[error(
+        "the {what}{} is {given}, more than the maximum of {max}",
+        if *.batch > 1 { format!(" of task {} of {}", .index + 1, .batch) } else { String::new() }
+    )]
+    OutOfBounds {
+        /// The task's place in the batch, from 0.
+        index: usize,
+        batch: usize,
+        what: &'static str,
+        given: String,
+        max: String,
+    },
     /// The database admits one worker process and another one holds it.
     #[error(
         "another taskbox worker{} already runs on {}; SQLite allows one worker process per database file, so stop that one first or use Postgres for several",
@@ -396,6 +425,18 @@ impl StoreError {
         }
     }
 
+    /// True when the same write may succeed later without anything changed
+    /// on the caller's side: the database is unreachable
+    /// ([`StoreError::is_connection`]) or, for SQLite, its disk is full or
+    /// failing. A worker holds its results through either.
+    pub fn is_transient(&self) -> bool {
+        self.is_connection()
+            || match self {
+                StoreError::Database(err) => sqlite::is_disk_trouble(err),
+                _ => false,
+            }
+    }
+
     /// The innermost database error, without the layers that wrap it.
     pub fn cause(&self) -> String {
         match self {
@@ -436,6 +477,62 @@ pub(crate) fn check_args_size(tasks: &[NewTask], limit: usize) -> StoreResult<()
         }),
         None => Ok(()),
     }
+}
+
+/// Refuse a batch in which any task's timeout or `run_at` is past the
+/// bounds ([`MAX_TASK_TIMEOUT`], [`MAX_SCHEDULE_AHEAD`] from `now`), before
+/// anything is written. Decided here once for both stores; the schema holds
+/// the timeout bound as well, for rows written by other means.
+pub(crate) fn check_bounds(tasks: &[NewTask], now: DateTime<Utc>) -> StoreResult<()> {
+    let latest = now + chrono::Duration::from_std(MAX_SCHEDULE_AHEAD).unwrap_or_default();
+    for (index, task) in tasks.iter().enumerate() {
+        let refused = |what, given, max| StoreError::OutOfBounds {
+            index,
+            batch: tasks.len(),
+            what,
+            given,
+            max,
+        };
+        if let Some(timeout) = task.timeout
+            && timeout > MAX_TASK_TIMEOUT
+        {
+            return Err(refused(
+                "timeout",
+                humantime::format_duration(timeout).to_string(),
+                humantime::format_duration(MAX_TASK_TIMEOUT).to_string(),
+            ));
+        }
+        if let Some(run_at) = task.run_at
+            && run_at > latest
+        {
+            return Err(refused(
+                "run_at",
+                run_at.to_rfc3339(),
+                format!(
+                    "{} from now",
+                    humantime::format_duration(MAX_SCHEDULE_AHEAD)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A retry's delay as the stores bind it: microseconds, cut to
+/// [`MAX_RETRY_DELAY`].
+pub(crate) fn retry_micros(completion: &Completion) -> Option<i64> {
+    completion
+        .retry_in
+        .map(|delay| delay.min(MAX_RETRY_DELAY).as_micros() as i64)
+}
+
+/// The reason a claim gives for ending a row it cannot run: a timeout past
+/// [`MAX_TASK_TIMEOUT`] (written before the schema's bound existed).
+pub(crate) fn refused_timeout_reason() -> String {
+    format!(
+        "refused: the task's timeout is more than the maximum of {}, so it can never run",
+        humantime::format_duration(MAX_TASK_TIMEOUT)
+    )
 }
 
 /// The operations taskbox needs from a database. Implementations must make

@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 
 use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, StoreResult,
-    TaskRecord, TaskStore, check_args_size,
+    MAX_TASK_TIMEOUT, NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError,
+    StoreResult, TaskRecord, TaskStore, check_args_size, check_bounds, refused_timeout_reason,
+    retry_micros,
 };
 
 /// Channel every enqueue notifies and every worker listens on.
@@ -59,6 +60,12 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
 /// a primary-key probe: as a join, a freshly filled queue without statistics
 /// got a hash join over a sequential scan of the whole table (7 ms instead of
 /// 3 ms for 256 rows of 20,000).
+///
+/// A row whose own timeout is over `$5` (the bound, written before the schema
+/// held it) could not be given a deadline: instead of failing the whole claim
+/// it ends `error` with the reason `$6` and the timeout it had (the refusal
+/// transition, `waiting -> error`, its attempt counted), its timeout cleared
+/// so that the row satisfies the bound, and is not handed out.
 const CLAIM: &str = "
 WITH picked AS (
     SELECT id FROM tasks
@@ -69,23 +76,33 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE tasks t
-    SET status = 'running',
+    SET status = CASE WHEN t.timeout_ms > $5 THEN 'error' ELSE 'running' END,
         is_waiting = false,
         attempt = t.attempt + 1,
         started_at = now(),
-        deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
-        worker_id = $2
+        deadline_at = CASE WHEN t.timeout_ms > $5 THEN NULL
+                      ELSE now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0) END,
+        worker_id = $2,
+        finished_at = CASE WHEN t.timeout_ms > $5 THEN now() END,
+        timeout_ms = CASE WHEN t.timeout_ms > $5 THEN NULL ELSE t.timeout_ms END,
+        error = CASE WHEN t.timeout_ms > $5 THEN $6 || ' (it was ' || t.timeout_ms || ' ms)'
+                ELSE t.error END,
+        errors = CASE WHEN t.timeout_ms > $5
+                 THEN array_append(t.errors, $6 || ' (it was ' || t.timeout_ms || ' ms)')
+                 ELSE t.errors END
     WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
-              coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at
+              coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at, t.status
+), runnable AS (
+    SELECT * FROM claimed WHERE status = 'running'
 ), lease AS (
     INSERT INTO leases (worker_id, task_ids, expires_at)
-    SELECT $2, array_agg(id), max(deadline_at) FROM claimed
+    SELECT $2, array_agg(id), max(deadline_at) FROM runnable
     HAVING count(*) > 0
     RETURNING id
 )
 SELECT c.id, c.plugin, c.args, c.attempt, c.max_attempts, c.timeout_ms, lease.id AS lease
-FROM claimed c CROSS JOIN lease";
+FROM runnable c CROSS JOIN lease";
 
 /// Every column a finished attempt changes is outside all indexes, so the
 /// update stays heap-only; `is_waiting` and `run_at` change for retries only.
@@ -106,11 +123,12 @@ SET status = CASE WHEN c.status = 'waiting' AND t.cancel_requested_at IS NOT NUL
     errors = CASE WHEN c.error IS NULL THEN t.errors ELSE array_append(t.errors, c.error) END,
     finished_at = CASE WHEN c.status = 'waiting' AND t.cancel_requested_at IS NULL
                        THEN NULL ELSE now() END,
-    run_at = coalesce(c.retry_at, t.run_at),
+    run_at = CASE WHEN c.retry_in IS NULL THEN t.run_at
+                  ELSE now() + make_interval(secs => c.retry_in / 1000000.0) END,
     plugin_digest = coalesce(c.plugin_digest, t.plugin_digest)
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[],
-            $7::text[], $8::text[], $9::timestamptz[], $10::bool[])
-     AS c(id, attempt, status, result, stdout, stderr, error, plugin_digest, retry_at,
+            $7::text[], $8::text[], $9::bigint[], $10::bool[])
+     AS c(id, attempt, status, result, stdout, stderr, error, plugin_digest, retry_in,
           spend_attempt)
 WHERE t.id = c.id AND t.attempt = c.attempt AND t.status = 'running'";
 
@@ -411,6 +429,7 @@ impl TaskStore for PgStore {
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
         self.explain(async {
             check_args_size(tasks, self.max_args_bytes)?;
+            check_bounds(tasks, Utc::now())?;
             if tasks.is_empty() {
                 return Ok(Vec::new());
             }
@@ -443,8 +462,10 @@ impl TaskStore for PgStore {
             let query = sqlx::query_as(CLAIM)
                 .bind(limit)
                 .bind(request.worker_id)
-                .bind(millis(request.default_timeout))
-                .bind(queues);
+                .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
+                .bind(queues)
+                .bind(millis(MAX_TASK_TIMEOUT))
+                .bind(refused_timeout_reason());
             Ok(query.fetch_all(&self.claims).await?)
         })
         .await
@@ -465,8 +486,7 @@ impl TaskStore for PgStore {
                 .iter()
                 .map(|c| c.plugin_digest.as_deref())
                 .collect();
-            let retry_ats: Vec<Option<DateTime<Utc>>> =
-                completions.iter().map(|c| c.retry_at).collect();
+            let retry_ins: Vec<Option<i64>> = completions.iter().map(retry_micros).collect();
             let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
             let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
             let done = sqlx::query(COMPLETE)
@@ -478,7 +498,7 @@ impl TaskStore for PgStore {
                 .bind(stderrs)
                 .bind(errors)
                 .bind(digests)
-                .bind(retry_ats)
+                .bind(retry_ins)
                 .bind(spends)
                 .bind(ended_leases)
                 .execute(&self.completions)

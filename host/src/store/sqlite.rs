@@ -38,8 +38,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, StoreResult,
-    TaskRecord, TaskStore, check_args_size,
+    MAX_TASK_TIMEOUT, NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError,
+    StoreResult, TaskRecord, TaskStore, check_args_size, check_bounds, refused_timeout_reason,
+    retry_micros,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -75,14 +76,23 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
      stderr, error, errors, worker_id";
 
 // ?1 now, ?2 queues as a JSON array or NULL for all, ?3 limit, ?4 worker id,
-// ?5 default timeout in ms.
+// ?5 default timeout in ms, ?6 the timeout bound in ms, ?7 the reason a row
+// over it ends `error` (see the Postgres CLAIM: the refusal transition).
 const CLAIM: &str = "
 UPDATE tasks
-SET status = 'running',
+SET status = CASE WHEN timeout_ms > ?6 THEN 'error' ELSE 'running' END,
     attempt = attempt + 1,
     started_at = ?1,
-    deadline_at = ?1 + coalesce(timeout_ms, ?5) * 1000,
-    worker_id = ?4
+    deadline_at = CASE WHEN timeout_ms > ?6 THEN NULL
+                  ELSE ?1 + coalesce(timeout_ms, ?5) * 1000 END,
+    worker_id = ?4,
+    finished_at = CASE WHEN timeout_ms > ?6 THEN ?1 END,
+    timeout_ms = CASE WHEN timeout_ms > ?6 THEN NULL ELSE timeout_ms END,
+    error = CASE WHEN timeout_ms > ?6 THEN ?7 || ' (it was ' || timeout_ms || ' ms)'
+            ELSE error END,
+    errors = CASE WHEN timeout_ms > ?6
+             THEN json_insert(errors, '$[#]', ?7 || ' (it was ' || timeout_ms || ' ms)')
+             ELSE errors END
 WHERE id IN (
     SELECT id FROM tasks
     WHERE status = 'waiting' AND run_at <= ?1
@@ -90,10 +100,10 @@ WHERE id IN (
     ORDER BY priority, run_at, id
     LIMIT ?3)
 RETURNING id, plugin, args, attempt, max_attempts, coalesce(timeout_ms, ?5) AS timeout_ms,
-          priority, run_at";
+          priority, run_at, status";
 
 // ?1 id, ?2 attempt, ?3 status, ?4 result, ?5 stdout, ?6 stderr, ?7 error,
-// ?8 plugin digest, ?9 retry at, ?10 spend attempt, ?11 now.
+// ?8 plugin digest, ?9 retry delay in microseconds, ?10 spend attempt, ?11 now.
 const COMPLETE: &str = "
 UPDATE tasks
 SET status = CASE WHEN ?3 = 'waiting' AND cancel_requested_at IS NOT NULL
@@ -106,7 +116,7 @@ SET status = CASE WHEN ?3 = 'waiting' AND cancel_requested_at IS NOT NULL
     errors = CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', ?7) END,
     finished_at = CASE WHEN ?3 = 'waiting' AND cancel_requested_at IS NULL
                        THEN NULL ELSE ?11 END,
-    run_at = coalesce(?9, run_at),
+    run_at = CASE WHEN ?9 IS NULL THEN run_at ELSE ?11 + ?9 END,
     plugin_digest = coalesce(?8, plugin_digest)
 WHERE id = ?1 AND attempt = ?2 AND status = 'running'";
 
@@ -229,6 +239,7 @@ impl SqliteStore {
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(|conn, _| Box::pin(use_wal(conn)))
+            .after_release(|conn, _| Box::pin(async move { Ok(usable_after_release(conn)) }))
             .connect_lazy_with(options.clone());
         let reader = SqlitePoolOptions::new()
             .max_connections(DEFAULT_READERS)
@@ -270,6 +281,35 @@ impl SqliteStore {
         // No subscriber is not an error: nobody needs waking.
         let _ = self.shared.wake.send(notification);
     }
+}
+
+/// Whether the writer connection may go back to the pool. A transaction
+/// whose `COMMIT` failed (a full disk: SQLite rolls it back by itself) or
+/// whose rollback failed leaves sqlx counting it as open, and every later
+/// `BEGIN` on that connection would fail for good ("attempted to call
+/// begin_with at non-zero transaction depth"). Such a connection is closed
+/// instead and the next write opens a fresh one. (A rollback still queued
+/// from a dropped transaction also counts as open here: closing that
+/// connection costs a reconnect, only after a failed write.)
+fn usable_after_release(conn: &mut SqliteConnection) -> bool {
+    use sqlx::Connection;
+    let usable = !conn.is_in_transaction();
+    if !usable {
+        tracing::debug!("replacing the SQLite writer connection left inside a transaction");
+    }
+    usable
+}
+
+/// True for SQLite's "database or disk is full" and I/O errors: the write
+/// may succeed once space returns, so the caller should keep what it holds
+/// and try again.
+pub(crate) fn is_disk_trouble(err: &sqlx::Error) -> bool {
+    const SQLITE_IOERR: i32 = 10;
+    const SQLITE_FULL: i32 = 13;
+    err.as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::sqlite::SqliteError>())
+        .and_then(|db| sqlx::error::DatabaseError::code(db)?.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_IOERR | SQLITE_FULL))
 }
 
 /// Switch the database to WAL (a lasting property of the file). Switching a
@@ -399,6 +439,7 @@ struct ClaimRow {
     task: ClaimedTask,
     priority: i32,
     run_at: i64,
+    status: String,
 }
 
 impl TaskStore for SqliteStore {
@@ -420,6 +461,7 @@ impl TaskStore for SqliteStore {
 
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
         check_args_size(tasks, self.max_args_bytes)?;
+        check_bounds(tasks, Utc::now())?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -455,10 +497,14 @@ impl TaskStore for SqliteStore {
             .bind(queues)
             .bind(limit)
             .bind(request.worker_id)
-            .bind(millis(request.default_timeout))
+            .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
+            .bind(millis(MAX_TASK_TIMEOUT))
+            .bind(refused_timeout_reason())
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
+        // Rows the claim refused ended `error` there; hand out the rest.
+        rows.retain(|row| row.status == Status::Running.as_str());
         // RETURNING has no order of its own; hand tasks out in claim order.
         rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));
         Ok(rows.into_iter().map(|row| row.task).collect())
@@ -481,7 +527,7 @@ impl TaskStore for SqliteStore {
                 .bind(completion.stderr.as_slice())
                 .bind(completion.error.as_deref())
                 .bind(completion.plugin_digest.as_deref())
-                .bind(completion.retry_at.map(|at| at.timestamp_micros()))
+                .bind(retry_micros(completion))
                 .bind(completion.spend_attempt)
                 .bind(now)
                 .execute(&mut *tx)

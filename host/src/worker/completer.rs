@@ -117,11 +117,11 @@ async fn write<S: TaskStore>(store: &S, batch: &[Completion]) -> bool {
                 }
                 return true;
             }
-            Err(err) if err.is_connection() => {
+            Err(err) if err.is_transient() => {
                 if !outage {
                     tracing::warn!(
                         held = batch.len(),
-                        "database unreachable, holding results until it returns: {err}"
+                        "database unreachable or full, holding results until it can write them: {err}"
                     );
                     outage = true;
                 }

@@ -1,10 +1,13 @@
 //! The executor: runs one claimed task in the sandbox and decides what its
 //! row becomes: success, a retry with backoff, a final error or timeout,
-//! cancelled, or released unrun when the worker is shutting down.
+//! cancelled, or released unrun when the worker is shutting down or the
+//! host could not run it (a host failure spends no attempt).
 
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::Backoff;
@@ -20,9 +23,22 @@ pub enum InterruptCause {
     Shutdown,
 }
 
+/// How long a worker whose host failed to run a task waits before it claims
+/// again (the task itself is runnable at once by any other worker).
+pub const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// While the host keeps failing, its problem is told at most this often.
+pub const HOST_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Executor {
     pub plugins: Arc<Plugins>,
     pub backoff: Backoff,
+    /// True after the host failed to run a task, until it runs one: the
+    /// producer backs off meanwhile.
+    pub host_failing: AtomicBool,
+    /// When the host's problem was last told, and how many tasks were given
+    /// back since: told once, not once per task.
+    pub host_told: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Executor {
@@ -51,7 +67,11 @@ impl Executor {
             }
             Err(err) => (
                 Execution {
-                    outcome: Outcome::Error(format!("plugin: {err}")),
+                    outcome: if err.is_host_failure() {
+                        Outcome::HostFailure(err.to_string())
+                    } else {
+                        Outcome::Error(format!("plugin: {err}"))
+                    },
                     stdout: Vec::new(),
                     stderr: Vec::new(),
                     elapsed: Default::default(),
@@ -60,7 +80,17 @@ impl Executor {
             ),
         };
         tracing::debug!(task = task.id, plugin = %task.plugin, elapsed = ?execution.elapsed, outcome = ?execution.outcome, "attempt ended");
+        if !matches!(execution.outcome, Outcome::HostFailure(_))
+            && self.host_failing.swap(false, Ordering::AcqRel)
+        {
+            tracing::debug!("the host ran a task again");
+        }
         let mut completion = match execution.outcome {
+            Outcome::HostFailure(message) => {
+                self.host_failing.store(true, Ordering::Release);
+                self.tell_host_failure(&message);
+                Completion::release(task.id, task.attempt)
+            }
             Outcome::Success(result) => Completion {
                 result: Some(result),
                 ..Completion::new(task.id, task.attempt, Status::Success)
@@ -81,20 +111,43 @@ impl Executor {
         completion
     }
 
+    /// Log the host's problem the first time, then at most once per
+    /// [`HOST_FAILURE_LOG_EVERY`] with the count of tasks given back.
+    fn tell_host_failure(&self, message: &str) {
+        let mut told = self.host_told.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *told {
+            Some((at, given_back)) if at.elapsed() < HOST_FAILURE_LOG_EVERY => *given_back += 1,
+            Some((_, given_back)) => {
+                tracing::error!(
+                    "the host still cannot run tasks; {} more given back unspent: {message}",
+                    *given_back + 1
+                );
+                *told = Some((Instant::now(), 0));
+            }
+            None => {
+                tracing::error!(
+                    "{message}; giving tasks back unspent and claiming again every {} until the host can run them",
+                    humantime::format_duration(HOST_FAILURE_BACKOFF)
+                );
+                *told = Some((Instant::now(), 0));
+            }
+        }
+    }
+
     /// A failed attempt: retried after a backoff while attempts remain,
     /// otherwise final with `status`. Either way the message joins the
     /// row's error history.
     fn failed(&self, task: &ClaimedTask, status: Status, message: String) -> Completion {
-        let (status, retry_at) = if task.attempt < task.max_attempts {
-            let delay = self.backoff.delay(task.attempt);
-            let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            (Status::Waiting, Some(at))
+        // The delay, not an instant: the database adds it to its own clock,
+        // the one claims compare `run_at` with.
+        let (status, retry_in) = if task.attempt < task.max_attempts {
+            (Status::Waiting, Some(self.backoff.delay(task.attempt)))
         } else {
             (status, None)
         };
         Completion {
             error: Some(message),
-            retry_at,
+            retry_in,
             ..Completion::new(task.id, task.attempt, status)
         }
     }

@@ -267,6 +267,8 @@ impl<S: TaskStore> Worker<S> {
         let executor = Arc::new(Executor {
             plugins: self.plugins.clone(),
             backoff: config.backoff,
+            host_failing: Default::default(),
+            host_told: Default::default(),
         });
 
         let (outcomes, completions) = mpsc::channel(config.concurrency.max(1) * 4);

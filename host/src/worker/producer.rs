@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::completer::{Finished, Lease};
-use super::executor::{Executor, InterruptCause};
+use super::executor::{Executor, HOST_FAILURE_BACKOFF, InterruptCause};
 use super::{InFlight, Shutdown, WorkerConfig};
 use crate::store::{ClaimRequest, ClaimedTask, TaskStore};
 
@@ -56,6 +56,14 @@ impl<S: TaskStore> Producer<S> {
         let mut claim_failing = false;
         let mut cap = first_claim_cap(config.max_claim);
         loop {
+            // The host could not run the last task it tried (see
+            // `Outcome::HostFailure`): back off before trying again.
+            if self.executor.host_failing.load(Ordering::Acquire) {
+                tokio::select! {
+                    _ = tokio::time::sleep(HOST_FAILURE_BACKOFF) => {}
+                    _ = self.stopped() => return,
+                }
+            }
             let Some(mut permits) = self.demand(cap).await else {
                 return;
             };

@@ -8,6 +8,8 @@ use rand::Rng;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// No retry waits longer than this.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+/// Longest `--backoff` (delay before the second attempt) a worker accepts.
+pub const MAX_BACKOFF_BASE: Duration = DEFAULT_BACKOFF_MAX;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
