@@ -76,7 +76,6 @@ async fn a_tasks_memories_share_one_budget(pool: PgPool) {
     Hostile {
         hogs: 1,
         run: Hostile::grow_or_trap("$grow_main", grow) + &Hostile::grow_or_trap("$grow0", grow),
-        ..Hostile::default()
     }
     .write(dir.path(), "twomem");
     let plugins = plugins_in(dir.path(), SandboxConfig::default());
@@ -125,7 +124,6 @@ async fn a_task_cannot_take_its_neighbours_pool_slots(pool: PgPool) {
     Hostile {
         hogs: 7,
         run: "(loop $spin (br $spin))".to_owned(),
-        ..Hostile::default()
     }
     .write(dir.path(), "slothog");
     let plugins = plugins_in(

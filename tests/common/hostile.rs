@@ -10,7 +10,7 @@ use postcard_schema::schema::owned::OwnedNamedType;
 
 /// A component that implements world `task` with a `run` taking and
 /// returning `()`, whose shape and behaviour the test chooses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Hostile {
     /// Core instances beside the main one, each with a memory of its own
     /// (one page to start with) that `run` may grow through `$growN`.
@@ -20,15 +20,6 @@ pub struct Hostile {
     /// (result i32)`, returning -1 when refused), and `$exit` (`(param
     /// i32)`, WASI's `exit-with-code`), and must leave the stack empty.
     pub run: String,
-}
-
-impl Default for Hostile {
-    fn default() -> Self {
-        Hostile {
-            hogs: 0,
-            run: String::new(),
-        }
-    }
 }
 
 impl Hostile {
