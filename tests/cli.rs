@@ -7,12 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::process::{PROCESS_WAIT, WorkerProcess};
 use common::*;
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, kill};
@@ -53,9 +54,6 @@ on_both_backends!(
     a_result_declaring_billions_of_units_shows_as_a_marker,
     durations_and_times_past_their_bounds_are_refused,
 );
-
-/// How long a worker process may take to start or stop.
-const PROCESS_WAIT: Duration = Duration::from_secs(30);
 
 fn stats(url: &str) -> Value {
     let output = run(taskbox_at(url).args(["stats", "--json"]));
@@ -490,58 +488,12 @@ fn an_unknown_database_url_is_refused() {
     assert_refused(&output, "name a file");
 }
 
-/// A `taskbox worker` with its log lines forwarded to a channel.
-struct WorkerProcess {
-    child: Child,
-    log: mpsc::Receiver<String>,
-}
-
-impl WorkerProcess {
-    fn start(mut command: Command) -> Self {
-        let mut child = command
-            .args(["worker", "--concurrency", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the worker starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (lines, log) = mpsc::channel();
-        // Keep reading to the end so the worker never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        WorkerProcess { child, log }
-    }
-
-    /// Wait for a log line containing `needle`.
-    fn wait_for(&self, needle: &str) {
-        loop {
-            match self.log.recv_timeout(PROCESS_WAIT) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) => continue,
-                Err(err) => panic!("no log line with `{needle}` ({err})"),
-            }
-        }
-    }
-
-    /// SIGTERM, then the exit code.
-    fn stop(mut self) -> Option<i32> {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("a pid fits"));
-        kill(pid, Signal::SIGTERM).expect("SIGTERM is delivered");
-        self.child.wait().expect("the worker exits").code()
-    }
-}
-
 #[tokio::test]
 async fn one_worker_process_per_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
     let first = WorkerProcess::start(taskbox_at(&url));
-    first.wait_for("worker started");
+    first.wait_for(&["worker started"]);
 
     // A second worker, and the demo (which runs one), are refused.
     for args in [&["worker", "--drain"][..], &["demo", "--count", "1"]] {
@@ -549,7 +501,7 @@ async fn one_worker_process_per_sqlite_file() {
         assert_refused(&output, "another taskbox worker");
         let stderr = stderr_of(&output);
         assert!(
-            stderr.contains(&format!("(process {})", first.child.id())),
+            stderr.contains(&format!("(process {})", first.id())),
             "{stderr}"
         );
         assert!(

@@ -6,13 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Seek, Write};
+use std::io::{Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::process::WorkerProcess;
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -173,54 +174,6 @@ fn enqueue_id(command: &mut Command) -> i64 {
     let output = run(command);
     assert!(output.status.success(), "{}", stderr_of(&output));
     stdout_of(&output).trim().parse().expect("an id")
-}
-
-/// A `taskbox worker` process, killed when dropped, its log lines sent to
-/// a channel.
-struct WorkerProcess {
-    child: Child,
-    log: mpsc::Receiver<String>,
-}
-
-impl WorkerProcess {
-    fn start(mut command: Command) -> Self {
-        let mut child = command
-            .args(["worker", "--concurrency", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the worker starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (lines, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        WorkerProcess { child, log }
-    }
-
-    /// The first log line containing every one of `needles`.
-    fn wait_for(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
-                Ok(_) => continue,
-                Err(err) => panic!("no log line with {needles:?} ({err})"),
-            }
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn until_final(pool: &PgPool, id: i64, within: Duration) -> taskbox::store::TaskRecord {

@@ -7,6 +7,7 @@
 
 pub mod hostile;
 pub mod pg_server;
+pub mod process;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -1,0 +1,75 @@
+//! A `taskbox worker` child process whose log lines are read as they are
+//! written, so a test can wait for what the worker says instead of sleeping.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a worker process may take to say what a test waits for.
+pub const PROCESS_WAIT: Duration = Duration::from_secs(30);
+
+/// A `taskbox worker`, killed when dropped, its log lines forwarded to a
+/// channel.
+pub struct WorkerProcess {
+    child: Child,
+    log: mpsc::Receiver<String>,
+}
+
+impl WorkerProcess {
+    /// Start `command` (the `taskbox` binary) as `worker --concurrency 2`.
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .args(["worker", "--concurrency", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the worker starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (lines, log) = mpsc::channel();
+        // Keep reading to the end so the worker never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WorkerProcess { child, log }
+    }
+
+    /// The first log line containing every one of `needles`.
+    pub fn wait_for(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + PROCESS_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+                Ok(_) => continue,
+                Err(err) => panic!("no log line with {needles:?} ({err})"),
+            }
+        }
+    }
+
+    /// The worker's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("a pid fits"));
+        kill(pid, Signal::SIGTERM).expect("SIGTERM is delivered");
+        self.child.wait().expect("the worker exits").code()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
