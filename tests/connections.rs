@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::pg_server::TempPostgres;
+use common::process::LogTail;
 use common::*;
 use serde_json::json;
 use sqlx::Connection;
@@ -30,33 +29,6 @@ fn limited(max: &str) -> [(&'static str, &str); 3] {
         ("superuser_reserved_connections", "0"),
         ("max_wal_senders", "0"),
     ]
-}
-
-/// A child's stderr, read as it is written.
-#[derive(Clone, Default)]
-struct LogTail(Arc<Mutex<String>>);
-
-impl LogTail {
-    fn follow(stream: impl Read + Send + 'static) -> Self {
-        let tail = LogTail::default();
-        let sink = tail.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut text = sink.0.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        tail
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn contains(&self, needle: &str) -> bool {
-        self.0.lock().unwrap().contains(needle)
-    }
 }
 
 /// A `taskbox` child with its stderr followed.

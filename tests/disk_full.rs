@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::LogTail;
 use common::*;
 use serde_json::json;
 use taskbox::store::{SqliteStore, Status, TaskStore};
@@ -78,33 +78,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A child's stderr, read as it is written.
-#[derive(Clone, Default)]
-struct LogTail(Arc<Mutex<String>>);
-
-impl LogTail {
-    fn follow(stream: impl Read + Send + 'static) -> Self {
-        let tail = LogTail::default();
-        let sink = tail.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut text = sink.0.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        tail
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn contains(&self, needle: &str) -> bool {
-        self.0.lock().unwrap().contains(needle)
     }
 }
 

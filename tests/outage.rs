@@ -4,43 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::pg_server::TempPostgres;
+use common::process::LogTail;
 use common::*;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use taskbox::store::{PgStore, Status, TaskStore};
-
-/// A child's stderr, read as it is written.
-#[derive(Clone, Default)]
-struct LogTail(Arc<Mutex<String>>);
-
-impl LogTail {
-    fn follow(stream: impl Read + Send + 'static) -> Self {
-        let tail = LogTail::default();
-        let sink = tail.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut text = sink.0.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        tail
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn contains(&self, needle: &str) -> bool {
-        self.0.lock().unwrap().contains(needle)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_run_loses_nothing() {

@@ -1,9 +1,11 @@
-//! A `taskbox worker` child process whose log lines are read as they are
-//! written, so a test can wait for what the worker says instead of sleeping.
+//! Child processes a test reads as they write: a `taskbox worker` whose log
+//! lines arrive on a channel, and any child's stderr kept as text, so a test
+//! can wait for what a worker says instead of sleeping.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -71,5 +73,32 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child's stderr, read as it is written.
+#[derive(Clone, Default)]
+pub struct LogTail(Arc<Mutex<String>>);
+
+impl LogTail {
+    pub fn follow(stream: impl Read + Send + 'static) -> Self {
+        let tail = LogTail::default();
+        let sink = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut text = sink.0.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        tail
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().contains(needle)
     }
 }
