@@ -80,7 +80,10 @@ impl Executor {
             ),
         };
         tracing::debug!(task = task.id, plugin = %task.plugin, elapsed = ?execution.elapsed, outcome = ?execution.outcome, "attempt ended");
+        // A plain load first: every task passes here, and a swap would write
+        // the shared flag on every one of them.
         if !matches!(execution.outcome, Outcome::HostFailure(_))
+            && self.host_failing.load(Ordering::Relaxed)
             && self.host_failing.swap(false, Ordering::AcqRel)
         {
             tracing::debug!("the host ran a task again");
