@@ -12,20 +12,13 @@ use common::hostile::Hostile;
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
-use taskbox::store::{NewTask, PgStore, Status, TaskStore};
+use taskbox::sandbox::{Plugins, SandboxConfig};
+use taskbox::store::{NewTask, PgStore, Status, TaskRecord, TaskStore};
 
 const MIB: u32 = 1024 * 1024;
 /// Wasm pages in `n` MiB.
 const fn pages(mib: u32) -> u32 {
     mib * MIB / 65536
-}
-
-fn plugins_in(dir: &std::path::Path, config: SandboxConfig) -> Arc<Plugins> {
-    Arc::new(Plugins::new(
-        Sandbox::new(config).expect("the sandbox starts"),
-        dir,
-    ))
 }
 
 /// Enqueue `count` hostile tasks first, then `ordinary` `add` tasks; drain
@@ -37,7 +30,7 @@ async fn run_beside_ordinary_tasks(
     count: usize,
     ordinary: usize,
     concurrency: usize,
-) -> Vec<taskbox::store::TaskRecord> {
+) -> Vec<TaskRecord> {
     let mut tasks = Vec::new();
     for _ in 0..count {
         let mut task = NewTask::new(hostile, Vec::new());
@@ -67,6 +60,17 @@ async fn run_beside_ordinary_tasks(
     rows
 }
 
+/// Every hostile row ended `error` with a message naming the limit.
+fn assert_each_failed(rows: &[TaskRecord], needles: &[&str]) {
+    for row in rows {
+        let message = row.error.as_deref().unwrap_or_default();
+        assert_eq!(row.status, Status::Error, "{message}");
+        for needle in needles {
+            assert!(message.contains(needle), "{message}");
+        }
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_tasks_memories_share_one_budget(pool: PgPool) {
     let store = store(pool).await;
@@ -80,14 +84,7 @@ async fn a_tasks_memories_share_one_budget(pool: PgPool) {
     .write(dir.path(), "twomem");
     let plugins = plugins_in(dir.path(), SandboxConfig::default());
     let rows = run_beside_ordinary_tasks(&store, &plugins, "twomem", 4, 40, 4).await;
-    for row in rows {
-        assert_eq!(row.status, Status::Error, "{:?}", row.error);
-        let message = row.error.unwrap();
-        assert!(
-            message.contains("memory limit") && message.contains("past its limit of 64 MiB"),
-            "{message}"
-        );
-    }
+    assert_each_failed(&rows, &["memory limit", "past its limit of 64 MiB"]);
 }
 
 #[sqlx::test(migrations = false)]
@@ -108,11 +105,7 @@ async fn tables_count_against_the_budget_without_the_pool(pool: PgPool) {
         },
     );
     let rows = run_beside_ordinary_tasks(&store, &plugins, "tablebomb", 2, 20, 2).await;
-    for row in rows {
-        assert_eq!(row.status, Status::Error, "{:?}", row.error);
-        let message = row.error.unwrap();
-        assert!(message.contains("memory limit"), "{message}");
-    }
+    assert_each_failed(&rows, &["memory limit"]);
 }
 
 #[sqlx::test(migrations = false)]
@@ -134,14 +127,7 @@ async fn a_task_cannot_take_its_neighbours_pool_slots(pool: PgPool) {
         },
     );
     let rows = run_beside_ordinary_tasks(&store, &plugins, "slothog", 10, 60, 16).await;
-    for row in rows {
-        assert_eq!(row.status, Status::Error, "{:?}", row.error);
-        let message = row.error.unwrap();
-        assert!(
-            message.contains("8 Wasm linear memories") && message.contains("maximum of 2"),
-            "{message}"
-        );
-    }
+    assert_each_failed(&rows, &["8 Wasm linear memories", "maximum of 2"]);
 }
 
 #[sqlx::test(migrations = false)]
@@ -161,14 +147,7 @@ async fn without_the_pool_too_many_memories_fail_alone(pool: PgPool) {
         },
     );
     let rows = run_beside_ordinary_tasks(&store, &plugins, "manymem", 2, 20, 2).await;
-    for row in rows {
-        assert_eq!(row.status, Status::Error, "{:?}", row.error);
-        let message = row.error.unwrap();
-        assert!(
-            message.contains("more linear memories than the 2 a task may have"),
-            "{message}"
-        );
-    }
+    assert_each_failed(&rows, &["more linear memories than the 2 a task may have"]);
 }
 
 #[sqlx::test(migrations = false)]
@@ -176,12 +155,7 @@ async fn a_shadow_stack_overflow_is_named(pool: PgPool) {
     let store = store(pool).await;
     let plugins = plugins();
     let rows = run_beside_ordinary_tasks(&store, &plugins, "deepstack", 1, 10, 2).await;
-    let message = rows[0].error.clone().unwrap();
-    assert_eq!(rows[0].status, Status::Error, "{message}");
-    assert!(
-        message.contains("stack limit") && message.contains("shadow stack"),
-        "{message}"
-    );
+    assert_each_failed(&rows, &["stack limit", "shadow stack"]);
 }
 
 #[sqlx::test(migrations = false)]
@@ -195,9 +169,7 @@ async fn an_exit_code_is_reported_as_given(pool: PgPool) {
     .write(dir.path(), "exit3");
     let plugins = plugins_in(dir.path(), SandboxConfig::default());
     let rows = run_beside_ordinary_tasks(&store, &plugins, "exit3", 1, 10, 2).await;
-    let message = rows[0].error.clone().unwrap();
-    assert_eq!(rows[0].status, Status::Error, "{message}");
-    assert!(message.contains("exited with status 3"), "{message}");
+    assert_each_failed(&rows, &["exited with status 3"]);
 }
 
 /// The worker's log while a plugin floods its own: bounded, attributed, and
@@ -243,4 +215,37 @@ fn plugin_logs_are_capped_and_cannot_forge_worker_lines() {
     let stats: Value =
         serde_json::from_slice(&run(taskbox_at(&url).args(["stats", "--json"])).stdout).unwrap();
     assert_eq!(stats["success"], json!(21), "{stats}");
+}
+
+/// Short lines hit the cap on lines before the cap on bytes: exactly that
+/// many reach the worker's log, then the marker.
+#[test]
+fn a_flood_of_short_log_lines_stops_at_the_line_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let flood = json!({"lines": 100_000, "text": "tick"});
+    let output =
+        run(taskbox_at(&url).args(["enqueue", "logbomb", &flood.to_string(), "--timeout", "60s"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let output = run(taskbox_at(&url)
+        .args(["worker", "--drain"])
+        .env("TASKBOX_LOG", "taskbox=info"));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let log = stderr_of(&output);
+    let ticks = log
+        .lines()
+        .filter(|line| line.contains("taskbox::plugin") && line.contains("tick"))
+        .count();
+    assert_eq!(
+        ticks,
+        taskbox::sandbox::log::DEFAULT_LOG_LINES,
+        "{ticks} lines"
+    );
+    assert!(
+        log.contains("plugin log cut at 1000 lines") && log.contains("; 99000 more lines"),
+        "no marker counting the rest: {:?}",
+        log.lines()
+            .filter(|line| line.contains("log cut"))
+            .collect::<Vec<_>>()
+    );
 }

@@ -23,10 +23,7 @@ async fn runaway_tasks_time_out_on_deadline_while_others_run(pool: PgPool) {
     // compiles every plugin, which on a cold cache takes the same cores the
     // quick tasks need.
     let folder = plugins_folder_with(&["forever", "sleep", "add"]);
-    let plugins = std::sync::Arc::new(taskbox::sandbox::Plugins::new(
-        taskbox::sandbox::Sandbox::new(taskbox::sandbox::SandboxConfig::default()).unwrap(),
-        folder.path(),
-    ));
+    let plugins = plugins_in(folder.path(), taskbox::sandbox::SandboxConfig::default());
     let mut forever = task(&plugins, "forever", Value::Null).await;
     let mut sleeper = task(&plugins, "sleep", json!(10_000)).await;
     for task in [&mut forever, &mut sleeper] {

@@ -52,8 +52,13 @@ pub fn plugins() -> Arc<Plugins> {
 }
 
 pub fn plugins_with(config: SandboxConfig) -> Arc<Plugins> {
+    plugins_in(&plugins_dir(), config)
+}
+
+/// The plugins of `dir`, on a sandbox of its own.
+pub fn plugins_in(dir: &std::path::Path, config: SandboxConfig) -> Arc<Plugins> {
     let sandbox = Sandbox::new(config).expect("the sandbox starts");
-    Arc::new(Plugins::new(sandbox, plugins_dir()))
+    Arc::new(Plugins::new(sandbox, dir))
 }
 
 /// Log lines go to the test's captured output (shown when it fails).
