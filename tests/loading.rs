@@ -170,6 +170,11 @@ fn listed_error(listing: &Value, name: &str) -> Option<String> {
     row["error"].as_str().map(str::to_owned)
 }
 
+/// Enqueue an `add` task with these JSON args through the CLI.
+fn enqueue_add(pool: &PgPool, dir: &Path, cache: &Path, args: &str) -> i64 {
+    enqueue_id(taskbox_in(pool, dir, cache).args(["enqueue", "add", args]))
+}
+
 fn enqueue_id(command: &mut Command) -> i64 {
     let output = run(command);
     assert!(output.status.success(), "{}", stderr_of(&output));
@@ -201,11 +206,7 @@ async fn slow_to_compile_plugins_are_refused_at_the_time_limit_while_others_serv
     )
     .unwrap();
 
-    let id = enqueue_id(taskbox_in(&pool, dir.path(), cache.path()).args([
-        "enqueue",
-        "add",
-        r#"{"a": 2, "b": 3}"#,
-    ]));
+    let id = enqueue_add(&pool, dir.path(), cache.path(), r#"{"a": 2, "b": 3}"#);
     let started = Instant::now();
     let worker = WorkerProcess::start({
         let mut command = taskbox_in(&pool, dir.path(), cache.path());
@@ -225,11 +226,7 @@ async fn slow_to_compile_plugins_are_refused_at_the_time_limit_while_others_serv
         started.elapsed()
     );
     // Still serving after the refusals.
-    let id = enqueue_id(taskbox_in(&pool, dir.path(), cache.path()).args([
-        "enqueue",
-        "add",
-        r#"{"a": 40, "b": 2}"#,
-    ]));
+    let id = enqueue_add(&pool, dir.path(), cache.path(), r#"{"a": 40, "b": 2}"#);
     assert_eq!(until_final(&pool, id, WAIT).await.status, Status::Success);
 }
 
@@ -277,11 +274,7 @@ async fn an_oversized_plugin_file_is_refused_without_being_read(pool: PgPool) {
         "took {:?}: was it read?",
         started.elapsed()
     );
-    let id = enqueue_id(taskbox_in(&pool, dir.path(), cache.path()).args([
-        "enqueue",
-        "add",
-        r#"{"a": 1, "b": 1}"#,
-    ]));
+    let id = enqueue_add(&pool, dir.path(), cache.path(), r#"{"a": 1, "b": 1}"#);
     let output = run(taskbox_in(&pool, dir.path(), cache.path()).args(["worker", "--drain"]));
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(until_final(&pool, id, WAIT).await.status, Status::Success);
@@ -342,11 +335,7 @@ async fn a_corrupted_artifact_is_recompiled_and_crashes_nothing(pool: PgPool) {
     let output = run(taskbox_in(&pool, dir.path(), cache.path()).args(["plugins", "--json"]));
     assert_eq!(listed_error(&listed(&output), "add"), None);
     corrupt_code(&artifacts(cache.path()).pop().unwrap());
-    let id = enqueue_id(taskbox_in(&pool, dir.path(), cache.path()).args([
-        "enqueue",
-        "add",
-        r#"{"a": 1, "b": 2}"#,
-    ]));
+    let id = enqueue_add(&pool, dir.path(), cache.path(), r#"{"a": 1, "b": 2}"#);
     corrupt_code(&artifacts(cache.path()).pop().unwrap());
     let output = run(taskbox_in(&pool, dir.path(), cache.path()).args(["worker", "--drain"]));
     assert!(
