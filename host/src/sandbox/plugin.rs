@@ -51,6 +51,10 @@ pub enum PluginError {
     CoreModule(String),
     #[error("{path} does not compile: {reason}")]
     Compile { path: String, reason: String },
+    /// Compiled, but this engine will not take it: most often a component
+    /// with more memories, tables or instances than a task may have.
+    #[error("{path} cannot be loaded: {reason}")]
+    Load { path: String, reason: String },
     #[error("{path} is not a taskbox task (world taskbox:plugin/task): {reason}")]
     WrongWorld { path: String, reason: String },
     #[error("{path} did not describe its args: {reason}")]
@@ -530,7 +534,7 @@ async fn component(
         // now, for an engine configured as this one (in this process, or in
         // the compiler process this binary started).
         let component = unsafe { Component::deserialize(&engine, &artifact) }.map_err(|err| {
-            PluginError::Compile {
+            PluginError::Load {
                 path: shown.clone(),
                 reason: format!("{err:#}"),
             }

@@ -229,10 +229,12 @@ impl Sandbox {
                 bytes(state.limiter.budget())
             ));
         }
-        if let Some(message) = count_limit(err) {
+        // Matched on text where wasmtime gives no type; formatted once.
+        let text = format!("{err:#}");
+        if let Some(message) = count_limit(&text) {
             return Outcome::Error(message);
         }
-        if host_out_of_memory(err) {
+        if host_out_of_memory(err, &text) {
             return Outcome::HostFailure(format!(
                 "the host could not reserve memory for an instance ({err:#})"
             ));
@@ -292,14 +294,13 @@ fn deep_in_recursion(err: &wasmtime::Error) -> bool {
 /// (an `mmap` reservation or a fiber stack failing with ENOMEM), as under a
 /// virtual-memory limit: the host's fault, not the plugin's. The task's own
 /// memory limit is a refusal of the limiter, checked before this.
-fn host_out_of_memory(err: &wasmtime::Error) -> bool {
+fn host_out_of_memory(err: &wasmtime::Error, text: &str) -> bool {
     const ENOMEM: i32 = 12;
     err.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(ENOMEM))
     }) || {
-        let text = format!("{err:#}");
         text.contains("failed to reserve")
             || text.contains("Cannot allocate memory")
             || text.contains("failed to allocate fiber stack")
@@ -308,9 +309,8 @@ fn host_out_of_memory(err: &wasmtime::Error) -> bool {
 
 /// The per-task count a component went past, named, when wasmtime refused
 /// to create one more memory, table or instance for it.
-fn count_limit(err: &wasmtime::Error) -> Option<String> {
+fn count_limit(text: &str) -> Option<String> {
     use super::limits::{MAX_CORE_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
-    let text = format!("{err:#}");
     let (kind, max) = if text.contains("memory count too high") {
         ("linear memories", MAX_MEMORIES_PER_TASK)
     } else if text.contains("table count too high") {
