@@ -9,15 +9,12 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{PROCESS_WAIT, WorkerProcess};
+use common::process::{PROCESS_WAIT, WorkerProcess, run_within};
 use common::*;
 use nix::sys::resource::{Resource, setrlimit};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
 use taskbox::store::{SqliteStore, Status, TaskStore};
 
@@ -363,21 +360,7 @@ fn run_bounded(command: &mut Command) -> std::process::Output {
             setrlimit(Resource::RLIMIT_DATA, SHOW_HEAP, SHOW_HEAP).map_err(std::io::Error::from)
         });
     }
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let pid = Pid::from_raw(child.id() as i32);
-    let (done, outcome) = mpsc::channel();
-    std::thread::spawn(move || done.send(child.wait_with_output()));
-    match outcome.recv_timeout(SHOW_WITHIN) {
-        Ok(output) => output.expect("the binary runs"),
-        Err(_) => {
-            let _ = kill(pid, Signal::SIGKILL);
-            panic!("still running after {SHOW_WITHIN:?}");
-        }
-    }
+    run_within(command, SHOW_WITHIN)
 }
 
 /// Issue 10, item 6: `unitbomb` returns 10 bytes declaring u64::MAX unit

@@ -5,7 +5,7 @@
 //!
 //! Environment (set by `cargo xtask bench`): DATABASE_URL (a server where the
 //! bench may create and drop `taskbox_bench_*` databases), TASKBOX_PLUGINS,
-//! TASKBOX_BIN (the release `taskbox` binary), TASKBOX_ROOT (the checkout).
+//! TASKBOX_BIN (the `taskbox` binary of the profiling profile), TASKBOX_ROOT (the checkout).
 //! Args: `--jobs N` (default 20000), `--big N` (default 100000),
 //! `--concurrency N` (default 2048), `--rounds N` (default 3), `--no-peers`,
 //! `--no-profile`, `--sandbox-only` (print the sandbox's cost per task and

@@ -14,6 +14,26 @@ use nix::unistd::Pid;
 /// How long a worker process may take to say what a test waits for.
 pub const PROCESS_WAIT: Duration = Duration::from_secs(30);
 
+/// Run `command` to its end with its output captured, killing it and
+/// failing the test if it is still running after `limit`.
+pub fn run_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid fits"));
+    let (done, outcome) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match outcome.recv_timeout(limit) {
+        Ok(output) => output.expect("the binary runs"),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            panic!("still running after {limit:?}");
+        }
+    }
+}
+
 /// A `taskbox worker`, killed when dropped, its log lines forwarded to a
 /// channel.
 pub struct WorkerProcess {

@@ -19,12 +19,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
+/// The member of `plugins/` every plugin depends on; not a plugin itself.
+const SDK_PACKAGE: &str = "taskbox-sdk";
 /// The file the binary uses when `DATABASE_URL` is not set.
 const SQLITE_DEFAULT_FILE: &str = "taskbox.db";
 /// Where tests and benchmarks find Postgres unless DATABASE_URL says otherwise.
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const LOCAL_POSTGRES_ADDR: &str = "127.0.0.1:5432";
 const POSTGRES_START_WAIT: Duration = Duration::from_secs(30);
+/// The cargo profile the benchmark builds: release code with line tables.
+const BENCH_PROFILE: &str = "profiling";
 
 fn main() -> std::process::ExitCode {
     match dispatch() {
@@ -87,10 +91,67 @@ fn ensure_wasm_target() -> Result<()> {
     run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
 }
 
-/// Build the plugin workspace and copy each component to target/plugins.
+/// A plugin crate of the `plugins/` workspace, as `cargo metadata` tells it.
+struct PluginCrate {
+    /// The package name, which is the plugin's name: `word-count` becomes
+    /// `word-count.wasm`.
+    package: String,
+    /// The library target's name, which names the file cargo writes
+    /// (`word_count.wasm`); `None` when the crate is no `cdylib` and builds
+    /// no component.
+    cdylib: Option<String>,
+}
+
+/// The workspace members of `plugins/` but the SDK.
+fn plugin_crates(plugins: &Path) -> Result<Vec<PluginCrate>> {
+    let output = cargo()
+        .current_dir(plugins)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed in {}", plugins.display());
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading cargo metadata")?;
+    let mut crates = Vec::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let name = package["name"].as_str().unwrap_or_default().to_owned();
+        if name == SDK_PACKAGE {
+            continue;
+        }
+        let cdylib = package["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|target| {
+                target["crate_types"]
+                    .as_array()
+                    .is_some_and(|types| types.iter().any(|t| t == "cdylib"))
+            })
+            .and_then(|target| target["name"].as_str())
+            .map(|name| name.replace('-', "_"));
+        crates.push(PluginCrate {
+            package: name,
+            cdylib,
+        });
+    }
+    Ok(crates)
+}
+
+/// Build the plugin workspace and copy each component to
+/// target/plugins/PACKAGE.wasm.
 fn build_plugins() -> Result<PathBuf> {
     ensure_wasm_target()?;
     let root = root();
+    let crates = plugin_crates(&root.join("plugins"))?;
+    for skipped in crates.iter().filter(|c| c.cdylib.is_none()) {
+        eprintln!(
+            "xtask: warning: plugins/{0} is not built into a plugin: its Cargo.toml needs `[lib] crate-type = [\"cdylib\"]`",
+            skipped.package
+        );
+    }
     let build_dir = root.join("target/wasm");
     run(cargo()
         .current_dir(root.join("plugins"))
@@ -100,24 +161,48 @@ fn build_plugins() -> Result<PathBuf> {
     std::fs::create_dir_all(&out)?;
     let built = build_dir.join(WASM_TARGET).join("release");
     let mut copied = 0;
-    for entry in
-        std::fs::read_dir(&built).with_context(|| format!("reading {}", built.display()))?
-    {
-        let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "wasm") {
-            let name = path.file_name().expect("a file has a name");
-            std::fs::copy(&path, out.join(name))?;
-            copied += 1;
-        }
+    for plugin in &crates {
+        let Some(file) = &plugin.cdylib else {
+            continue;
+        };
+        let from = built.join(format!("{file}.wasm"));
+        let to = out.join(format!("{}.wasm", plugin.package));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        copied += 1;
     }
     if copied == 0 {
-        bail!(
-            "the plugin build produced no .wasm files in {}",
-            built.display()
-        );
+        bail!("no crate in plugins/ builds a plugin");
     }
     eprintln!("xtask: {copied} plugins in {}", out.display());
     Ok(out)
+}
+
+/// Say which step runs, and how long a first build of the host takes, so
+/// a long silence of cargo's is expected rather than feared.
+fn step(number: usize, of: usize, what: &str) {
+    eprintln!("xtask: step {number} of {of}: {what}");
+}
+
+/// The host's first build compiles wasmtime and Cranelift: measured on a
+/// 2-core machine, about 17 minutes for the release binary and 25 for the
+/// tests. Later builds take seconds to a minute.
+fn host_build_note(profile_dir: &str) -> &'static str {
+    if root()
+        .join("target")
+        .join(profile_dir)
+        .join("taskbox")
+        .exists()
+        || root()
+            .join("target")
+            .join(profile_dir)
+            .join("deps")
+            .exists()
+    {
+        "(incremental: seconds to a minute)"
+    } else {
+        "(the first build compiles wasmtime: 15 to 25 minutes on 2 cores, later ones seconds)"
+    }
 }
 
 /// Make sure Postgres answers at the local address, starting the local
@@ -163,8 +248,18 @@ fn start_local_cluster() -> Result<()> {
 }
 
 fn test(rest: &[String]) -> Result<()> {
+    step(1, 3, "building the plugins");
     let plugins = build_plugins()?;
+    step(2, 3, "making sure Postgres answers");
     let url = ensure_postgres()?;
+    step(
+        3,
+        3,
+        &format!(
+            "building and running the tests {}",
+            host_build_note("debug")
+        ),
+    );
     let mut child = cargo()
         .current_dir(root())
         .env("DATABASE_URL", url)
@@ -227,10 +322,17 @@ impl TestTotals {
 /// The demo needs no database server: without `DATABASE_URL` the binary
 /// uses its embedded SQLite default, `./taskbox.db` in the current folder.
 fn demo(rest: &[String]) -> Result<()> {
+    step(1, 3, "building the plugins");
     let plugins = build_plugins()?;
+    step(
+        2,
+        3,
+        &format!("building the taskbox binary {}", host_build_note("release")),
+    );
     run(cargo()
         .current_dir(root())
         .args(["build", "--release", "-p", "taskbox"]))?;
+    step(3, 3, "running the demo");
     let binary = root().join("target/release/taskbox");
     if env::var_os("DATABASE_URL").is_none_or(|url| url.is_empty()) {
         let here = env::current_dir().context("cannot read the current folder")?;
@@ -247,21 +349,38 @@ fn demo(rest: &[String]) -> Result<()> {
 }
 
 fn bench(rest: &[String]) -> Result<()> {
+    step(1, 4, "building the plugins");
     let plugins = build_plugins()?;
+    step(2, 4, "making sure Postgres answers");
     let url = ensure_postgres()?;
     let root = root();
+    // The profiling profile is the release build with line tables kept,
+    // for the bench's `perf` profiles; it runs the same machine code.
+    step(
+        3,
+        4,
+        &format!(
+            "building taskbox with line tables (profile {BENCH_PROFILE}) {}",
+            host_build_note(BENCH_PROFILE)
+        ),
+    );
     run(cargo()
         .current_dir(&root)
-        .args(["build", "--release", "-p", "taskbox"]))?;
+        .args(["build", "--profile", BENCH_PROFILE, "-p", "taskbox"]))?;
+    step(4, 4, "running the benchmark");
     run(cargo()
         .current_dir(&root)
         .env("DATABASE_URL", url)
         .env("TASKBOX_PLUGINS", plugins)
-        .env("TASKBOX_BIN", root.join("target/release/taskbox"))
+        .env(
+            "TASKBOX_BIN",
+            root.join("target").join(BENCH_PROFILE).join("taskbox"),
+        )
         .env("TASKBOX_ROOT", &root)
         .args([
             "run",
-            "--release",
+            "--profile",
+            BENCH_PROFILE,
             "-p",
             "taskbox",
             "--example",

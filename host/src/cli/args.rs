@@ -19,7 +19,8 @@ pub const DEFAULT_LIST_LIMIT: i64 = 50;
 #[command(
     name = "taskbox",
     version,
-    about = "Run tasks as sandboxed WebAssembly plugins from a database queue"
+    about = "Run tasks as sandboxed WebAssembly plugins from a database queue",
+    arg_required_else_help = true
 )]
 pub struct Cli {
     /// Postgres URL (postgres://...) or SQLite (sqlite:PATH); default sqlite:./taskbox.db.
@@ -61,35 +62,48 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Show one task.
     Show {
+        /// The id `enqueue` printed.
         id: i64,
+        /// Print the task as one JSON object.
         #[arg(long)]
         json: bool,
     },
     /// List tasks, newest first.
     List {
+        /// Only tasks in this status (waiting, running, success, error,
+        /// timeout, cancelled).
         #[arg(long, value_parser = parse_status)]
         status: Option<Status>,
+        /// Only tasks of this plugin.
         #[arg(long)]
         plugin: Option<String>,
+        /// At most this many tasks.
         #[arg(long, default_value_t = DEFAULT_LIST_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
+        /// Print a JSON array of tasks.
         #[arg(long)]
         json: bool,
     },
     /// Count tasks per status.
     Stats {
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
     /// Load every plugin and show what each takes, or why it was refused.
     Plugins {
+        /// Print a JSON array, one object per plugin file.
         #[arg(long)]
         json: bool,
     },
     /// Cancel a waiting task, or interrupt a running one wherever it runs.
-    Cancel { id: i64 },
+    Cancel {
+        /// The id `enqueue` printed.
+        id: i64,
+    },
     /// Enqueue N `puts` tasks and run them, with a progress bar.
     Demo {
+        /// Tasks to enqueue and run.
         #[arg(long, default_value_t = DEFAULT_DEMO_COUNT)]
         count: usize,
     },
@@ -103,7 +117,8 @@ pub struct EnqueueArgs {
     /// The args as JSON; leave out when the plugin takes none.
     #[arg(conflicts_with = "file")]
     pub args: Option<String>,
-    /// JSON lines of {"plugin": ..., "args": ...}; all or nothing.
+    /// JSON lines of {"plugin": ..., "args": ...}, `-` for standard input;
+    /// all or nothing.
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Refuse a task whose encoded args are larger (bytes; KiB, MiB, GiB suffixes work).
@@ -120,6 +135,8 @@ pub struct TaskOptions {
     /// Deadline per attempt (default: the worker's --timeout).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Attempts in all, the first included: a failed or timed-out attempt is
+    /// retried with backoff while attempts remain.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
     pub max_attempts: i32,
     /// Lower runs first.
@@ -128,7 +145,8 @@ pub struct TaskOptions {
     /// Do not run before this time (RFC 3339).
     #[arg(long, value_parser = parse_time)]
     pub run_at: Option<DateTime<Utc>>,
-    #[arg(long, default_value = crate::store::DEFAULT_QUEUE)]
+    /// The queue to put it in; workers serve every queue unless told which.
+    #[arg(long, default_value = crate::store::DEFAULT_QUEUE, value_parser = parse_queue)]
     pub queue: String,
 }
 
@@ -141,10 +159,9 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Memory each task may take in all, every linear memory and table of
-    /// its instance together (bytes; KiB, MiB, GiB suffixes work) [default:
-    /// 64MiB].
-    #[arg(long, value_parser = parse_bytes)]
-    pub memory: Option<usize>,
+    /// its instance together (bytes; KiB, MiB, GiB suffixes work).
+    #[arg(long, default_value = DEFAULT_MEMORY, value_parser = parse_bytes)]
+    pub memory: usize,
     /// A deterministic instruction budget per task (wasmtime fuel), on top
     /// of the deadline.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -164,7 +181,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "TASKBOX_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Serve only these queues (repeatable; default: all).
-    #[arg(long = "queue")]
+    #[arg(long = "queue", value_parser = parse_queue)]
     pub queues: Vec<String>,
     /// Delay before the first retry of a failed task (doubles per attempt).
     #[arg(long, default_value = "1s", value_parser = parse_backoff)]
@@ -177,8 +194,30 @@ pub struct WorkerArgs {
     pub worker_ttl: Duration,
 }
 
+/// `--memory`'s default as `--help` shows it: the sandbox's own default.
+pub const DEFAULT_MEMORY: &str = "64MiB";
+
 fn parse_status(text: &str) -> Result<Status, String> {
     text.parse()
+}
+
+/// Longest queue name taken.
+pub const MAX_QUEUE_NAME: usize = 128;
+
+/// A queue name: some visible text, at most [`MAX_QUEUE_NAME`] characters.
+pub fn parse_queue(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("a queue name cannot be empty".to_owned());
+    }
+    if text.chars().any(char::is_control) {
+        return Err("a queue name cannot hold control characters".to_owned());
+    }
+    if text.chars().count() > MAX_QUEUE_NAME {
+        return Err(format!(
+            "a queue name is at most {MAX_QUEUE_NAME} characters"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// Longest duration any option takes: a task's deadline bound
@@ -298,6 +337,39 @@ mod tests {
         };
         assert_eq!(args.connect_timeout, crate::worker::DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(args.drain_patience, crate::worker::DEFAULT_DRAIN_PATIENCE);
+        assert_eq!(
+            args.memory,
+            crate::sandbox::SandboxConfig::default().memory_limit
+        );
+    }
+
+    #[test]
+    fn every_option_has_a_help_line() {
+        use clap::CommandFactory;
+        fn missing(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    out.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                missing(sub, &path, out);
+            }
+        }
+        let mut out = Vec::new();
+        missing(&Cli::command(), "", &mut out);
+        assert!(out.is_empty(), "without a help line: {out:?}");
+    }
+
+    #[test]
+    fn queue_names_need_visible_text() {
+        assert_eq!(parse_queue("emails").unwrap(), "emails");
+        assert!(parse_queue("").is_err());
+        assert!(parse_queue("  ").is_err());
+        assert!(parse_queue("a\nb").is_err());
+        assert!(parse_queue(&"q".repeat(MAX_QUEUE_NAME + 1)).is_err());
     }
 
     #[test]

@@ -12,6 +12,9 @@ use super::{CliError, input, print_out, usable_plugin};
 use crate::sandbox::Plugins;
 use crate::store::{NewTask, TaskStore};
 
+/// `--file -`: the task lines come on standard input.
+const STDIN_PATH: &str = "-";
+
 /// Characters of the user's input an error message quotes.
 const QUOTED_INPUT_CHARS: usize = 60;
 
@@ -98,6 +101,16 @@ pub(super) async fn enqueue<S: TaskStore>(
     };
     store.migrate().await?;
     let ids = store.enqueue(&tasks).await?;
+    // So `show` can decode a result after this plugin file is replaced.
+    let names: std::collections::BTreeSet<&str> =
+        tasks.iter().map(|task| task.plugin.as_str()).collect();
+    for name in names {
+        if let Ok(plugin) = plugins.get(name).await
+            && let Err(err) = store.record_schemas(&plugin.schemas()).await
+        {
+            tracing::debug!(plugin = name, "schemas not recorded: {err}");
+        }
+    }
     let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
     print_out(&out)
 }
@@ -108,11 +121,23 @@ async fn tasks_from_file(
     defaults: &TaskOptions,
     max_args_size: usize,
 ) -> Result<Vec<NewTask>, CliError> {
-    let file = std::fs::File::open(path)
-        .map_err(|err| input(format!("cannot read {}: {err}", path.display())))?;
+    // `-` is standard input, as for most Unix tools.
+    let (reader, shown): (Box<dyn BufRead>, String) = if path == Path::new(STDIN_PATH) {
+        (
+            Box::new(std::io::stdin().lock()),
+            "standard input".to_owned(),
+        )
+    } else {
+        let file = std::fs::File::open(path)
+            .map_err(|err| input(format!("cannot read {}: {err}", path.display())))?;
+        (
+            Box::new(std::io::BufReader::new(file)),
+            path.display().to_string(),
+        )
+    };
     let mut tasks = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = || format!("{} line {}", path.display(), index + 1);
+    for (index, line) in reader.lines().enumerate() {
+        let at = || format!("{shown} line {}", index + 1);
         let line = line.map_err(|err| input(format!("cannot read {}: {err}", at())))?;
         if line.trim().is_empty() {
             continue;
@@ -125,7 +150,8 @@ async fn tasks_from_file(
         })?;
         let mut options = defaults.clone();
         if let Some(queue) = entry.queue {
-            options.queue = queue;
+            options.queue =
+                args::parse_queue(&queue).map_err(|why| input(format!("{}: {why}", at())))?;
         }
         if let Some(priority) = entry.priority {
             options.priority = priority;
@@ -154,7 +180,7 @@ async fn tasks_from_file(
         tasks.push(task);
     }
     if tasks.is_empty() {
-        return Err(input(format!("{} holds no tasks", path.display())));
+        return Err(input(format!("{shown} holds no tasks")));
     }
     Ok(tasks)
 }

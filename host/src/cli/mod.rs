@@ -76,19 +76,16 @@ pub fn main() -> ExitCode {
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
+        Err(err)
+            if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // Bare `taskbox`: the usage is the answer, on stderr as it is
+            // still bad usage.
+            let _ = err.print();
+            return ExitCode::from(2);
+        }
         Err(err) => {
-            // clap's message runs to the first blank line (a list of
-            // missing arguments spans several); usage and tips follow it.
-            let rendered = err.to_string();
-            let sentence: Vec<&str> = rendered
-                .lines()
-                .take_while(|line| !line.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!(
-                "taskbox: {}",
-                sentence.join(" ").trim_start_matches("error: ")
-            );
+            eprintln!("taskbox: {}", clap_sentence(&err.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -117,6 +114,30 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// clap's error as one line: its message, which runs to the first blank
+/// line (a list of missing arguments spans several), then its tips ("a
+/// similar subcommand exists", "to pass `-1`, use `-- -1`"); the usage
+/// block and the pointer to `--help` are left out.
+fn clap_sentence(rendered: &str) -> String {
+    let mut paragraphs = rendered.split("\n\n");
+    let message: Vec<&str> = paragraphs
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .collect();
+    let mut sentence = message.join(" ").trim_start_matches("error: ").to_owned();
+    for paragraph in paragraphs {
+        for line in paragraph.lines().map(str::trim) {
+            if line.starts_with("tip:") {
+                sentence.push_str("; ");
+                sentence.push_str(line);
+            }
+        }
+    }
+    sentence
 }
 
 /// The error and its causes, each said once: a cause whose text its
@@ -254,7 +275,7 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
                 .get(id)
                 .await?
                 .ok_or_else(|| input(format!("there is no task with id {id}")))?;
-            let view = TaskView::new(record, &cli_plugins()?).await;
+            let view = TaskView::new(record, &cli_plugins()?, &store).await;
             if json {
                 print_json(&view)
             } else {
@@ -272,7 +293,7 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
                 plugin,
                 limit,
             };
-            let views = TaskViews::new(store.list(&filter).await?, &cli_plugins()?).await;
+            let views = TaskViews::new(store.list(&filter).await?, &cli_plugins()?, &store).await;
             if json {
                 print_json(&views)
             } else {
@@ -412,6 +433,12 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
     if json {
         return print_json(&rows);
     }
+    if rows.is_empty() {
+        return print_out(&format!(
+            "no plugins in {}: a plugin is a NAME.wasm component there; build this repository's with `cargo xtask plugins` or pass --plugins\n",
+            plugins.dir().display()
+        ));
+    }
     let mut out = String::new();
     for row in rows {
         match row.error {
@@ -431,6 +458,34 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clap_errors_keep_their_tips_on_one_line() {
+        use clap::Parser;
+        let said = |argv: &[&str]| {
+            let err = args::Cli::try_parse_from(argv).expect_err("refused");
+            clap_sentence(&err.to_string())
+        };
+        let typo = said(&["taskbox", "wrker"]);
+        assert!(
+            typo.starts_with("unrecognized subcommand 'wrker'"),
+            "{typo}"
+        );
+        assert!(
+            typo.contains("tip: a similar subcommand exists: 'worker'"),
+            "{typo}"
+        );
+        let negative = said(&["taskbox", "show", "-1"]);
+        assert!(
+            negative.contains("tip: to pass '-1' as a value, use '-- -1'"),
+            "{negative}"
+        );
+        let missing = said(&["taskbox", "enqueue"]);
+        assert!(
+            !missing.contains('\n') && !missing.contains("Usage"),
+            "{missing}"
+        );
+    }
 
     #[test]
     fn the_database_url_picks_the_backend() {

@@ -26,15 +26,13 @@ pub(super) async fn worker<S: TaskStore>(
     let concurrency = args
         .concurrency
         .map_or_else(default_concurrency, |n| n as usize);
-    let mut sandbox_config = SandboxConfig {
+    let sandbox_config = SandboxConfig {
         max_instances: u32::try_from(concurrency).unwrap_or(u32::MAX),
+        memory_limit: args.memory,
+        fuel: args.fuel,
         load,
         ..SandboxConfig::default()
     };
-    if let Some(memory) = args.memory {
-        sandbox_config.memory_limit = memory;
-    }
-    sandbox_config.fuel = args.fuel;
     let sandbox = Sandbox::new(sandbox_config).map_err(anyhow::Error::from)?;
     // Plugins load in the background (the worker's watcher, or the first
     // task that needs one): claiming starts at once.
@@ -78,6 +76,9 @@ pub(super) async fn worker<S: TaskStore>(
     let report = Worker::new(store, plugins, config).run(shutdown).await?;
     signals.abort();
     tracing::info!(claimed = report.claimed, "worker stopped");
+    if let Some(reason) = report.no_plugin_loads {
+        return Err(input(reason));
+    }
     match report.drain_unconfirmed {
         Some(last) => Err(CliError::Failure(anyhow::anyhow!(
             "stopped draining without knowing whether tasks remain, as the database did not answer for {} (--drain-patience): {last}",

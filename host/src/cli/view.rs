@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::sandbox::{Plugin, Plugins};
 use crate::schema;
-use crate::store::{Status, TaskRecord};
+use crate::store::{Status, TaskRecord, TaskStore};
 
 /// A task as the command line shows it.
 #[derive(Debug, Serialize)]
@@ -44,53 +44,124 @@ fn time(t: DateTime<Utc>) -> String {
 /// Bytes shown as hex when args or a result cannot be shown as JSON.
 const MAX_HEX_BYTES: usize = 1024;
 
-/// Postcard bytes as JSON through the plugin's schema; a marker string when
-/// that JSON would be too large to show (see [`schema::MAX_DECODED_VALUES`]);
-/// hex (`postcard:...`, at most [`MAX_HEX_BYTES`] of it) when the plugin is
-/// gone or the bytes do not fit.
-fn render(what: &str, schema: Option<&OwnedNamedType>, bytes: &[u8]) -> Value {
-    let decoded = schema.map(|schema| schema::decode(schema, bytes));
-    match decoded {
-        Some(Ok(value)) => value,
-        Some(Err(err)) if err.is_too_large() => {
-            Value::String(format!("[taskbox: {what} too large to show: {err}]"))
+/// The schemas a task's bytes are read with: those of the plugin version
+/// that ran it, else (not run yet) of the version loaded now.
+struct Schemas {
+    args: OwnedNamedType,
+    result: OwnedNamedType,
+}
+
+/// Why a task's bytes cannot be read as JSON, said in place of the JSON.
+type Unreadable = String;
+
+/// Postcard bytes as JSON through a schema; a marker string when that JSON
+/// would be too large to show (see [`schema::MAX_DECODED_VALUES`]); when no
+/// schema is known or the bytes do not fit it, hex (`postcard:...`, at most
+/// [`MAX_HEX_BYTES`] of it) after the reason.
+fn render(what: &str, schema: Result<&OwnedNamedType, &str>, bytes: &[u8]) -> Value {
+    let reason = match schema.map(|schema| schema::decode(schema, bytes)) {
+        Ok(Ok(value)) => return value,
+        Ok(Err(err)) if err.is_too_large() => {
+            return Value::String(format!("[taskbox: {what} too large to show: {err}]"));
         }
-        _ if bytes.len() > MAX_HEX_BYTES => Value::String(format!(
+        Ok(Err(err)) => format!("the {what} does not fit its plugin's schema: {err}"),
+        Err(reason) => reason.to_owned(),
+    };
+    let hex = if bytes.len() > MAX_HEX_BYTES {
+        format!(
             "postcard:{}... ({} bytes in all)",
             hex::encode(&bytes[..MAX_HEX_BYTES]),
             bytes.len()
-        )),
-        _ => Value::String(format!("postcard:{}", hex::encode(bytes))),
+        )
+    } else {
+        format!("postcard:{}", hex::encode(bytes))
+    };
+    Value::String(format!("[taskbox: cannot show as JSON: {reason}] {hex}"))
+}
+
+/// Finds the schemas for tasks, asking the plugins folder and the store
+/// once per plugin name and once per digest.
+struct SchemaFinder<'a, S> {
+    plugins: &'a Plugins,
+    store: &'a S,
+    loaded: HashMap<String, Option<Arc<Plugin>>>,
+    recorded: HashMap<String, Option<Arc<Schemas>>>,
+}
+
+impl<'a, S: TaskStore> SchemaFinder<'a, S> {
+    fn new(plugins: &'a Plugins, store: &'a S) -> Self {
+        SchemaFinder {
+            plugins,
+            store,
+            loaded: HashMap::new(),
+            recorded: HashMap::new(),
+        }
+    }
+
+    async fn find(&mut self, record: &TaskRecord) -> Result<Arc<Schemas>, Unreadable> {
+        if !self.loaded.contains_key(&record.plugin) {
+            let plugin = self.plugins.get(&record.plugin).await.ok();
+            self.loaded.insert(record.plugin.clone(), plugin);
+        }
+        let current = self.loaded[&record.plugin].as_ref();
+        let from_plugin = |plugin: &Plugin| {
+            Arc::new(Schemas {
+                args: plugin.args_schema.clone(),
+                result: plugin.result_schema.clone(),
+            })
+        };
+        let Some(digest) = &record.plugin_digest else {
+            return current
+                .map(|plugin| from_plugin(plugin))
+                .ok_or_else(|| format!("no plugin named {} is loaded here", record.plugin));
+        };
+        if let Some(plugin) = current.filter(|plugin| &plugin.digest == digest) {
+            return Ok(from_plugin(plugin));
+        }
+        if !self.recorded.contains_key(digest) {
+            let schemas = self.recorded_schemas(digest).await;
+            self.recorded.insert(digest.clone(), schemas);
+        }
+        self.recorded[digest].clone().ok_or_else(|| {
+            format!(
+                "the version of plugin {} that ran it ({digest}) is not loaded here and its schemas were never recorded",
+                record.plugin
+            )
+        })
+    }
+
+    /// A database older than the schemas table, or one unreachable now,
+    /// holds none: the task still shows, as hex.
+    async fn recorded_schemas(&self, digest: &str) -> Option<Arc<Schemas>> {
+        let recorded = self.store.schemas(digest).await.ok().flatten()?;
+        Some(Arc::new(Schemas {
+            args: schema::parse_schema(&recorded.args).ok()?,
+            result: schema::parse_schema(&recorded.result).ok()?,
+        }))
     }
 }
 
 /// Tasks that render one at a time as they are written out, so that
 /// `list` holds one rendered task in memory, not `--limit` of them.
 pub struct TaskViews {
-    records: Vec<TaskRecord>,
-    plugins: HashMap<String, Option<Arc<Plugin>>>,
+    records: Vec<(TaskRecord, Result<Arc<Schemas>, Unreadable>)>,
 }
 
 impl TaskViews {
-    pub async fn new(records: Vec<TaskRecord>, plugins: &Plugins) -> Self {
-        let mut loaded = HashMap::new();
-        for record in &records {
-            if !loaded.contains_key(&record.plugin) {
-                let plugin = plugins.get(&record.plugin).await.ok();
-                loaded.insert(record.plugin.clone(), plugin);
-            }
+    pub async fn new<S: TaskStore>(records: Vec<TaskRecord>, plugins: &Plugins, store: &S) -> Self {
+        let mut finder = SchemaFinder::new(plugins, store);
+        let mut found = Vec::with_capacity(records.len());
+        for record in records {
+            let schemas = finder.find(&record).await;
+            found.push((record, schemas));
         }
-        TaskViews {
-            records,
-            plugins: loaded,
-        }
+        TaskViews { records: found }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = TaskView> + '_ {
-        self.records.iter().map(|record| {
-            let plugin = self.plugins.get(&record.plugin).and_then(Option::as_ref);
-            TaskView::with_plugin(record.clone(), plugin)
-        })
+        self.records
+            .iter()
+            .map(|(record, schemas)| TaskView::with_schemas(record.clone(), schemas))
     }
 }
 
@@ -101,15 +172,19 @@ impl Serialize for TaskViews {
 }
 
 impl TaskView {
-    pub async fn new(record: TaskRecord, plugins: &Plugins) -> Self {
-        let plugin = plugins.get(&record.plugin).await.ok();
-        Self::with_plugin(record, plugin.as_ref())
+    pub async fn new<S: TaskStore>(record: TaskRecord, plugins: &Plugins, store: &S) -> Self {
+        let schemas = SchemaFinder::new(plugins, store).find(&record).await;
+        Self::with_schemas(record, &schemas)
     }
 
-    fn with_plugin(record: TaskRecord, plugin: Option<&Arc<Plugin>>) -> Self {
-        let args = render("args", plugin.map(|p| &p.args_schema), &record.args);
+    fn with_schemas(record: TaskRecord, schemas: &Result<Arc<Schemas>, Unreadable>) -> Self {
+        let schema = |pick: fn(&Schemas) -> &OwnedNamedType| match schemas {
+            Ok(schemas) => Ok(pick(schemas)),
+            Err(reason) => Err(reason.as_str()),
+        };
+        let args = render("args", schema(|s| &s.args), &record.args);
         let result = match &record.result {
-            Some(bytes) => render("result", plugin.map(|p| &p.result_schema), bytes),
+            Some(bytes) => render("result", schema(|s| &s.result), bytes),
             None => Value::Null,
         };
         let text = |bytes: Option<Vec<u8>>| {
@@ -202,18 +277,21 @@ mod tests {
 
     #[test]
     fn hex_is_bounded_too() {
-        let shown = render("result", None, &[0xab; 10 * MAX_HEX_BYTES]);
+        let shown = render("result", Err("unknown"), &[0xab; 10 * MAX_HEX_BYTES]);
         let text = shown.as_str().unwrap();
-        assert!(text.starts_with("postcard:abab"), "{text}");
+        assert!(
+            text.starts_with("[taskbox: cannot show as JSON: unknown] postcard:abab"),
+            "{text}"
+        );
         assert!(text.ends_with(&format!("... ({} bytes in all)", 10 * MAX_HEX_BYTES)));
         assert!(
-            text.len() < 2 * MAX_HEX_BYTES + 64,
+            text.len() < 2 * MAX_HEX_BYTES + 128,
             "{} characters",
             text.len()
         );
         assert_eq!(
-            render("args", None, &[1, 2]),
-            Value::String("postcard:0102".into())
+            render("args", Err("unknown"), &[1, 2]),
+            Value::String("[taskbox: cannot show as JSON: unknown] postcard:0102".into())
         );
     }
 }

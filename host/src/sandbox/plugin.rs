@@ -114,6 +114,19 @@ pub struct Plugin {
     pub(crate) pre: TaskPre<TaskState>,
 }
 
+impl Plugin {
+    /// This version's schemas as the store keeps them, by digest.
+    pub fn schemas(&self) -> crate::store::PluginSchemas {
+        // Encoding an owned schema into a Vec cannot fail.
+        let encode = |schema: &OwnedNamedType| postcard::to_stdvec(schema).unwrap_or_default();
+        crate::store::PluginSchemas {
+            digest: self.digest.clone(),
+            args: encode(&self.args_schema),
+            result: encode(&self.result_schema),
+        }
+    }
+}
+
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
@@ -184,6 +197,8 @@ pub struct Plugins {
     /// loaded: a file compiles once however many ask for it together, and a
     /// slow one holds up no other plugin.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Seen>>>>>,
+    /// Whether any plugin has loaded yet.
+    any_loaded: tokio::sync::watch::Sender<bool>,
 }
 
 impl Plugins {
@@ -193,6 +208,7 @@ impl Plugins {
             sandbox,
             serving: Mutex::default(),
             slots: Mutex::default(),
+            any_loaded: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -264,6 +280,20 @@ impl Plugins {
             });
         }
         Ok(listings)
+    }
+
+    /// True once any plugin has loaded: until then a worker has nothing to
+    /// run a task with. A plugin that loaded keeps serving, so this stays
+    /// true.
+    pub fn any_serving(&self) -> bool {
+        *self.any_loaded.borrow()
+    }
+
+    /// Resolves once any plugin has loaded.
+    pub async fn until_any_serving(&self) {
+        let mut loaded = self.any_loaded.subscribe();
+        // The sender lives as long as `self`.
+        let _ = loaded.wait_for(|any| *any).await;
     }
 
     fn serving_now(&self, name: &str) -> Option<Arc<Plugin>> {
@@ -374,6 +404,8 @@ impl Plugins {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(name.to_owned(), plugin.clone());
+                self.any_loaded
+                    .send_if_modified(|any| !std::mem::replace(any, true));
             }
             Err(err) => match self.serving_now(name) {
                 Some(serving) => tracing::warn!(

@@ -236,6 +236,23 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
+/// The args and result schemas one plugin version declared (postcard-encoded
+/// `OwnedNamedType`s), kept by the digest its tasks record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSchemas {
+    pub digest: String,
+    pub args: Vec<u8>,
+    pub result: Vec<u8>,
+}
+
+/// Both dialects take `$N` parameters: one statement serves both stores.
+/// A version's schemas never change, so the first record stands.
+pub(crate) const RECORD_SCHEMAS: &str =
+    "INSERT INTO plugin_schemas (digest, args_schema, result_schema)
+     VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING";
+pub(crate) const SCHEMAS_OF: &str =
+    "SELECT args_schema, result_schema FROM plugin_schemas WHERE digest = $1";
+
 /// Counts per status; every status is present.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -589,6 +606,19 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send {
         async { Ok(()) }
     }
+
+    /// Keep a plugin version's schemas by its digest (once; later calls
+    /// for the same digest change nothing).
+    fn record_schemas(
+        &self,
+        schemas: &PluginSchemas,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The schemas recorded for a plugin version, if any.
+    fn schemas(
+        &self,
+        digest: &str,
+    ) -> impl Future<Output = StoreResult<Option<PluginSchemas>>> + Send;
 
     /// Record that `worker_id` is alive (and register it the first time).
     fn heartbeat(&self, worker_id: &str) -> impl Future<Output = StoreResult<()>> + Send;

@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 
 use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    MAX_TASK_TIMEOUT, NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, check_args_size, check_bounds, refused_timeout_reason,
-    retry_micros,
+    MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS, RescueRequest, Rescued,
+    SCHEMAS_OF, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore, check_args_size,
+    check_bounds, refused_timeout_reason, retry_micros,
 };
 
 /// Channel every enqueue notifies and every worker listens on.
@@ -584,6 +584,34 @@ impl TaskStore for PgStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.probe().await
+    }
+
+    async fn record_schemas(&self, schemas: &PluginSchemas) -> StoreResult<()> {
+        self.explain(async {
+            sqlx::query(RECORD_SCHEMAS)
+                .bind(&schemas.digest)
+                .bind(&schemas.args)
+                .bind(&schemas.result)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn schemas(&self, digest: &str) -> StoreResult<Option<PluginSchemas>> {
+        self.explain(async {
+            let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(SCHEMAS_OF)
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.map(|(args, result)| PluginSchemas {
+                digest: digest.to_owned(),
+                args,
+                result,
+            }))
+        })
+        .await
     }
 
     async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {

@@ -38,9 +38,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    MAX_TASK_TIMEOUT, NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, check_args_size, check_bounds, refused_timeout_reason,
-    retry_micros,
+    MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS, RescueRequest, Rescued,
+    SCHEMAS_OF, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore, check_args_size,
+    check_bounds, refused_timeout_reason, retry_micros,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -583,6 +583,28 @@ impl TaskStore for SqliteStore {
         .bind(now_micros())
         .fetch_one(&self.reader)
         .await?)
+    }
+
+    async fn record_schemas(&self, schemas: &PluginSchemas) -> StoreResult<()> {
+        sqlx::query(RECORD_SCHEMAS)
+            .bind(&schemas.digest)
+            .bind(&schemas.args)
+            .bind(&schemas.result)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn schemas(&self, digest: &str) -> StoreResult<Option<PluginSchemas>> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(SCHEMAS_OF)
+            .bind(digest)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|(args, result)| PluginSchemas {
+            digest: digest.to_owned(),
+            args,
+            result,
+        }))
     }
 
     async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {

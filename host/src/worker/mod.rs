@@ -235,6 +235,10 @@ pub struct WorkerReport {
     /// `drain_patience` while nothing ran here: whether tasks remain is
     /// unknown. The last error.
     pub drain_unconfirmed: Option<String>,
+    /// Set when the worker stopped because its plugins folder holds plugin
+    /// files and not one of them loads (each refused, say by `--memory`),
+    /// or, draining, holds none: why, naming the first refusal.
+    pub no_plugin_loads: Option<String>,
 }
 
 pub struct Worker<S: TaskStore> {
@@ -281,11 +285,25 @@ impl<S: TaskStore> Worker<S> {
         ));
         let listener = self.start_listener(wake.clone(), in_flight.clone()).await;
         let rescuer_stop = CancellationToken::new();
+        let (nothing_loads, told_nothing_loads) = tokio::sync::oneshot::channel();
         let watcher = tokio::spawn(watch_plugins(
+            self.store.clone(),
             self.plugins.clone(),
-            config.plugin_rescan,
+            Watch {
+                every: config.plugin_rescan,
+                drain: config.drain,
+            },
             rescuer_stop.clone(),
+            nothing_loads,
         ));
+        // Nothing this worker could claim would run: stop, and say why.
+        let stop_serving = shutdown.stop.clone();
+        let refusal = tokio::spawn(async move {
+            let reason = told_nothing_loads.await.ok()?;
+            tracing::error!("stopping: {reason}");
+            stop_serving.cancel();
+            Some(reason)
+        });
         let rescuer = tokio::spawn(rescuer::run(
             self.store.clone(),
             config.worker_id.clone(),
@@ -324,6 +342,7 @@ impl<S: TaskStore> Worker<S> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
+            no_plugin_loads: None,
         };
         drop(producer);
 
@@ -337,6 +356,10 @@ impl<S: TaskStore> Worker<S> {
         rescuer_stop.cancel();
         let _ = rescuer.await;
         let _ = watcher.await;
+        let report = WorkerReport {
+            no_plugin_loads: refusal.await.ok().flatten(),
+            ..report
+        };
         if report.drain_unconfirmed.is_some() {
             // The database is not answering: asking again would only delay
             // the exit by a connection timeout.
@@ -371,16 +394,33 @@ impl<S: TaskStore> Worker<S> {
     }
 }
 
+/// How the plugin watcher runs.
+struct Watch {
+    /// How often the folder is looked at again.
+    every: Duration,
+    /// A draining worker with an empty folder stops instead of waiting.
+    drain: bool,
+}
+
 /// Load plugins whose files appeared or changed, at once and then every
 /// `every`, until `stop`: the worker claims meanwhile, and a task runs the
-/// latest version of its plugin that loaded.
-async fn watch_plugins(plugins: Arc<Plugins>, every: Duration, stop: CancellationToken) {
+/// latest version of its plugin that loaded. When the first look finds
+/// plugin files and none of them loads (or, draining, finds none), why goes
+/// to `nothing_loads`; a service with an empty folder warns and waits.
+async fn watch_plugins<S: TaskStore>(
+    store: S,
+    plugins: Arc<Plugins>,
+    watch: Watch,
+    stop: CancellationToken,
+    nothing_loads: tokio::sync::oneshot::Sender<String>,
+) {
+    let mut recorded = std::collections::HashSet::new();
     let mut failing = false;
-    let mut first = true;
+    let mut first = Some(nothing_loads);
     loop {
-        if !std::mem::take(&mut first) {
+        if first.is_none() {
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(watch.every) => {}
                 _ = stop.cancelled() => return,
             }
         }
@@ -389,6 +429,23 @@ async fn watch_plugins(plugins: Arc<Plugins>, every: Duration, stop: Cancellatio
             scan = plugins.load_all() => scan,
             _ = stop.cancelled() => return,
         };
+        if let (Some(nothing_loads), Ok(listings)) = (first.take(), &scan) {
+            let dir = plugins.dir().display();
+            if listings.is_empty() && watch.drain {
+                let _ = nothing_loads.send(format!(
+                    "the plugins folder {dir} holds no NAME.wasm file, so a --drain worker has nothing to run tasks with"
+                ));
+            } else if listings.is_empty() {
+                tracing::warn!("no plugins in {dir} yet; waiting for NAME.wasm files to appear");
+            } else if let Some(reason) = first_refusal_of_all(listings) {
+                let _ = nothing_loads.send(format!(
+                    "no plugin in {dir} loads, so this worker has nothing to run tasks with; the first refusal: {reason}"
+                ));
+            }
+        }
+        if let Ok(listings) = &scan {
+            record_schemas(&store, listings, &mut recorded).await;
+        }
         match scan {
             Ok(_) if failing => {
                 tracing::info!("plugins load again");
@@ -400,6 +457,45 @@ async fn watch_plugins(plugins: Arc<Plugins>, every: Duration, stop: Cancellatio
                 failing = true;
             }
             Err(_) => {}
+        }
+    }
+}
+
+/// When not one listed plugin loads nor serves from an earlier version: the
+/// first one's refusal, named.
+fn first_refusal_of_all(listings: &[crate::sandbox::PluginListing]) -> Option<String> {
+    let mut first = None;
+    for listing in listings {
+        match (&listing.loaded, &listing.serving) {
+            (Err(err), None) => {
+                first.get_or_insert_with(|| format!("plugin {}: {err}", listing.name));
+            }
+            _ => return None,
+        }
+    }
+    first
+}
+
+/// Keep the schemas of every plugin version that loaded, by digest, so a
+/// result stays readable after its plugin file is replaced. A version whose
+/// record failed is tried again on the next look.
+async fn record_schemas<S: TaskStore>(
+    store: &S,
+    listings: &[crate::sandbox::PluginListing],
+    recorded: &mut std::collections::HashSet<String>,
+) {
+    for listing in listings {
+        let Ok(plugin) = &listing.loaded else {
+            continue;
+        };
+        if recorded.contains(&plugin.digest) {
+            continue;
+        }
+        match store.record_schemas(&plugin.schemas()).await {
+            Ok(()) => {
+                recorded.insert(plugin.digest.clone());
+            }
+            Err(err) => tracing::debug!(plugin = %listing.name, "schemas not recorded yet: {err}"),
         }
     }
 }

@@ -64,6 +64,15 @@ impl<S: TaskStore> Producer<S> {
                     _ = self.stopped() => return,
                 }
             }
+            // A worker without a single loaded plugin would claim tasks
+            // only to fail them: wait for one (the watcher wakes us, and
+            // stops the worker when none of its plugins loads).
+            if !self.executor.plugins.any_serving() {
+                tokio::select! {
+                    _ = self.executor.plugins.until_any_serving() => {}
+                    _ = self.stopped() => return,
+                }
+            }
             let Some(mut permits) = self.demand(cap).await else {
                 return;
             };
