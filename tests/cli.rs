@@ -108,7 +108,7 @@ fn bad_input_exits_2_and_writes_nothing(url: &str) {
 
     assert_eq!(
         stats(url),
-        serde_json::json!({"waiting": 0, "running": 0, "success": 0, "error": 0, "timeout": 0, "cancelled": 0}),
+        serde_json::json!({"waiting": 0, "running": 0, "success": 0, "error": 0, "timeout": 0, "cancelled": 0, "unserved": []}),
         "something was written"
     );
 }
@@ -221,7 +221,7 @@ fn enqueue_run_and_read_back(url: &str) {
 
     assert_eq!(
         stats(url),
-        serde_json::json!({"waiting": 0, "running": 0, "success": 2, "error": 0, "timeout": 1, "cancelled": 0})
+        serde_json::json!({"waiting": 0, "running": 0, "success": 2, "error": 0, "timeout": 1, "cancelled": 0, "unserved": []})
     );
 
     let output = run(taskbox_at(url).args(["show", "999999"]));
@@ -328,7 +328,7 @@ fn args_over_the_limit_are_refused_on_every_enqueue_path(url: &str) {
 
     assert_eq!(
         stats(url),
-        serde_json::json!({"waiting": 0, "running": 0, "success": 0, "error": 0, "timeout": 0, "cancelled": 0}),
+        serde_json::json!({"waiting": 0, "running": 0, "success": 0, "error": 0, "timeout": 0, "cancelled": 0, "unserved": []}),
         "something was written"
     );
 

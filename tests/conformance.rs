@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use taskbox::store::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    NewTask, Notification, RescueRequest, Rescued, Stats, Status, StoreError, TaskStore,
+    NewTask, Notification, RescueRequest, Rescued, Scope, Stats, Status, StoreError, TaskStore,
 };
 use tokio::sync::mpsc;
 
@@ -64,6 +64,8 @@ conformance!(
     stats_count_every_status,
     list_filters_newest_first,
     has_pending_counts_backoff_but_not_scheduled_tasks,
+    claims_and_drains_see_only_the_plugins_a_worker_has,
+    stats_name_plugins_no_live_worker_serves,
     enqueue_refuses_timeouts_and_run_at_past_the_bounds,
     a_row_the_claim_cannot_run_ends_error_and_the_queue_moves,
     a_retry_waits_its_delay_on_the_databases_clock,
@@ -86,7 +88,7 @@ fn claim_by(worker_id: &str, limit: usize) -> ClaimRequest<'_> {
     ClaimRequest {
         worker_id,
         limit,
-        queues: &[],
+        scope: Scope::default(),
         default_timeout: DEFAULT_TIMEOUT,
     }
 }
@@ -330,7 +332,10 @@ async fn claim_respects_limit_and_queues<S: TaskStore>(store: S) {
 
     let queues = ["mail".to_owned()];
     let request = ClaimRequest {
-        queues: &queues,
+        scope: Scope {
+            queues: &queues,
+            plugins: None,
+        },
         ..claim_by("w2", 10)
     };
     let mailed = store.claim(&request).await.unwrap();
@@ -537,8 +542,8 @@ async fn rescue_takes_back_only_dead_workers_tasks<S: TaskStore>(store: S) {
         ])
         .await
         .unwrap();
-    store.heartbeat("alive").await.unwrap();
-    store.heartbeat("dead").await.unwrap();
+    store.heartbeat("alive", &[]).await.unwrap();
+    store.heartbeat("dead", &[]).await.unwrap();
     let mut dead = store.claim(&claim_expiring("dead", 3)).await.unwrap();
     dead.sort_by_key(|task| task.id);
     assert_eq!(claimed_ids(&dead), ids[..3]);
@@ -560,7 +565,7 @@ async fn rescue_takes_back_only_dead_workers_tasks<S: TaskStore>(store: S) {
         "the dead worker's tasks to be rescued",
         Duration::from_secs(10),
         || async {
-            store.heartbeat("alive").await.unwrap();
+            store.heartbeat("alive", &[]).await.unwrap();
             let round = store.rescue(&rescue).await.unwrap();
             assert!(
                 round.iter().all(|r| r.id != ids[3]),
@@ -613,7 +618,7 @@ async fn rescue_takes_back_only_dead_workers_tasks<S: TaskStore>(store: S) {
 
 async fn a_claim_whose_reply_was_lost_is_rescued<S: TaskStore>(store: S) {
     store.enqueue(&vec![new_task("mine"); 2]).await.unwrap();
-    store.heartbeat("me").await.unwrap();
+    store.heartbeat("me", &[]).await.unwrap();
     let claimed = store.claim(&claim_expiring("me", 2)).await.unwrap();
     let (known, lost) = (claimed[0].id, claimed[1].id);
     let rescue = RescueRequest {
@@ -720,6 +725,7 @@ async fn stats_count_every_status<S: TaskStore>(store: S) {
             error: 1,
             timeout: 1,
             cancelled: 1,
+            unserved: vec!["counted".to_owned()],
         }
     );
     assert_eq!((stats.total(), stats.finished()), (7, 4));
@@ -801,14 +807,17 @@ async fn list_filters_newest_first<S: TaskStore>(store: S) {
 }
 
 async fn has_pending_counts_backoff_but_not_scheduled_tasks<S: TaskStore>(store: S) {
-    assert!(!store.has_pending().await.unwrap(), "an empty queue");
+    assert!(
+        !store.has_pending(&Scope::default()).await.unwrap(),
+        "an empty queue"
+    );
     let later = NewTask {
         run_at: Some(now() + TimeDelta::hours(1)),
         ..new_task("later")
     };
     store.enqueue(&[later]).await.unwrap();
     assert!(
-        !store.has_pending().await.unwrap(),
+        !store.has_pending(&Scope::default()).await.unwrap(),
         "a task scheduled for later holds nothing"
     );
 
@@ -817,10 +826,16 @@ async fn has_pending_counts_backoff_but_not_scheduled_tasks<S: TaskStore>(store:
         ..new_task("due")
     };
     let id = store.enqueue(&[due]).await.unwrap()[0];
-    assert!(store.has_pending().await.unwrap(), "a due task");
+    assert!(
+        store.has_pending(&Scope::default()).await.unwrap(),
+        "a due task"
+    );
     let claimed = store.claim(&claim_by("w", 10)).await.unwrap().remove(0);
     assert_eq!(claimed.id, id);
-    assert!(store.has_pending().await.unwrap(), "a running task");
+    assert!(
+        store.has_pending(&Scope::default()).await.unwrap(),
+        "a running task"
+    );
 
     let backoff = Completion {
         retry_in: Some(Duration::from_secs(3600)),
@@ -828,12 +843,76 @@ async fn has_pending_counts_backoff_but_not_scheduled_tasks<S: TaskStore>(store:
     };
     store.complete(&[backoff]).await.unwrap();
     assert!(
-        store.has_pending().await.unwrap(),
+        store.has_pending(&Scope::default()).await.unwrap(),
         "a retry in backoff holds"
     );
 
     store.cancel(id).await.unwrap();
-    assert!(!store.has_pending().await.unwrap());
+    assert!(!store.has_pending(&Scope::default()).await.unwrap());
+}
+
+/// Issue 12, item 5: a worker without `add` claimed `add` tasks and failed
+/// them; now it claims only its own plugins' tasks, and its drain does not
+/// wait for the others.
+async fn claims_and_drains_see_only_the_plugins_a_worker_has<S: TaskStore>(store: S) {
+    let ids = store
+        .enqueue(&[new_task("theirs"), new_task("ours"), new_task("theirs")])
+        .await
+        .unwrap();
+    let ours = ["ours".to_owned()];
+    let scope = Scope {
+        queues: &[],
+        plugins: Some(&ours),
+    };
+    let claimed = store
+        .claim(&ClaimRequest {
+            scope,
+            ..claim_by("w", 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&claimed), [ids[1]]);
+    store.complete(&[success(&claimed[0])]).await.unwrap();
+    assert!(
+        !store.has_pending(&scope).await.unwrap(),
+        "only other plugins' tasks wait"
+    );
+    assert!(store.has_pending(&Scope::default()).await.unwrap());
+    let none: [String; 0] = [];
+    let nothing = Scope {
+        queues: &[],
+        plugins: Some(&none),
+    };
+    assert!(
+        store
+            .claim(&ClaimRequest {
+                scope: nothing,
+                ..claim_by("w", 10)
+            })
+            .await
+            .unwrap()
+            .is_empty(),
+        "no plugin loaded, nothing claimed"
+    );
+    assert_eq!(store.stats().await.unwrap().waiting, 2);
+}
+
+/// Issue 12, item 5: `stats` names the plugins with waiting tasks that no
+/// live worker serves.
+async fn stats_name_plugins_no_live_worker_serves<S: TaskStore>(store: S) {
+    store
+        .enqueue(&[new_task("b"), new_task("a"), new_task("c"), new_task("a")])
+        .await
+        .unwrap();
+    assert_eq!(store.stats().await.unwrap().unserved, ["a", "b", "c"]);
+    store
+        .heartbeat("w1", &["a".to_owned(), "z".to_owned()])
+        .await
+        .unwrap();
+    store.heartbeat("w2", &["c".to_owned()]).await.unwrap();
+    assert_eq!(store.stats().await.unwrap().unserved, ["b"]);
+    store.deregister("w2").await.unwrap();
+    assert_eq!(store.stats().await.unwrap().unserved, ["b", "c"]);
 }
 
 // ------------------------------------------- poison rows and clocks
@@ -1076,7 +1155,7 @@ async fn a_row_the_claim_cannot_run_ends_error_and_the_queue_moves<S: Backdoor>(
 
     store.complete(&[success(&claimed[0])]).await.unwrap();
     assert!(store.claim(&claim_by("w", 10)).await.unwrap().is_empty());
-    assert!(!store.has_pending().await.unwrap());
+    assert!(!store.has_pending(&Scope::default()).await.unwrap());
 }
 
 /// A retry's `run_at` is the database's `now()` plus the delay, whatever

@@ -462,7 +462,7 @@ async fn sql_ceiling(
                     .claim(&ClaimRequest {
                         worker_id: &worker_id,
                         limit: claim_batch,
-                        queues: &[],
+                        scope: Default::default(),
                         default_timeout: Duration::from_secs(1),
                     })
                     .await?;

@@ -314,6 +314,12 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
                         value[status.as_str()]
                     ));
                 }
+                if !stats.unserved.is_empty() {
+                    out.push_str(&format!(
+                        "unserved  {} (tasks wait with no live worker serving the plugin)\n",
+                        stats.unserved.join(", ")
+                    ));
+                }
                 print_out(&out)
             }
         }

@@ -197,8 +197,8 @@ pub struct Plugins {
     /// loaded: a file compiles once however many ask for it together, and a
     /// slow one holds up no other plugin.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Seen>>>>>,
-    /// Whether any plugin has loaded yet.
-    any_loaded: tokio::sync::watch::Sender<bool>,
+    /// The names of the serving plugins, sorted (see [`Plugins::names`]).
+    names: tokio::sync::watch::Sender<Arc<[String]>>,
 }
 
 impl Plugins {
@@ -208,7 +208,7 @@ impl Plugins {
             sandbox,
             serving: Mutex::default(),
             slots: Mutex::default(),
-            any_loaded: tokio::sync::watch::Sender::new(false),
+            names: tokio::sync::watch::Sender::new(Arc::from([])),
         }
     }
 
@@ -266,6 +266,7 @@ impl Plugins {
             }
         }
         names.sort();
+        self.forget_vanished(&names);
         let mut listings = Vec::with_capacity(names.len());
         for name in names {
             let refreshed = Box::pin(self.refresh(&name)).await;
@@ -282,18 +283,61 @@ impl Plugins {
         Ok(listings)
     }
 
-    /// True once any plugin has loaded: until then a worker has nothing to
-    /// run a task with. A plugin that loaded keeps serving, so this stays
-    /// true.
-    pub fn any_serving(&self) -> bool {
-        *self.any_loaded.borrow()
+    /// Stop serving plugins whose file is gone from the folder (`present`
+    /// is every file stem there, sorted), so a worker stops claiming their
+    /// tasks; a file that comes back is loaded afresh.
+    fn forget_vanished(&self, present: &[String]) {
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        let before = serving.len();
+        serving.retain(|name, _| present.binary_search(name).is_ok());
+        if serving.len() == before {
+            return;
+        }
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| present.binary_search(name).is_ok());
+        tracing::info!("plugin files removed; their tasks are left to other workers");
+        self.publish(&serving);
     }
 
-    /// Resolves once any plugin has loaded.
+    /// Tell [`Plugins::names`]' watchers the serving plugins, when they
+    /// changed.
+    fn publish(&self, serving: &HashMap<String, Arc<Plugin>>) {
+        let mut names: Vec<String> = serving.keys().cloned().collect();
+        names.sort();
+        self.names.send_if_modified(|published| {
+            let changed = **published != *names;
+            if changed {
+                *published = names.into();
+            }
+            changed
+        });
+    }
+
+    /// The names of the plugins serving now, sorted, and every change to
+    /// them: a worker claims only their tasks and tells them in its
+    /// heartbeat.
+    pub fn names(&self) -> tokio::sync::watch::Receiver<Arc<[String]>> {
+        self.names.subscribe()
+    }
+
+    /// The names of the plugins serving now, sorted.
+    pub fn serving_names(&self) -> Arc<[String]> {
+        self.names.borrow().clone()
+    }
+
+    /// True while any plugin serves: otherwise a worker has nothing to run
+    /// a task with.
+    pub fn any_serving(&self) -> bool {
+        !self.names.borrow().is_empty()
+    }
+
+    /// Resolves once any plugin serves.
     pub async fn until_any_serving(&self) {
-        let mut loaded = self.any_loaded.subscribe();
+        let mut names = self.names.subscribe();
         // The sender lives as long as `self`.
-        let _ = loaded.wait_for(|any| *any).await;
+        let _ = names.wait_for(|names| !names.is_empty()).await;
     }
 
     fn serving_now(&self, name: &str) -> Option<Arc<Plugin>> {
@@ -400,12 +444,9 @@ impl Plugins {
         match &loaded {
             Ok(plugin) => {
                 tracing::info!(plugin = name, digest = %plugin.digest, "loaded");
-                self.serving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.to_owned(), plugin.clone());
-                self.any_loaded
-                    .send_if_modified(|any| !std::mem::replace(any, true));
+                let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+                serving.insert(name.to_owned(), plugin.clone());
+                self.publish(&serving);
             }
             Err(err) => match self.serving_now(name) {
                 Some(serving) => tracing::warn!(

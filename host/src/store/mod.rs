@@ -120,13 +120,23 @@ impl NewTask {
     }
 }
 
+/// The tasks a worker can run: those of its queues whose plugin it has
+/// loaded. Its claims take only these, and a drain waits only for these.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// Empty: every queue.
+    pub queues: &'a [String],
+    /// The plugins the worker has loaded; `None`: any plugin (for callers
+    /// that run no plugins themselves).
+    pub plugins: Option<&'a [String]>,
+}
+
 /// What a worker asks for when it claims.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
     pub worker_id: &'a str,
     pub limit: usize,
-    /// Empty: every queue.
-    pub queues: &'a [String],
+    pub scope: Scope<'a>,
     /// Applied to tasks enqueued without a timeout of their own.
     pub default_timeout: Duration,
 }
@@ -253,7 +263,8 @@ pub(crate) const RECORD_SCHEMAS: &str =
 pub(crate) const SCHEMAS_OF: &str =
     "SELECT args_schema, result_schema FROM plugin_schemas WHERE digest = $1";
 
-/// Counts per status; every status is present.
+/// Counts per status (every status is present), and the plugins that have
+/// waiting tasks while no live worker serves them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     pub waiting: i64,
@@ -262,7 +273,14 @@ pub struct Stats {
     pub error: i64,
     pub timeout: i64,
     pub cancelled: i64,
+    /// Sorted. A worker is live while its heartbeat is younger than
+    /// [`LIVE_WORKER_TTL`].
+    pub unserved: Vec<String>,
 }
+
+/// How recent a worker's heartbeat must be for `stats` to count its
+/// plugins as served: the rescuer's default for a lost worker.
+pub const LIVE_WORKER_TTL: Duration = crate::worker::rescuer::DEFAULT_WORKER_TTL;
 
 impl Stats {
     pub fn set(&mut self, status: Status, count: i64) {
@@ -590,9 +608,10 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
 
     fn stats(&self) -> impl Future<Output = StoreResult<Stats>> + Send;
 
-    /// True while any task is running, or waiting and due (retries in
-    /// backoff count; tasks scheduled by the user for later do not).
-    fn has_pending(&self) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// True while any task is running, or waiting in `scope` and due
+    /// (retries in backoff count; tasks scheduled by the user for later do
+    /// not).
+    fn has_pending(&self, scope: &Scope<'_>) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Open the connections a worker claims and completes on, so its first
     /// tasks do not wait for them. Stores without such pools do nothing.
@@ -620,8 +639,13 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
         digest: &str,
     ) -> impl Future<Output = StoreResult<Option<PluginSchemas>>> + Send;
 
-    /// Record that `worker_id` is alive (and register it the first time).
-    fn heartbeat(&self, worker_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Record that `worker_id` is alive and serves `plugins` (and register
+    /// it the first time).
+    fn heartbeat(
+        &self,
+        worker_id: &str,
+        plugins: &[String],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Forget a worker that stopped cleanly.
     fn deregister(&self, worker_id: &str) -> impl Future<Output = StoreResult<()>> + Send;

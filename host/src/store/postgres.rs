@@ -11,10 +11,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS, RescueRequest, Rescued,
-    SCHEMAS_OF, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore, check_args_size,
-    check_bounds, refused_timeout_reason, retry_micros,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL,
+    ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS,
+    RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord,
+    TaskStore, check_args_size, check_bounds, refused_timeout_reason, retry_micros,
 };
 
 /// Channel every enqueue notifies and every worker listens on.
@@ -54,7 +54,8 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
      timeout_ms, run_at, enqueued_at, started_at, finished_at, plugin_digest, result, stdout, \
      stderr, error, errors, worker_id";
 
-/// `$4` is NULL for every queue, else the queues to serve. The batch is
+/// `$4` is NULL for every queue, else the queues to serve; `$7` likewise
+/// for the plugins the worker has loaded. The batch is
 /// recorded as one lease in the same statement, so no claimed row is ever
 /// without one. The update finds its rows by `id = ANY(...)`, which is always
 /// a primary-key probe: as a join, a freshly filled queue without statistics
@@ -71,6 +72,7 @@ WITH picked AS (
     SELECT id FROM tasks
     WHERE is_waiting AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
+      AND ($7::text[] IS NULL OR plugin = ANY($7))
     ORDER BY priority, run_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -458,14 +460,16 @@ impl TaskStore for PgStore {
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         self.explain(async {
             let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-            let queues = (!request.queues.is_empty()).then_some(request.queues);
+            let scope = &request.scope;
+            let queues = (!scope.queues.is_empty()).then_some(scope.queues);
             let query = sqlx::query_as(CLAIM)
                 .bind(limit)
                 .bind(request.worker_id)
                 .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
                 .bind(queues)
                 .bind(millis(MAX_TASK_TIMEOUT))
-                .bind(refused_timeout_reason());
+                .bind(refused_timeout_reason())
+                .bind(scope.plugins);
             Ok(query.fetch_all(&self.claims).await?)
         })
         .await
@@ -546,20 +550,35 @@ impl TaskStore for PgStore {
             for (status, count) in rows {
                 stats.set(status, count);
             }
+            stats.unserved = sqlx::query_scalar(
+                "SELECT DISTINCT plugin FROM tasks t
+                 WHERE is_waiting AND NOT EXISTS (
+                     SELECT 1 FROM workers w
+                     WHERE w.heartbeat_at > now() - make_interval(secs => $1)
+                       AND t.plugin = ANY(w.plugins))
+                 ORDER BY plugin",
+            )
+            .bind(LIVE_WORKER_TTL.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?;
             Ok(stats)
         })
         .await
     }
 
-    async fn has_pending(&self) -> StoreResult<bool> {
+    async fn has_pending(&self, scope: &Scope<'_>) -> StoreResult<bool> {
         self.explain(async {
             // Every running task is in a lease, and leases are few.
             Ok(sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM leases l JOIN tasks t ON t.id = ANY(l.task_ids)
                             WHERE t.status = 'running')
                  OR EXISTS (SELECT 1 FROM tasks WHERE is_waiting
-                            AND (run_at <= now() OR attempt > 0))",
+                            AND (run_at <= now() OR attempt > 0)
+                            AND ($1::text[] IS NULL OR queue = ANY($1))
+                            AND ($2::text[] IS NULL OR plugin = ANY($2)))",
             )
+            .bind((!scope.queues.is_empty()).then_some(scope.queues))
+            .bind(scope.plugins)
             .fetch_one(&self.pool)
             .await?)
         })
@@ -573,7 +592,7 @@ impl TaskStore for PgStore {
         let nothing = ClaimRequest {
             worker_id: "",
             limit: 0,
-            queues: &[],
+            scope: Scope::default(),
             default_timeout: Duration::ZERO,
         };
         let (claimed, completed) = tokio::join!(self.claim(&nothing), self.complete(&[]));
@@ -614,13 +633,14 @@ impl TaskStore for PgStore {
         .await
     }
 
-    async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {
+    async fn heartbeat(&self, worker_id: &str, plugins: &[String]) -> StoreResult<()> {
         self.explain(async {
             sqlx::query(
-                "INSERT INTO workers (id) VALUES ($1)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+                "INSERT INTO workers (id, plugins) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), plugins = excluded.plugins",
             )
             .bind(worker_id)
+            .bind(plugins)
             .execute(&self.heartbeats)
             .await?;
             Ok(())

@@ -37,10 +37,10 @@ use sqlx::sqlite::{
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS, RescueRequest, Rescued,
-    SCHEMAS_OF, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore, check_args_size,
-    check_bounds, refused_timeout_reason, retry_micros,
+    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL,
+    ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS,
+    RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord,
+    TaskStore, check_args_size, check_bounds, refused_timeout_reason, retry_micros,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -77,7 +77,8 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
 
 // ?1 now, ?2 queues as a JSON array or NULL for all, ?3 limit, ?4 worker id,
 // ?5 default timeout in ms, ?6 the timeout bound in ms, ?7 the reason a row
-// over it ends `error` (see the Postgres CLAIM: the refusal transition).
+// over it ends `error` (see the Postgres CLAIM: the refusal transition), ?8
+// the worker's plugins as a JSON array or NULL for all.
 const CLAIM: &str = "
 UPDATE tasks
 SET status = CASE WHEN timeout_ms > ?6 THEN 'error' ELSE 'running' END,
@@ -97,6 +98,7 @@ WHERE id IN (
     SELECT id FROM tasks
     WHERE status = 'waiting' AND run_at <= ?1
       AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
+      AND (?8 IS NULL OR plugin IN (SELECT value FROM json_each(?8)))
     ORDER BY priority, run_at, id
     LIMIT ?3)
 RETURNING id, plugin, args, attempt, max_attempts, coalesce(timeout_ms, ?5) AS timeout_ms,
@@ -372,6 +374,15 @@ fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("a slice of ids or names serialises")
 }
 
+/// A scope's queues and plugins as the JSON arrays the statements take,
+/// NULL for "all".
+fn scope_arrays(scope: &Scope<'_>) -> (Option<String>, Option<String>) {
+    (
+        (!scope.queues.is_empty()).then(|| json_array(scope.queues)),
+        scope.plugins.map(json_array),
+    )
+}
+
 /// A task row as SQLite stores it.
 #[derive(sqlx::FromRow)]
 struct TaskRow {
@@ -490,7 +501,7 @@ impl TaskStore for SqliteStore {
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         self.lock_worker()?;
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let queues = (!request.queues.is_empty()).then(|| json_array(request.queues));
+        let (queues, plugins) = scope_arrays(&request.scope);
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         let mut rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
             .bind(now_micros())
@@ -500,6 +511,7 @@ impl TaskStore for SqliteStore {
             .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
             .bind(millis(MAX_TASK_TIMEOUT))
             .bind(refused_timeout_reason())
+            .bind(plugins)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -571,16 +583,31 @@ impl TaskStore for SqliteStore {
         for (name, count) in rows {
             stats.set(status(&name)?, count);
         }
+        stats.unserved = sqlx::query_scalar(
+            "SELECT DISTINCT plugin FROM tasks t
+             WHERE status = 'waiting' AND NOT EXISTS (
+                 SELECT 1 FROM workers w, json_each(w.plugins) served
+                 WHERE w.heartbeat_at > ?1 AND served.value = t.plugin)
+             ORDER BY plugin",
+        )
+        .bind(now_micros().saturating_sub(micros(LIVE_WORKER_TTL)))
+        .fetch_all(&self.reader)
+        .await?;
         Ok(stats)
     }
 
-    async fn has_pending(&self) -> StoreResult<bool> {
+    async fn has_pending(&self, scope: &Scope<'_>) -> StoreResult<bool> {
+        let (queues, plugins) = scope_arrays(scope);
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'running')
                  OR EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting'
-                            AND (run_at <= ?1 OR attempt > 0))",
+                            AND (run_at <= ?1 OR attempt > 0)
+                            AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
+                            AND (?3 IS NULL OR plugin IN (SELECT value FROM json_each(?3))))",
         )
         .bind(now_micros())
+        .bind(queues)
+        .bind(plugins)
         .fetch_one(&self.reader)
         .await?)
     }
@@ -607,13 +634,15 @@ impl TaskStore for SqliteStore {
         }))
     }
 
-    async fn heartbeat(&self, worker_id: &str) -> StoreResult<()> {
+    async fn heartbeat(&self, worker_id: &str, plugins: &[String]) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO workers (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            "INSERT INTO workers (id, started_at, heartbeat_at, plugins) VALUES (?1, ?2, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                                            plugins = excluded.plugins",
         )
         .bind(worker_id)
         .bind(now_micros())
+        .bind(json_array(plugins))
         .execute(&self.writer)
         .await?;
         Ok(())

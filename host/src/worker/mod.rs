@@ -309,6 +309,7 @@ impl<S: TaskStore> Worker<S> {
             config.worker_id.clone(),
             config.rescuer.clone(),
             in_flight.clone(),
+            self.plugins.names(),
             rescuer_stop.clone(),
         ));
 

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::completer::{Finished, Lease};
 use super::executor::{Executor, HOST_FAILURE_BACKOFF, InterruptCause};
 use super::{InFlight, Shutdown, WorkerConfig};
-use crate::store::{ClaimRequest, ClaimedTask, TaskStore};
+use crate::store::{ClaimRequest, ClaimedTask, Scope, TaskStore};
 
 /// Rows the first claim of a burst takes at most; each full claim doubles
 /// the next one's cap up to `max_claim`.
@@ -77,10 +77,16 @@ impl<S: TaskStore> Producer<S> {
                 return;
             };
             let asked = permits.num_permits();
+            // Only tasks of plugins loaded here: the rest are for workers
+            // that have theirs.
+            let serving = self.executor.plugins.serving_names();
             let request = ClaimRequest {
                 worker_id: &config.worker_id,
                 limit: asked,
-                queues: &config.queues,
+                scope: Scope {
+                    queues: &config.queues,
+                    plugins: Some(&serving),
+                },
                 default_timeout: config.default_timeout,
             };
             let claimed = match self.store.claim(&request).await {
@@ -223,7 +229,12 @@ impl<S: TaskStore> Producer<S> {
     }
 
     async fn has_pending_or_unknown(&self) -> bool {
-        match self.store.has_pending().await {
+        let serving = self.executor.plugins.serving_names();
+        let scope = Scope {
+            queues: &self.config.queues,
+            plugins: Some(&serving),
+        };
+        match self.store.has_pending(&scope).await {
             Ok(pending) => {
                 self.answered();
                 pending

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::InFlight;
@@ -45,23 +46,28 @@ pub(crate) async fn run<S: TaskStore>(
     worker_id: String,
     config: RescuerConfig,
     in_flight: Arc<InFlight>,
+    plugins: watch::Receiver<Arc<[String]>>,
     stop: CancellationToken,
 ) {
     tokio::join!(
-        beat(&store, &worker_id, config.interval, &stop),
+        beat(&store, &worker_id, config.interval, plugins, &stop),
         rescue(&store, &worker_id, &config, &in_flight, &stop),
     );
 }
 
+/// Each beat also tells the plugins this worker serves, at once when they
+/// change, so `stats` knows which waiting tasks nobody can run.
 async fn beat<S: TaskStore>(
     store: &S,
     worker_id: &str,
     interval: Duration,
+    mut plugins: watch::Receiver<Arc<[String]>>,
     stop: &CancellationToken,
 ) {
     let mut failing = false;
     loop {
-        match store.heartbeat(worker_id).await {
+        let serving = plugins.borrow_and_update().clone();
+        match store.heartbeat(worker_id, &serving).await {
             Ok(()) if failing => {
                 tracing::info!("heartbeat working again");
                 failing = false;
@@ -75,6 +81,8 @@ async fn beat<S: TaskStore>(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            // A closed channel (the plugins are gone) just waits out the interval.
+            Ok(()) = plugins.changed() => {}
             _ = stop.cancelled() => return,
         }
     }
