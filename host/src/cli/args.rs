@@ -95,6 +95,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Wait for a task to end and print its result as JSON: exit 0 on
+    /// success, 1 when it ended otherwise (its error on stderr) or the wait
+    /// timed out.
+    Wait {
+        /// The id `enqueue` printed.
+        id: i64,
+        /// Give up after this long (default: wait until the task ends).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
     /// Cancel a waiting task, or interrupt a running one wherever it runs.
     Cancel {
         /// The id `enqueue` printed.
@@ -124,6 +134,13 @@ pub struct EnqueueArgs {
     #[arg(long, env = "TASKBOX_MAX_ARGS_SIZE", value_name = "BYTES", value_parser = parse_bytes,
           default_value_t = crate::store::DEFAULT_MAX_ARGS_BYTES)]
     pub max_args_size: usize,
+    /// Wait for the task to end and print its result as JSON instead of
+    /// its id, as `taskbox wait` does.
+    #[arg(long, conflicts_with = "file")]
+    pub wait: bool,
+    /// With --wait: give up after this long (default: wait until it ends).
+    #[arg(long, requires = "wait", value_parser = parse_duration)]
+    pub wait_timeout: Option<Duration>,
     #[command(flatten)]
     pub options: TaskOptions,
 }

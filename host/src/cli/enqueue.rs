@@ -111,6 +111,10 @@ pub(super) async fn enqueue<S: TaskStore>(
             tracing::debug!(plugin = name, "schemas not recorded: {err}");
         }
     }
+    if args.wait {
+        return super::wait::wait(store, plugins, ids[0], args.wait_timeout, "--wait-timeout")
+            .await;
+    }
     let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
     print_out(&out)
 }

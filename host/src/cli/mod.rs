@@ -7,6 +7,7 @@ mod demo;
 mod enqueue;
 mod serve;
 mod view;
+mod wait;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -204,7 +205,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             // Commands that only read create no database file.
             let reads_only = matches!(
                 cli.command,
-                Command::Show { .. } | Command::List { .. } | Command::Stats { .. }
+                Command::Show { .. }
+                    | Command::List { .. }
+                    | Command::Stats { .. }
+                    | Command::Wait { .. }
             );
             let store = if reads_only {
                 SqliteStore::connect_existing(&url).map_err(|err| match err {
@@ -325,6 +329,9 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
         }
         Command::Plugins { json } => list_plugins(&cli_plugins()?, json).await,
         Command::Cancel { id } => cancel(&store, id).await,
+        Command::Wait { id, timeout } => {
+            wait::wait(&store, &cli_plugins()?, id, timeout, "--timeout").await
+        }
         Command::Demo { count } => demo::run(store, &plugins_dir, count, load).await,
     }
 }

@@ -626,6 +626,15 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
         async { Ok(()) }
     }
 
+    /// Wait until task `id` has ended (a final status) and return its row;
+    /// `None` when there is no such task. Callers bound the wait with a
+    /// timeout. Postgres wakes the waiter with a notification when the
+    /// task ends; SQLite, which has none across processes, polls.
+    fn wait_until_ended(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = StoreResult<Option<TaskRecord>>> + Send;
+
     /// Keep a plugin version's schemas by its digest (once; later calls
     /// for the same digest change nothing).
     fn record_schemas(

@@ -21,6 +21,11 @@ use super::{
 pub const TASKS_CHANNEL: &str = "taskbox_tasks";
 /// Channel carrying the id of a running task to interrupt.
 pub const CANCEL_CHANNEL: &str = "taskbox_cancel";
+/// Channel a task's end is told on, with its id, when someone waits for it.
+pub const ENDED_CHANNEL: &str = "taskbox_ended";
+/// A waiter looks at its task this often even without a notification: a
+/// safety net for a lost LISTEN connection, not the way it is woken.
+pub const WAIT_RECHECK: Duration = Duration::from_secs(5);
 /// Connections for everything but claims, completions and heartbeats:
 /// migrations, enqueues, reads, the rescuer and the drain check. Two, so a
 /// rescue transaction never holds up the drain check.
@@ -603,6 +608,42 @@ impl TaskStore for PgStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.probe().await
+    }
+
+    async fn wait_until_ended(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
+        self.explain(async {
+            // Listen first, then mark: an end after the mark is told, and
+            // one before it is seen by the first look.
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(ENDED_CHANNEL).await?;
+            let marked: Option<i64> =
+                sqlx::query_scalar("UPDATE tasks SET waited = true WHERE id = $1 RETURNING id")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if marked.is_none() {
+                return Ok(None);
+            }
+            let wanted = id.to_string();
+            loop {
+                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
+                let row: Option<TaskRecord> = sqlx::query_as(&sql)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) if !row.status.is_final() => {}
+                    ended => return Ok(ended),
+                }
+                // Until this task's notification, or WAIT_RECHECK without one.
+                while let Ok(told) = tokio::time::timeout(WAIT_RECHECK, listener.recv()).await {
+                    if told?.payload() == wanted {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
     }
 
     async fn record_schemas(&self, schemas: &PluginSchemas) -> StoreResult<()> {

@@ -69,6 +69,10 @@ const WAL_RETRY: Duration = Duration::from_millis(20);
 
 const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 
+/// How often a waiter looks at its task: SQLite has no notifications
+/// across processes.
+pub const WAIT_POLL: Duration = Duration::from_millis(20);
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, max_attempts, \
@@ -610,6 +614,16 @@ impl TaskStore for SqliteStore {
         .bind(plugins)
         .fetch_one(&self.reader)
         .await?)
+    }
+
+    async fn wait_until_ended(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
+        loop {
+            match self.get(id).await? {
+                Some(row) if !row.status.is_final() => {}
+                ended => return Ok(ended),
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
     }
 
     async fn record_schemas(&self, schemas: &PluginSchemas) -> StoreResult<()> {
