@@ -71,6 +71,32 @@ fn assert_each_failed(rows: &[TaskRecord], needles: &[&str]) {
     }
 }
 
+/// The hostile plugin was refused when it loaded, naming the limit, so no
+/// worker here serves it: its rows were never claimed and still wait
+/// (`stats` names the plugin as unserved).
+async fn assert_refused_at_load(
+    plugins: &Plugins,
+    name: &str,
+    rows: &[TaskRecord],
+    needles: &[&str],
+) {
+    let listing = plugins
+        .load_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|listing| listing.name == name)
+        .expect("the hostile plugin is listed");
+    let reason = listing.loaded.expect_err("refused").to_string();
+    for needle in needles {
+        assert!(reason.contains(needle), "{reason}");
+    }
+    for row in rows {
+        assert_eq!(row.status, Status::Waiting, "{:?}", row.error);
+        assert_eq!(row.attempt, 0);
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_tasks_memories_share_one_budget(pool: PgPool) {
     let store = store(pool).await;
@@ -127,7 +153,13 @@ async fn a_task_cannot_take_its_neighbours_pool_slots(pool: PgPool) {
         },
     );
     let rows = run_beside_ordinary_tasks(&store, &plugins, "slothog", 10, 60, 16).await;
-    assert_each_failed(&rows, &["8 Wasm linear memories", "maximum of 2"]);
+    assert_refused_at_load(
+        &plugins,
+        "slothog",
+        &rows,
+        &["8 Wasm linear memories", "maximum of 2"],
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -147,7 +179,13 @@ async fn without_the_pool_too_many_memories_fail_alone(pool: PgPool) {
         },
     );
     let rows = run_beside_ordinary_tasks(&store, &plugins, "manymem", 2, 20, 2).await;
-    assert_each_failed(&rows, &["more linear memories than the 2 a task may have"]);
+    assert_refused_at_load(
+        &plugins,
+        "manymem",
+        &rows,
+        &["more linear memories than the 2 a task may have"],
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = false)]

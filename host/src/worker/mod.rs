@@ -286,12 +286,14 @@ impl<S: TaskStore> Worker<S> {
         let listener = self.start_listener(wake.clone(), in_flight.clone()).await;
         let rescuer_stop = CancellationToken::new();
         let (nothing_loads, told_nothing_loads) = tokio::sync::oneshot::channel();
+        let plugins_scanned = CancellationToken::new();
         let watcher = tokio::spawn(watch_plugins(
             self.store.clone(),
             self.plugins.clone(),
             Watch {
                 every: config.plugin_rescan,
                 drain: config.drain,
+                scanned: plugins_scanned.clone(),
             },
             rescuer_stop.clone(),
             nothing_loads,
@@ -331,6 +333,7 @@ impl<S: TaskStore> Worker<S> {
             consumers: consumers.clone(),
             shutdown,
             drained: CancellationToken::new(),
+            plugins_scanned: plugins_scanned.clone(),
             claimed: AtomicU64::new(0),
             unanswered_since: Mutex::new(None),
             gave_up: Mutex::new(None),
@@ -401,6 +404,8 @@ struct Watch {
     every: Duration,
     /// A draining worker with an empty folder stops instead of waiting.
     drain: bool,
+    /// Fired after the first look at every file, whatever it found.
+    scanned: CancellationToken,
 }
 
 /// Load plugins whose files appeared or changed, at once and then every
@@ -444,6 +449,7 @@ async fn watch_plugins<S: TaskStore>(
                 ));
             }
         }
+        watch.scanned.cancel();
         if let Ok(listings) = &scan {
             // A database that does not answer must not hold up stopping.
             tokio::select! {

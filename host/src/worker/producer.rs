@@ -40,6 +40,8 @@ pub(super) struct Producer<S: TaskStore> {
     pub shutdown: Shutdown,
     /// Fired by the first claim loop that finds a drained queue.
     pub drained: CancellationToken,
+    /// Fired once the plugin watcher has looked at every file once.
+    pub plugins_scanned: CancellationToken,
     pub claimed: AtomicU64,
     /// Since when the database has not answered a claim or drain check.
     pub unanswered_since: Mutex<Option<Instant>>,
@@ -129,7 +131,11 @@ impl<S: TaskStore> Producer<S> {
             if got > 0 {
                 continue;
             }
+            // A drain decides only once every plugin file has been looked
+            // at: before that, tasks of a plugin still loading look like
+            // tasks this worker cannot run.
             if config.drain
+                && self.plugins_scanned.is_cancelled()
                 && self.slots.available_permits() == config.concurrency
                 && !self.has_pending_or_unknown().await
             {
@@ -139,6 +145,7 @@ impl<S: TaskStore> Producer<S> {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = self.flushed.notified(), if config.drain => {}
+                _ = self.plugins_scanned.cancelled(), if config.drain && !self.plugins_scanned.is_cancelled() => {}
                 _ = tokio::time::sleep(config.poll_interval) => {}
                 _ = self.stopped() => return,
             }
