@@ -18,31 +18,6 @@ use nix::sys::resource::{Resource, setrlimit};
 use serde_json::Value;
 use taskbox::store::{SqliteStore, Status, TaskStore};
 
-/// Instantiate each case, a `fn(url)`, on a fresh Postgres database and on
-/// a fresh SQLite file.
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {
-        mod postgres {
-            $(
-                #[sqlx::test(migrations = false)]
-                async fn $case(pool: sqlx::PgPool) {
-                    super::$case(&super::common::database_url(&pool));
-                }
-            )+
-        }
-
-        mod sqlite {
-            $(
-                #[test]
-                fn $case() {
-                    let dir = tempfile::tempdir().expect("a temporary folder");
-                    super::$case(&super::common::sqlite_url(dir.path()));
-                }
-            )+
-        }
-    };
-}
-
 on_both_backends!(
     bad_input_exits_2_and_writes_nothing,
     enqueue_run_and_read_back,

@@ -14,31 +14,6 @@ use common::*;
 use serde_json::Value;
 use taskbox::store::Status;
 
-/// Instantiate each case, a `fn(url)`, on a fresh Postgres database and on
-/// a fresh SQLite file.
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {
-        mod postgres {
-            $(
-                #[sqlx::test(migrations = false)]
-                async fn $case(pool: sqlx::PgPool) {
-                    super::$case(&super::common::database_url(&pool));
-                }
-            )+
-        }
-
-        mod sqlite {
-            $(
-                #[test]
-                fn $case() {
-                    let dir = tempfile::tempdir().expect("a temporary folder");
-                    super::$case(&super::common::sqlite_url(dir.path()));
-                }
-            )+
-        }
-    };
-}
-
 on_both_backends!(
     an_empty_queue_name_is_refused,
     task_lines_come_on_standard_input,
@@ -89,7 +64,8 @@ fn an_empty_queue_name_is_refused(url: &str) {
 }
 
 /// Item 11: `enqueue --file -` reads the task lines from standard input.
-fn task_lines_come_on_standard_input(url: &str) {
+/// `enqueue --file -` with `lines` written to its standard input.
+fn enqueue_from_stdin(url: &str, lines: &[&str]) -> std::process::Output {
     let mut child = taskbox_at(url)
         .args(["enqueue", "--file", "-"])
         .stdin(Stdio::piped())
@@ -98,26 +74,27 @@ fn task_lines_come_on_standard_input(url: &str) {
         .spawn()
         .expect("the binary runs");
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    writeln!(stdin, r#"{{"plugin": "add", "args": {{"a": 1, "b": 2}}}}"#).unwrap();
-    writeln!(stdin, r#"{{"plugin": "puts", "args": "hi"}}"#).unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
     drop(stdin);
-    let output = child.wait_with_output().expect("the binary runs");
+    child.wait_with_output().expect("the binary runs")
+}
+
+fn task_lines_come_on_standard_input(url: &str) {
+    let output = enqueue_from_stdin(
+        url,
+        &[
+            r#"{"plugin": "add", "args": {"a": 1, "b": 2}}"#,
+            r#"{"plugin": "puts", "args": "hi"}"#,
+        ],
+    );
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(stdout_of(&output).lines().count(), 2, "two ids");
     assert_eq!(waiting(url), 2);
 
     // A bad line on standard input is named like a file's.
-    let mut child = taskbox_at(url)
-        .args(["enqueue", "--file", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    writeln!(stdin, r#"{{"plugin": "add", "args": {{"a": 1}}}}"#).unwrap();
-    drop(stdin);
-    let output = child.wait_with_output().expect("the binary runs");
+    let output = enqueue_from_stdin(url, &[r#"{"plugin": "add", "args": {"a": 1}}"#]);
     assert_refused(&output, "standard input line 1");
     assert_eq!(waiting(url), 2, "the refused line was written");
 }

@@ -12,31 +12,6 @@ use common::process::{PROCESS_WAIT, WorkerProcess, run_within};
 use common::*;
 use taskbox::store::postgres::WAIT_RECHECK;
 
-/// Instantiate each case, a `fn(url)`, on a fresh Postgres database and on
-/// a fresh SQLite file.
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {
-        mod postgres {
-            $(
-                #[sqlx::test(migrations = false)]
-                async fn $case(pool: sqlx::PgPool) {
-                    super::$case(&super::common::database_url(&pool));
-                }
-            )+
-        }
-
-        mod sqlite {
-            $(
-                #[test]
-                fn $case() {
-                    let dir = tempfile::tempdir().expect("a temporary folder");
-                    super::$case(&super::common::sqlite_url(dir.path()));
-                }
-            )+
-        }
-    };
-}
-
 on_both_backends!(
     enqueue_wait_prints_the_result,
     a_task_that_failed_exits_1_with_its_error,

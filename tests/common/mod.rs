@@ -208,3 +208,29 @@ pub fn stdout_of(output: &Output) -> String {
 pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Instantiate each case, a `fn(url)`, on a fresh Postgres database and on
+/// a fresh SQLite file.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),+ $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrations = false)]
+                async fn $case(pool: sqlx::PgPool) {
+                    super::$case(&super::common::database_url(&pool));
+                }
+            )+
+        }
+
+        mod sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    let dir = tempfile::tempdir().expect("a temporary folder");
+                    super::$case(&super::common::sqlite_url(dir.path()));
+                }
+            )+
+        }
+    };
+}
