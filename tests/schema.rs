@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use taskbox::store::{
-    ClaimRequest, CancelOutcome, NewTask, Notification, PgStore, SchemaName, TaskStore,
+    CancelOutcome, ClaimRequest, NewTask, Notification, PgStore, SchemaName, TaskStore,
 };
 
 /// The migrations the release before schemas shipped (`0001` to `0005`),
@@ -222,7 +222,11 @@ async fn a_database_made_before_schemas_moves_into_the_schema_with_every_row(poo
         );
     }
     assert_eq!(shown(&pool, 3)["attempts"], json!(2));
-    assert_eq!(shown(&pool, 2)["status"], json!("waiting"), "scheduled later");
+    assert_eq!(
+        shown(&pool, 2)["status"],
+        json!("waiting"),
+        "scheduled later"
+    );
 }
 
 /// Item 1: an application's database with its own `public.tasks` and its
@@ -237,7 +241,11 @@ async fn an_application_keeps_its_own_tables_and_history(pool: PgPool) {
                CREATE FUNCTION enqueue(title text) RETURNS bigint LANGUAGE sql
                    AS $$ INSERT INTO tasks (title) VALUES (title) RETURNING id $$;
                SELECT enqueue('write the report');";
-    migrate_like_sqlx(&pool, &[("20240101000000_app.sql".to_owned(), app.to_owned())]).await;
+    migrate_like_sqlx(
+        &pool,
+        &[("20240101000000_app.sql".to_owned(), app.to_owned())],
+    )
+    .await;
     let objects = objects_in(&pool, "public").await;
     let rows = rows_of(&pool, "public.tasks", "id").await;
     let history = history_of(&pool, "public", i64::MAX).await;
@@ -299,13 +307,17 @@ async fn another_schema_holds_everything(pool: PgPool) {
     .unwrap();
     assert_eq!(schemas, ["other", "public"]);
 
-    let output = run(taskbox(&pool)
-        .env("TASKBOX_SCHEMA", "other")
-        .args(["enqueue", "add", r#"{"a": 1, "b": 2}"#]));
+    let output = run(taskbox(&pool).env("TASKBOX_SCHEMA", "other").args([
+        "enqueue",
+        "add",
+        r#"{"a": 1, "b": 2}"#,
+    ]));
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let stats: Value =
-        serde_json::from_str(&taskbox_ok(&pool, &["--schema", "other", "stats", "--json"]))
-            .unwrap();
+    let stats: Value = serde_json::from_str(&taskbox_ok(
+        &pool,
+        &["--schema", "other", "stats", "--json"],
+    ))
+    .unwrap();
     assert_eq!(stats["waiting"], json!(1));
     // The default schema was never made.
     let output = run(taskbox(&pool).args(["stats"]));
@@ -319,7 +331,13 @@ async fn another_schema_holds_everything(pool: PgPool) {
             .unwrap()
     };
     let before_bad = namespaces().await;
-    for bad in ["Other", "pg_other", "", "other; DROP TABLE x", &"o".repeat(57)] {
+    for bad in [
+        "Other",
+        "pg_other",
+        "",
+        "other; DROP TABLE x",
+        "o".repeat(57).as_str(),
+    ] {
         let output = run(taskbox(&pool).args(["--schema", bad, "migrate"]));
         let stderr = stderr_of(&output);
         assert_eq!(output.status.code(), Some(2), "{bad:?}: {stderr}");
@@ -341,7 +359,10 @@ async fn a_cancel_in_one_schema_is_not_heard_in_another(pool: PgPool) {
     let beta = PgStore::from_pool_in(pool, &SchemaName::new("beta").unwrap());
     for store in [&alpha, &beta] {
         store.migrate().await.unwrap();
-        store.enqueue(&[NewTask::new("add", vec![2, 4])]).await.unwrap();
+        store
+            .enqueue(&[NewTask::new("add", vec![2, 4])])
+            .await
+            .unwrap();
         let claimed = store
             .claim(&ClaimRequest {
                 worker_id: "w",

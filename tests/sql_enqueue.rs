@@ -12,8 +12,11 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use taskbox::cli::args::MAX_QUEUE_NAME;
 use taskbox::sandbox::Plugins;
-use taskbox::store::{PgStore, Status, TaskStore};
+use taskbox::store::{
+    DEFAULT_MAX_ARGS_BYTES, MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT, PgStore, Status, TaskStore,
+};
 use taskbox::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
 
 /// The idle worker's poll interval: a task it starts sooner than a tenth
@@ -144,7 +147,11 @@ async fn a_committed_call_wakes_a_worker_and_a_rolled_back_one_leaves_nothing(po
         (&view["args"], &view["result"]),
         (&json!({"a": 1, "b": 2}), &json!(3))
     );
-    assert_eq!(stats_total(&store).await, 2, "the rolled-back task was written");
+    assert_eq!(
+        stats_total(&store).await,
+        2,
+        "the rolled-back task was written"
+    );
     let app_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM public.tasks")
         .fetch_one(&pool)
         .await
@@ -207,7 +214,11 @@ async fn the_batch_form_returns_ids_in_input_order(pool: PgPool) {
             "task {id}"
         );
     }
-    assert_eq!(shown(&pool, ids[5])["status"], json!("success"), "no args: null");
+    assert_eq!(
+        shown(&pool, ids[5])["status"],
+        json!("success"),
+        "no args: null"
+    );
 }
 
 /// Item 2: each bad input raises SQLSTATE 22023 with one sentence and
@@ -216,60 +227,74 @@ async fn the_batch_form_returns_ids_in_input_order(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn bad_input_is_refused_with_one_sentence_and_nothing_written(pool: PgPool) {
     let store = store(pool.clone()).await;
-    let big = "x".repeat(4 * 1024 * 1024);
-    let cases: &[(String, &str)] = &[
+    // The bounds are the Rust constants', written into the migration: a
+    // change to one without the other fails here.
+    let days = |bound: Duration| bound.as_secs() / 86_400;
+    let week = days(MAX_TASK_TIMEOUT);
+    let ahead = days(MAX_SCHEDULE_AHEAD);
+    let limit = DEFAULT_MAX_ARGS_BYTES;
+    let big = "x".repeat(limit);
+    let long_queue = "q".repeat(MAX_QUEUE_NAME + 1);
+    let cases: Vec<(String, String)> = vec![
         (
             "SELECT taskbox.enqueue(NULL, '{}')".into(),
-            "the plugin name is NULL or empty",
+            "the plugin name is NULL or empty".into(),
         ),
         (
             "SELECT taskbox.enqueue('', '{}')".into(),
-            "the plugin name is NULL or empty",
+            "the plugin name is NULL or empty".into(),
         ),
         (
             "SELECT taskbox.enqueue('add', '{}', timeout => '0 seconds')".into(),
-            "the timeout must be at least 1 millisecond",
+            "the timeout must be at least 1 millisecond".into(),
         ),
         (
             "SELECT taskbox.enqueue('add', '{}', timeout => '-5 seconds')".into(),
-            "the timeout must be at least 1 millisecond",
+            "the timeout must be at least 1 millisecond".into(),
         ),
         (
-            "SELECT taskbox.enqueue('add', '{}', timeout => '8 days')".into(),
-            "more than the maximum of 7 days",
+            format!("SELECT taskbox.enqueue('add', '{{}}', timeout => '{week} days 1 ms')"),
+            format!("more than the maximum of {week} days"),
         ),
         (
             "SELECT taskbox.enqueue('add', '{}', max_attempts => 0)".into(),
-            "max_attempts must be at least 1 (it was 0)",
+            "max_attempts must be at least 1 (it was 0)".into(),
         ),
         (
-            "SELECT taskbox.enqueue('add', '{}', run_at => now() + interval '3660 days')".into(),
-            "more than the maximum of 3653 days from now",
+            format!(
+                "SELECT taskbox.enqueue('add', '{{}}', run_at => now() + interval '{} days')",
+                ahead + 1
+            ),
+            format!("more than the maximum of {ahead} days from now"),
         ),
         (
             "SELECT taskbox.enqueue('add', '{}', queue => ' ')".into(),
-            "a queue name cannot be empty",
+            "a queue name cannot be empty".into(),
+        ),
+        (
+            format!("SELECT taskbox.enqueue('add', '{{}}', queue => '{long_queue}')"),
+            format!("a queue name is at most {MAX_QUEUE_NAME} characters"),
         ),
         (
             format!("SELECT taskbox.enqueue('add', jsonb_build_object('s', '{big}'))"),
-            "more than the limit of 4194304 bytes",
+            format!("more than the limit of {limit} bytes"),
         ),
         (
             "SELECT taskbox.enqueue_many('{\"plugin\": \"add\"}')".into(),
-            "enqueue_many takes a JSON array of task objects",
+            "enqueue_many takes a JSON array of task objects".into(),
         ),
         (
             "SELECT taskbox.enqueue_many('[{\"plugin\": \"add\", \"args\": {\"a\": 1, \"b\": 2}},
                                            {\"plugin\": \"add\", \"max_attempts\": 0}]')"
                 .into(),
-            "task 2 of 2: max_attempts must be at least 1",
+            "task 2 of 2: max_attempts must be at least 1".into(),
         ),
         (
             "SELECT taskbox.enqueue_many('[{\"plugin\": \"add\", \"atgs\": {}}]')".into(),
-            "task 1 of 1: it has the field \"atgs\"",
+            "task 1 of 1: it has the field \"atgs\"".into(),
         ),
     ];
-    for (sql, message) in cases {
+    for (sql, message) in &cases {
         let shown_sql = &sql[..sql.len().min(120)];
         let stderr = psql(&pool, sql)
             .await
@@ -279,16 +304,26 @@ async fn bad_input_is_refused_with_one_sentence_and_nothing_written(pool: PgPool
             .find_map(|line| line.split_once("ERROR:  22023: "))
             .map(|(_, sentence)| sentence)
             .unwrap_or_else(|| panic!("{shown_sql}: no SQLSTATE 22023 in: {stderr}"));
-        assert!(error.contains(message), "{shown_sql}: {stderr}");
+        assert!(error.contains(message.as_str()), "{shown_sql}: {stderr}");
         assert!(
             !error.contains(". "),
             "{shown_sql}: more than one sentence: {error}"
         );
     }
     assert_eq!(stats_total(&store).await, 0, "a refused call wrote a task");
-    // NULL args are JSON null: taken, as for a plugin that takes none.
-    let id = psql(&pool, "SELECT taskbox.enqueue('chatty', NULL)").await;
-    assert!(id.is_ok(), "{id:?}");
+    // At the bounds, and NULL args (JSON null, as for a plugin that takes
+    // none), are taken.
+    let taken = psql(
+        &pool,
+        &format!(
+            "SELECT taskbox.enqueue('chatty', NULL, timeout => '{week} days',
+                                    run_at => now() + interval '{ahead} days',
+                                    queue => '{}')",
+            "q".repeat(MAX_QUEUE_NAME)
+        ),
+    )
+    .await;
+    assert!(taken.is_ok(), "{taken:?}");
 }
 
 /// Item 2: JSON args that do not fit the plugin's args schema end the task

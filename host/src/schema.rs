@@ -117,7 +117,8 @@ fn misfit(ty: &OwnedDataModelType, value: &Value, path: &str) -> Option<String> 
         };
         Some(format!("field `{path}` is not {what}: {shown}"))
     };
-    let int = |fits: Option<bool>, name: &str| unless(fits == Some(true), &format!("of type {name}"));
+    let int =
+        |fits: Option<bool>, name: &str| unless(fits == Some(true), &format!("of type {name}"));
     match ty {
         T::Bool => unless(value.is_boolean(), "true or false"),
         T::U8 => int(value.as_u64().map(|n| u8::try_from(n).is_ok()), "u8"),
@@ -146,7 +147,10 @@ fn misfit(ty: &OwnedDataModelType, value: &Value, path: &str) -> Option<String> 
             if let Some(missing) = fields.iter().find(|f| !object.contains_key(&*f.name)) {
                 return Some(format!("field `{}` is missing", field(&missing.name)));
             }
-            if let Some(extra) = object.keys().find(|key| !fields.iter().any(|f| f.name == **key)) {
+            if let Some(extra) = object
+                .keys()
+                .find(|key| !fields.iter().any(|f| f.name == **key))
+            {
                 return Some(format!("field `{}` is not one it takes", field(extra)));
             }
             fields
@@ -484,16 +488,25 @@ mod tests {
         let refused = |value| encode(&schema_of::<Outer>(), &value).unwrap_err();
         let pairs = json!([{"a": 1, "b": 2}]);
         let missing = refused(json!({"name": "x", "pairs": pairs}));
-        assert!(missing.starts_with("field `small` is missing; expected "), "{missing}");
+        assert!(
+            missing.starts_with("field `small` is missing; expected "),
+            "{missing}"
+        );
         let extra = refused(json!({"name": "x", "pairs": pairs, "small": 1, "big": 2}));
-        assert!(extra.starts_with("field `big` is not one it takes;"), "{extra}");
+        assert!(
+            extra.starts_with("field `big` is not one it takes;"),
+            "{extra}"
+        );
         let nested = refused(json!({"name": "x", "pairs": [{"a": 1, "b": "2"}], "small": null}));
         assert!(
             nested.starts_with("field `pairs[0].b` is not of type i64: \"2\";"),
             "{nested}"
         );
         let range = refused(json!({"name": "x", "pairs": [], "small": 300}));
-        assert!(range.starts_with("field `small` is not of type u8: 300;"), "{range}");
+        assert!(
+            range.starts_with("field `small` is not of type u8: 300;"),
+            "{range}"
+        );
         // No field to name: the schema alone.
         let whole = encode(&schema_of::<String>(), &json!(42)).unwrap_err();
         assert!(whole.starts_with("expected "), "{whole}");

@@ -348,7 +348,15 @@ mod tests {
         assert_eq!(cli.schema.as_str(), DEFAULT_SCHEMA);
         let cli = Cli::parse_from(["taskbox", "--schema", "jobs_2", "stats"]);
         assert_eq!(cli.schema.as_str(), "jobs_2");
-        for bad in ["", "Jobs", "1jobs", "jobs-x", "jobs x", "pg_jobs", &"j".repeat(57)] {
+        for bad in [
+            "",
+            "Jobs",
+            "1jobs",
+            "jobs-x",
+            "jobs x",
+            "pg_jobs",
+            "j".repeat(57).as_str(),
+        ] {
             assert!(parse_schema(bad).is_err(), "{bad:?} is taken");
         }
         assert!(parse_schema(&"j".repeat(56)).is_ok());

@@ -26,7 +26,7 @@ pub use compile::{Compiler, LoadLimits};
 use limits::TaskLimiter;
 use log::PluginLog;
 pub use log::{LogLimits, LogTarget};
-pub use plugin::{Plugin, PluginError, Plugins};
+pub use plugin::{Plugin, PluginError, PluginListing, Plugins};
 pub use run::{Execution, Outcome};
 
 /// Generated from `wit/`, the single source of truth for the plugin ABI.

@@ -157,14 +157,14 @@ pub(crate) async fn prepare(
         .execute(&mut *tx)
         .await?;
     // Another process may have finished while this one waited.
-    if has_history(&mut *tx, schema).await? {
+    if has_history(&mut tx, schema).await? {
         return Ok(None);
     }
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
         .execute(&mut *tx)
         .await?;
-    let moved = match taskbox_history_in_public(&mut *tx, schema, migrator).await? {
-        Some(history) => Some(move_from_public(&mut *tx, schema, &history).await?),
+    let moved = match taskbox_history_in_public(&mut tx, schema, migrator).await? {
+        Some(history) => Some(move_from_public(&mut tx, schema, &history).await?),
         None => None,
     };
     tx.commit().await?;
@@ -190,7 +190,7 @@ async fn relation_exists(
     sqlx::query_scalar("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL")
         .bind(schema)
         .bind(name)
-        .fetch_one(conn)
+        .fetch_one(&mut *conn)
         .await
 }
 
@@ -213,7 +213,7 @@ async fn taskbox_history_in_public(
     }
     let rows: Vec<(i64, Vec<u8>)> =
         sqlx::query_as(&format!("SELECT version, checksum FROM public.{HISTORY}"))
-            .fetch_all(conn)
+            .fetch_all(&mut *conn)
             .await?;
     let ours: HashMap<i64, &[u8]> = migrator
         .iter()
@@ -274,7 +274,7 @@ async fn move_from_public(
         // Someone else's migrations share the table (possible only with
         // sqlx's `ignore_missing`): move taskbox's rows, leave theirs.
         let target = schema.quoted();
-        sqlx::raw_sql(&format!(
+        sqlx::query(&format!(
             "CREATE TABLE {target}.{HISTORY} (LIKE public.{HISTORY} INCLUDING ALL)"
         ))
         .execute(&mut *conn)
