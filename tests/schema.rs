@@ -82,11 +82,11 @@ async fn text(pool: &PgPool, sql: &str) -> String {
 async fn objects_in(pool: &PgPool, schema: &str) -> String {
     let sql = format!(
         "SELECT string_agg(name, ', ' ORDER BY name) FROM (
-             SELECT c.relname || ' (' || c.relkind || ')' AS name
+             SELECT c.relname || ' (' || c.relkind::text || ')' AS name
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = '{schema}'
              UNION ALL
-             SELECT p.proname || '()' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             SELECT p.proname::text || '()' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
              WHERE n.nspname = '{schema}') o"
     );
     text(pool, &sql).await

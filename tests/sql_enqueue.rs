@@ -171,7 +171,7 @@ async fn the_batch_form_returns_ids_in_input_order(pool: PgPool) {
     let batch = (1..=5)
         .map(|n| json!({"plugin": "add", "args": {"a": n, "b": n}, "priority": -n}))
         .chain([json!({
-            "plugin": "chatty", "queue": "slow", "max_attempts": 3, "timeout": "250ms",
+            "plugin": "snoop", "queue": "slow", "max_attempts": 3, "timeout": "30s 250ms",
             "run_at": "2020-01-01T00:00:00Z"
         })])
         .collect::<Vec<_>>();
@@ -197,10 +197,10 @@ async fn the_batch_form_returns_ids_in_input_order(pool: PgPool) {
             last.run_at.to_rfc3339()
         ),
         (
-            "chatty",
+            "snoop",
             "slow",
             3,
-            Some(250),
+            Some(30_250),
             Some("null"),
             "2020-01-01T00:00:00+00:00".to_owned()
         )
@@ -316,7 +316,7 @@ async fn bad_input_is_refused_with_one_sentence_and_nothing_written(pool: PgPool
     let taken = psql(
         &pool,
         &format!(
-            "SELECT taskbox.enqueue('chatty', NULL, timeout => '{week} days',
+            "SELECT taskbox.enqueue('snoop', NULL, timeout => '{week} days',
                                     run_at => now() + interval '{ahead} days',
                                     queue => '{}')",
             "q".repeat(MAX_QUEUE_NAME)
