@@ -391,3 +391,59 @@ fn bench(rest: &[String]) -> Result<()> {
         // `--` only separates these args from cargo's.
         .args(rest.iter().skip_while(|arg| *arg == "--")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin workspace in a fresh folder under `target/`, with a
+    /// `cdylib` crate whose name has a dash, one without `crate-type`, and
+    /// the SDK.
+    fn workspace() -> PathBuf {
+        let dir = root().join("target/xtask-test").join(format!(
+            "{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let member = |name: &str, lib: &str| {
+            let src = dir.join(name).join("src");
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("lib.rs"), "").unwrap();
+            std::fs::write(
+                dir.join(name).join("Cargo.toml"),
+                format!(
+                    "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n{lib}"
+                ),
+            )
+            .unwrap();
+        };
+        member("word-count", "[lib]\ncrate-type = [\"cdylib\"]\n");
+        member("forgot-cdylib", "");
+        member(SDK_PACKAGE, "");
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!(
+                "[workspace]\nresolver = \"3\"\nmembers = [\"word-count\", \"forgot-cdylib\", \"{SDK_PACKAGE}\"]\n"
+            ),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn plugins_are_named_after_their_package_and_a_missing_cdylib_is_found() {
+        let dir = workspace();
+        let mut crates = plugin_crates(&dir).unwrap();
+        crates.sort_by(|a, b| a.package.cmp(&b.package));
+        let found: Vec<(&str, Option<&str>)> = crates
+            .iter()
+            .map(|c| (c.package.as_str(), c.cdylib.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [("forgot-cdylib", None), ("word-count", Some("word_count"))]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -20,8 +20,7 @@ pub const DEFAULT_LIST_LIMIT: i64 = 50;
 #[command(
     name = "taskbox",
     version,
-    about = "Run tasks as sandboxed WebAssembly plugins from a database queue",
-    arg_required_else_help = true
+    about = "Run tasks as sandboxed WebAssembly plugins from a database queue"
 )]
 pub struct Cli {
     /// Postgres URL (postgres://...) or SQLite (sqlite:PATH); default sqlite:./taskbox.db.

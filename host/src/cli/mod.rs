@@ -76,12 +76,11 @@ pub fn main() -> ExitCode {
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
-        Err(err)
-            if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
-        {
-            // Bare `taskbox`: the usage is the answer, on stderr as it is
+        Err(err) if err.kind() == clap::error::ErrorKind::MissingSubcommand => {
+            // Bare `taskbox`: the help is the answer, on stderr as it is
             // still bad usage.
-            let _ = err.print();
+            let help = <Cli as clap::CommandFactory>::command().render_help();
+            eprint!("{help}");
             return ExitCode::from(2);
         }
         Err(err) => {

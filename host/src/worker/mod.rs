@@ -444,7 +444,11 @@ async fn watch_plugins<S: TaskStore>(
             }
         }
         if let Ok(listings) = &scan {
-            record_schemas(&store, listings, &mut recorded).await;
+            // A database that does not answer must not hold up stopping.
+            tokio::select! {
+                _ = record_schemas(&store, listings, &mut recorded) => {}
+                _ = stop.cancelled() => return,
+            }
         }
         match scan {
             Ok(_) if failing => {
@@ -477,8 +481,8 @@ fn first_refusal_of_all(listings: &[crate::sandbox::PluginListing]) -> Option<St
 }
 
 /// Keep the schemas of every plugin version that loaded, by digest, so a
-/// result stays readable after its plugin file is replaced. A version whose
-/// record failed is tried again on the next look.
+/// result stays readable after its plugin file is replaced. After a failed
+/// record the rest wait for the next look: the database is likely down.
 async fn record_schemas<S: TaskStore>(
     store: &S,
     listings: &[crate::sandbox::PluginListing],
@@ -495,7 +499,10 @@ async fn record_schemas<S: TaskStore>(
             Ok(()) => {
                 recorded.insert(plugin.digest.clone());
             }
-            Err(err) => tracing::debug!(plugin = %listing.name, "schemas not recorded yet: {err}"),
+            Err(err) => {
+                tracing::debug!(plugin = %listing.name, "schemas not recorded yet: {err}");
+                return;
+            }
         }
     }
 }
