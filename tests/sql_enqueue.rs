@@ -71,8 +71,11 @@ fn serve(
     (shutdown, handle)
 }
 
+/// Wait for task `id` to end, well within [`POLL`]: a worker that did
+/// not hear of it would not even claim it in this time.
 async fn until_final(store: &PgStore, id: i64) {
-    wait::until(&format!("task {id} to finish"), FINISH_WITHIN, || async {
+    let what = format!("task {id} to finish (the worker polls only every {POLL:?})");
+    wait::until(&what, FINISH_WITHIN, || async {
         record(store, id).await.status.is_final()
     })
     .await;
