@@ -968,7 +968,8 @@ impl Backdoor for taskbox::store::PgStore {
 
     async fn skewed(&self, ahead: TimeDelta) -> Self {
         // A `now()` of the test's own that shadows the built-in one for
-        // every statement of the new pool (pg_catalog searched last).
+        // every statement of the new pool (pg_catalog searched last, after
+        // the store's schema), which the store takes as it is.
         let create = format!(
             "CREATE SCHEMA IF NOT EXISTS skewed_clock;
              CREATE OR REPLACE FUNCTION skewed_clock.now() RETURNS timestamptz
@@ -978,13 +979,13 @@ impl Backdoor for taskbox::store::PgStore {
         sqlx::raw_sql(&create).execute(self.pool()).await.unwrap();
         let options = (*self.pool().connect_options())
             .clone()
-            .options([("search_path", "skewed_clock,public,pg_catalog")]);
+            .options([("search_path", "skewed_clock,taskbox,pg_catalog")]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect_with(options)
             .await
             .unwrap();
-        taskbox::store::PgStore::from_pool(pool)
+        taskbox::store::PgStore::on_pool(pool, self.schema())
     }
 
     async fn db_now(&self) -> DateTime<Utc> {

@@ -117,7 +117,7 @@ async fn workers_keep_to_their_connection_budget_and_a_full_server_is_named() {
         .max_connections(1)
         .connect_lazy(&server.url())
         .unwrap();
-    let store = PgStore::from_pool(pool.clone());
+    let store = PgStore::from_pool(pool);
     store.migrate().await.unwrap();
     let plugins = plugins();
     let template = task(&plugins, "sleep", json!(50)).await;
@@ -137,7 +137,8 @@ async fn workers_keep_to_their_connection_budget_and_a_full_server_is_named() {
         store.stats().await.map(|s| s.success >= 8).unwrap_or(false)
     })
     .await;
-    let mut own = pool.acquire().await.unwrap();
+    // The store's pool, the test's one connection.
+    let mut own = store.pool().acquire().await.unwrap();
     let used = clients(&mut own).await;
     drop(own);
     assert!(

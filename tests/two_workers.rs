@@ -62,7 +62,7 @@ async fn two_workers_run_each_task_once(pool: PgPool) {
             .all(|r| r.status == Status::Success && r.attempt == 1)
     );
     let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM leases")
-        .fetch_one(&pool)
+        .fetch_one(store.pool())
         .await
         .unwrap();
     assert_eq!(leases, 0, "leases left after the drain");

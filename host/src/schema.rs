@@ -79,8 +79,12 @@ fn check_type(ty: &OwnedNamedType, depth: usize) -> Result<(), String> {
 
 /// Turn JSON into the postcard bytes `schema` describes, refusing anything
 /// that does not fit exactly (extra fields, values where none are taken).
+/// The refusal names the first field that does not fit, where it can.
 pub fn encode(schema: &OwnedNamedType, value: &Value) -> Result<Vec<u8>, String> {
-    let mismatch = || format!("expected {}", schema.to_pseudocode());
+    let mismatch = || match misfit(&schema.ty, value, "") {
+        Some(field) => format!("{field}; expected {}", schema.to_pseudocode()),
+        None => format!("expected {}", schema.to_pseudocode()),
+    };
     let bytes = postcard_dyn::to_stdvec_dyn(schema, value).map_err(|_| mismatch())?;
     // The encoder skips what the schema does not mention; decoding back and
     // comparing catches that.
@@ -91,6 +95,74 @@ pub fn encode(schema: &OwnedNamedType, value: &Value) -> Result<Vec<u8>, String>
         Err(mismatch())
     }
 }
+
+/// The first place in `value` that does not fit `ty`, as a phrase naming
+/// the field (``field `b` is missing``, ``field `a` is not of type i64:
+/// "x"``); `None` outside any struct's field, or where the walk cannot
+/// tell (tuples, maps, enums), so the caller's general message stands.
+fn misfit(ty: &OwnedDataModelType, value: &Value, path: &str) -> Option<String> {
+    use OwnedDataModelType as T;
+    let field = |name: &str| match path {
+        "" => name.to_owned(),
+        path => format!("{path}.{name}"),
+    };
+    let unless = |fits: bool, what: &str| {
+        if fits || path.is_empty() {
+            return None;
+        }
+        let shown = value.to_string();
+        let shown = match shown.char_indices().nth(MISFIT_QUOTE) {
+            Some((cut, _)) => format!("{}...", &shown[..cut]),
+            None => shown,
+        };
+        Some(format!("field `{path}` is not {what}: {shown}"))
+    };
+    let int =
+        |fits: Option<bool>, name: &str| unless(fits == Some(true), &format!("of type {name}"));
+    match ty {
+        T::Bool => unless(value.is_boolean(), "true or false"),
+        T::U8 => int(value.as_u64().map(|n| u8::try_from(n).is_ok()), "u8"),
+        T::U16 => int(value.as_u64().map(|n| u16::try_from(n).is_ok()), "u16"),
+        T::U32 => int(value.as_u64().map(|n| u32::try_from(n).is_ok()), "u32"),
+        T::U64 | T::Usize | T::U128 => int(value.as_u64().map(|_| true), "u64"),
+        T::I8 => int(value.as_i64().map(|n| i8::try_from(n).is_ok()), "i8"),
+        T::I16 => int(value.as_i64().map(|n| i16::try_from(n).is_ok()), "i16"),
+        T::I32 => int(value.as_i64().map(|n| i32::try_from(n).is_ok()), "i32"),
+        T::I64 | T::Isize | T::I128 => int(value.as_i64().map(|_| true), "i64"),
+        T::F32 | T::F64 => unless(value.is_number(), "a number"),
+        T::String => unless(value.is_string(), "a string"),
+        T::Option(inner) if !value.is_null() => misfit(&inner.ty, value, path),
+        T::NewtypeStruct(inner) => misfit(&inner.ty, value, path),
+        T::Seq(inner) => match value.as_array() {
+            None => unless(false, "an array"),
+            Some(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(at, item)| misfit(&inner.ty, item, &format!("{path}[{at}]"))),
+        },
+        T::Struct(fields) => {
+            let Some(object) = value.as_object() else {
+                return unless(false, "an object");
+            };
+            if let Some(missing) = fields.iter().find(|f| !object.contains_key(&*f.name)) {
+                return Some(format!("field `{}` is missing", field(&missing.name)));
+            }
+            if let Some(extra) = object
+                .keys()
+                .find(|key| !fields.iter().any(|f| f.name == **key))
+            {
+                return Some(format!("field `{}` is not one it takes", field(extra)));
+            }
+            fields
+                .iter()
+                .find_map(|f| misfit(&f.ty.ty, &object[&*f.name], &field(&f.name)))
+        }
+        _ => None,
+    }
+}
+
+/// Characters of a value a [`misfit`] phrase quotes.
+const MISFIT_QUOTE: usize = 40;
 
 /// Most JSON values one decode may produce. Postcard trusts declared
 /// lengths and encodes unit values as nothing, so a few bytes can declare
@@ -402,6 +474,42 @@ mod tests {
         assert!(encode(&schema_of::<Pair>(), &json!({"a": 1, "b": 2, "c": 3})).is_err());
         assert!(encode(&schema_of::<()>(), &json!(7)).is_err());
         assert!(encode(&schema_of::<u8>(), &json!(300)).is_err());
+    }
+
+    #[derive(Serialize, Deserialize, Schema)]
+    struct Outer {
+        name: String,
+        pairs: Vec<Pair>,
+        small: Option<u8>,
+    }
+
+    #[test]
+    fn a_refusal_names_the_field() {
+        let refused = |value| encode(&schema_of::<Outer>(), &value).unwrap_err();
+        let pairs = json!([{"a": 1, "b": 2}]);
+        let missing = refused(json!({"name": "x", "pairs": pairs}));
+        assert!(
+            missing.starts_with("field `small` is missing; expected "),
+            "{missing}"
+        );
+        let extra = refused(json!({"name": "x", "pairs": pairs, "small": 1, "big": 2}));
+        assert!(
+            extra.starts_with("field `big` is not one it takes;"),
+            "{extra}"
+        );
+        let nested = refused(json!({"name": "x", "pairs": [{"a": 1, "b": "2"}], "small": null}));
+        assert!(
+            nested.starts_with("field `pairs[0].b` is not of type i64: \"2\";"),
+            "{nested}"
+        );
+        let range = refused(json!({"name": "x", "pairs": [], "small": 300}));
+        assert!(
+            range.starts_with("field `small` is not of type u8: 300;"),
+            "{range}"
+        );
+        // No field to name: the schema alone.
+        let whole = encode(&schema_of::<String>(), &json!(42)).unwrap_err();
+        assert!(whole.starts_with("expected "), "{whole}");
     }
 
     #[test]

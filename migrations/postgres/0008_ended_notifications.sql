@@ -7,7 +7,9 @@ ALTER TABLE tasks ADD COLUMN waited boolean NOT NULL DEFAULT false;
 
 CREATE FUNCTION notify_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('taskbox_ended', NEW.id::text);
+    -- The schema's own channel (`taskbox_ended` by default): ids are per
+    -- schema.
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '_ended', NEW.id::text);
     RETURN NULL;
 END
 $$;

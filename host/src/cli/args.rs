@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::Status;
+use crate::store::pg_schema::DEFAULT_SCHEMA;
+use crate::store::{SchemaName, Status};
 
 /// The plugins folder `cargo xtask plugins` fills.
 pub const DEFAULT_PLUGINS_DIR: &str = "target/plugins";
@@ -25,6 +26,12 @@ pub struct Cli {
     /// Postgres URL (postgres://...) or SQLite (sqlite:PATH); default sqlite:./taskbox.db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Postgres schema holding every taskbox table, function and its
+    /// migration history (SQLite keeps its one file and ignores this).
+    #[arg(long, env = "TASKBOX_SCHEMA", global = true, value_name = "NAME",
+          default_value = DEFAULT_SCHEMA, value_parser = parse_schema)]
+    pub schema: SchemaName,
 
     /// Folder of plugin components (NAME.wasm).
     #[arg(long = "plugins", env = "TASKBOX_PLUGINS", global = true, default_value = DEFAULT_PLUGINS_DIR)]
@@ -217,6 +224,11 @@ fn parse_status(text: &str) -> Result<Status, String> {
     text.parse()
 }
 
+/// `--schema`: a name [`SchemaName`] takes.
+pub fn parse_schema(text: &str) -> Result<SchemaName, String> {
+    SchemaName::new(text).map_err(|err| err.to_string())
+}
+
 /// Longest queue name taken.
 pub const MAX_QUEUE_NAME: usize = 128;
 
@@ -343,6 +355,27 @@ mod tests {
         assert_eq!(cli.load.max_plugin_size as u64, DEFAULT_MAX_PLUGIN_SIZE);
         assert_eq!(cli.load.compile_timeout, DEFAULT_COMPILE_TIMEOUT);
         assert_eq!(cli.load.compile_memory as u64, DEFAULT_COMPILE_MEMORY);
+    }
+
+    #[test]
+    fn the_schema_defaults_to_the_library_default_and_is_checked() {
+        let cli = Cli::parse_from(["taskbox", "stats"]);
+        assert_eq!(cli.schema, SchemaName::default());
+        assert_eq!(cli.schema.as_str(), DEFAULT_SCHEMA);
+        let cli = Cli::parse_from(["taskbox", "--schema", "jobs_2", "stats"]);
+        assert_eq!(cli.schema.as_str(), "jobs_2");
+        for bad in [
+            "",
+            "Jobs",
+            "1jobs",
+            "jobs-x",
+            "jobs x",
+            "pg_jobs",
+            "j".repeat(57).as_str(),
+        ] {
+            assert!(parse_schema(bad).is_err(), "{bad:?} is taken");
+        }
+        assert!(parse_schema(&"j".repeat(56)).is_ok());
     }
 
     #[test]

@@ -199,7 +199,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let unusable = |err: StoreError| input(format!("the database URL is not usable: {err}"));
     match Backend::from_url(cli.database_url.as_deref())? {
         Backend::Postgres(url) => {
-            run_with(PgStore::connect_lazy(&url).map_err(unusable)?, cli).await
+            let store = PgStore::connect_lazy_in(&url, &cli.schema).map_err(unusable)?;
+            run_with(store, cli).await
         }
         Backend::Sqlite(url) => {
             // Commands that only read create no database file.

@@ -182,7 +182,9 @@ impl TaskView {
             Ok(schemas) => Ok(pick(schemas)),
             Err(reason) => Err(reason.as_str()),
         };
-        let args = render("args", schema(|s| &s.args), &record.args);
+        let args = record
+            .json_args()
+            .unwrap_or_else(|| render("args", schema(|s| &s.args), &record.args));
         let result = match &record.result {
             Some(bytes) => render("result", schema(|s| &s.result), bytes),
             None => Value::Null,

@@ -2,6 +2,7 @@
 //! database, behind one trait so that Postgres (production) and SQLite (the
 //! embedded default) are interchangeable. All SQL lives in the submodules.
 
+pub mod pg_schema;
 pub mod postgres;
 pub mod sqlite;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use pg_schema::SchemaName;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -146,7 +148,13 @@ pub struct ClaimRequest<'a> {
 pub struct ClaimedTask {
     pub id: i64,
     pub plugin: String,
+    /// Postcard bytes; empty when the args came as JSON.
     pub args: Vec<u8>,
+    /// JSON text, for a task enqueued from SQL (`enqueue(plugin, args
+    /// jsonb, ...)` on Postgres): the worker encodes it with the plugin's
+    /// args schema before running.
+    #[sqlx(default)]
+    pub args_json: Option<String>,
     pub attempt: i32,
     pub max_attempts: i32,
     pub timeout_ms: i64,
@@ -211,6 +219,16 @@ impl Completion {
             ..Completion::new(id, attempt, Status::Waiting)
         }
     }
+
+    /// Refuse the task's input: `error` at once with `why`, whatever
+    /// attempts remain, since no attempt could run it (args that do not
+    /// fit the plugin's schema). The attempt that found it is spent.
+    pub fn refuse(id: i64, attempt: i32, why: String) -> Self {
+        Completion {
+            error: Some(why),
+            ..Completion::new(id, attempt, Status::Error)
+        }
+    }
 }
 
 /// A whole row, for `show` and `list`.
@@ -219,7 +237,11 @@ pub struct TaskRecord {
     pub id: i64,
     pub queue: String,
     pub plugin: String,
+    /// Postcard bytes; empty when the args came as JSON (`args_json`).
     pub args: Vec<u8>,
+    /// The args as JSON text, when they were enqueued as JSON from SQL.
+    #[sqlx(default)]
+    pub args_json: Option<String>,
     pub status: Status,
     pub priority: i32,
     pub attempt: i32,
@@ -236,6 +258,20 @@ pub struct TaskRecord {
     pub error: Option<String>,
     pub errors: Vec<String>,
     pub worker_id: Option<String>,
+}
+
+impl TaskRecord {
+    /// The args as the JSON they were enqueued as, when they came as JSON
+    /// (from SQL); `None` for postcard args.
+    pub fn json_args(&self) -> Option<serde_json::Value> {
+        let text = self.args_json.as_deref()?;
+        // The database checked it as jsonb; text it cannot have written
+        // still shows, as a string.
+        Some(
+            serde_json::from_str(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
+        )
+    }
 }
 
 /// Filters for `list`.

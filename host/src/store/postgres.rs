@@ -2,6 +2,13 @@
 //! on any number of machines. Claims use `FOR UPDATE SKIP LOCKED`, completions
 //! are one fenced `UPDATE ... FROM unnest(...)` per batch, and wake-ups travel
 //! over LISTEN/NOTIFY.
+//!
+//! Everything taskbox keeps lives in one schema of its own ([`SchemaName`],
+//! `taskbox` by default), its migration history included: every connection
+//! has the schema as its whole search path, so no statement can reach a
+//! table of the application beside it. `migrate` creates the schema, and
+//! moves the tables of a database made before schemas existed (all in
+//! `public`) into it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,6 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
+use super::pg_schema::{self, SchemaName};
 use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL,
     ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS,
@@ -17,12 +25,6 @@ use super::{
     TaskStore, check_args_size, check_bounds, refused_timeout_reason, retry_micros,
 };
 
-/// Channel every enqueue notifies and every worker listens on.
-pub const TASKS_CHANNEL: &str = "taskbox_tasks";
-/// Channel carrying the id of a running task to interrupt.
-pub const CANCEL_CHANNEL: &str = "taskbox_cancel";
-/// Channel a task's end is told on, with its id, when someone waits for it.
-pub const ENDED_CHANNEL: &str = "taskbox_ended";
 /// A waiter looks at its task this often even without a notification: a
 /// safety net for a lost LISTEN connection, not the way it is woken.
 pub const WAIT_RECHECK: Duration = Duration::from_secs(5);
@@ -55,9 +57,11 @@ pub const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, max_attempts, \
-     timeout_ms, run_at, enqueued_at, started_at, finished_at, plugin_digest, result, stdout, \
-     stderr, error, errors, worker_id";
+/// `args_json` as text: sqlx reads no `jsonb` without its `json` feature,
+/// and the text is all the reader needs.
+const TASK_COLUMNS: &str = "id, queue, plugin, args, args_json::text AS args_json, status, \
+     priority, attempt, max_attempts, timeout_ms, run_at, enqueued_at, started_at, finished_at, \
+     plugin_digest, result, stdout, stderr, error, errors, worker_id";
 
 /// `$4` is NULL for every queue, else the queues to serve; `$7` likewise
 /// for the plugins the worker has loaded. The batch is
@@ -98,7 +102,7 @@ WITH picked AS (
                  THEN array_append(t.errors, $6 || ' (it was ' || t.timeout_ms || ' ms)')
                  ELSE t.errors END
     WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING t.id, t.plugin, t.args, t.attempt, t.max_attempts,
+    RETURNING t.id, t.plugin, t.args, t.args_json::text AS args_json, t.attempt, t.max_attempts,
               coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at, t.status
 ), runnable AS (
     SELECT * FROM claimed WHERE status = 'running'
@@ -108,7 +112,8 @@ WITH picked AS (
     HAVING count(*) > 0
     RETURNING id
 )
-SELECT c.id, c.plugin, c.args, c.attempt, c.max_attempts, c.timeout_ms, lease.id AS lease
+SELECT c.id, c.plugin, c.args, c.args_json, c.attempt, c.max_attempts, c.timeout_ms,
+       lease.id AS lease
 FROM runnable c CROSS JOIN lease";
 
 /// Every column a finished attempt changes is outside all indexes, so the
@@ -202,14 +207,16 @@ SET status = 'cancelled', is_waiting = false, finished_at = now(), cancel_reques
 WHERE id = $1 AND status = 'waiting'
 RETURNING id";
 
+/// `$2` is the schema's cancel channel.
 const CANCEL_RUNNING: &str = "
 WITH asked AS (
     UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, now())
     WHERE id = $1 AND status = 'running'
     RETURNING id
 )
-SELECT pg_notify('taskbox_cancel', id::text) FROM asked";
+SELECT pg_notify($2, id::text) FROM asked";
 
+/// `$8` is the schema's tasks channel.
 const ENQUEUE: &str = "
 WITH inserted AS (
     INSERT INTO tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at)
@@ -220,7 +227,7 @@ WITH inserted AS (
     ORDER BY ord
     RETURNING id
 ), wake AS (
-    SELECT pg_notify('taskbox_tasks', '')
+    SELECT pg_notify($8, '')
 )
 SELECT id FROM inserted, wake ORDER BY id";
 
@@ -247,13 +254,21 @@ pub struct PgStore {
     target: String,
     /// Args over this many bytes are refused at enqueue.
     max_args_bytes: usize,
+    /// Where every table lives; the pools' search path.
+    schema: SchemaName,
 }
 
 impl PgStore {
-    /// Connect lazily: the pool opens connections on first use, so a worker
-    /// can start while the database is still coming up.
+    /// Connect lazily, in the default schema ([`pg_schema::DEFAULT_SCHEMA`]).
     pub fn connect_lazy(url: &str) -> StoreResult<Self> {
-        let options: PgConnectOptions = url.parse()?;
+        Self::connect_lazy_in(url, &SchemaName::default())
+    }
+
+    /// Connect lazily, every table in `schema`: the pool opens connections
+    /// on first use, so a worker can start while the database is still
+    /// coming up.
+    pub fn connect_lazy_in(url: &str, schema: &SchemaName) -> StoreResult<Self> {
+        let options = schema.search_path_of(url.parse()?);
         let pool = PgPoolOptions::new()
             .max_connections(DEFAULT_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -296,11 +311,29 @@ impl PgStore {
             target: target(&options),
             options,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
+            schema: schema.clone(),
         })
     }
 
-    /// A store on an existing pool (every statement durable).
+    /// A store with `pool`'s database and settings, in the default schema
+    /// (every statement durable).
     pub fn from_pool(pool: PgPool) -> Self {
+        Self::from_pool_in(pool, &SchemaName::default())
+    }
+
+    /// A store with `pool`'s database and settings, every table in
+    /// `schema`: its connections are its own, each with the schema as its
+    /// search path.
+    pub fn from_pool_in(pool: PgPool, schema: &SchemaName) -> Self {
+        let options = schema.search_path_of((*pool.connect_options()).clone());
+        let own = pool.options().clone().connect_lazy_with(options);
+        Self::on_pool(own, schema)
+    }
+
+    /// A store on `pool` as it is, for callers that set their connections'
+    /// search path themselves: it must find `schema`'s tables. Migrations
+    /// still run with `schema` alone as the search path.
+    pub fn on_pool(pool: PgPool, schema: &SchemaName) -> Self {
         let options = (*pool.connect_options()).clone();
         PgStore {
             claims: pool.clone(),
@@ -311,7 +344,27 @@ impl PgStore {
             options,
             pool,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
+            schema: schema.clone(),
         }
+    }
+
+    /// The schema every table of this store lives in.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Create the schema (moving a database made before schemas into it)
+    /// and apply the migrations, on `conn`.
+    async fn migrate_on(&self, conn: &mut sqlx::PgConnection) -> StoreResult<()> {
+        // The schema alone, whatever the connection was given: the history
+        // and every object the migrations create land in it, and functions
+        // keep it (`SET search_path FROM CURRENT`).
+        sqlx::query(&format!("SET search_path TO {}", self.schema.quoted()))
+            .execute(&mut *conn)
+            .await?;
+        pg_schema::prepare(conn, &self.schema, &MIGRATOR).await?;
+        MIGRATOR.run_direct(conn).await?;
+        Ok(())
     }
 
     /// Where this store connects: `host:port`.
@@ -422,8 +475,19 @@ fn millis(duration: Duration) -> i64 {
 impl TaskStore for PgStore {
     async fn migrate(&self) -> StoreResult<()> {
         self.explain(async {
-            MIGRATOR.run(&self.pool).await?;
-            Ok(())
+            let mut conn = self.pool.acquire().await?;
+            match self.migrate_on(&mut conn).await {
+                Ok(()) => {
+                    // Back to the search path the connection was opened with.
+                    sqlx::query("RESET search_path").execute(&mut *conn).await?;
+                    Ok(())
+                }
+                Err(err) => {
+                    // Its search path may be the one set above: not reused.
+                    conn.close_on_drop();
+                    Err(err)
+                }
+            }
         })
         .await
     }
@@ -455,6 +519,7 @@ impl TaskStore for PgStore {
                 .bind(max_attempts)
                 .bind(timeouts)
                 .bind(run_ats)
+                .bind(self.schema.tasks_channel())
                 .fetch_all(&self.pool)
                 .await?;
             Ok(ids)
@@ -615,7 +680,7 @@ impl TaskStore for PgStore {
             // Listen first, then mark: an end after the mark is told, and
             // one before it is seen by the first look.
             let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(ENDED_CHANNEL).await?;
+            listener.listen(&self.schema.ended_channel()).await?;
             let marked: Option<i64> =
                 sqlx::query_scalar("UPDATE tasks SET waited = true WHERE id = $1 RETURNING id")
                     .bind(id)
@@ -744,6 +809,7 @@ impl TaskStore for PgStore {
                 }
                 let running = sqlx::query(CANCEL_RUNNING)
                     .bind(id)
+                    .bind(self.schema.cancel_channel())
                     .fetch_optional(&self.pool)
                     .await?;
                 if running.is_some() {
@@ -767,7 +833,10 @@ impl TaskStore for PgStore {
     async fn subscribe(&self) -> StoreResult<mpsc::Receiver<Notification>> {
         self.explain(async {
             let mut listener = PgListener::connect_with(&self.listen).await?;
-            listener.listen_all([TASKS_CHANNEL, CANCEL_CHANNEL]).await?;
+            let cancel_channel = self.schema.cancel_channel();
+            listener
+                .listen_all([self.schema.tasks_channel().as_str(), &cancel_channel])
+                .await?;
             let (sender, receiver) = mpsc::channel(64);
             tokio::spawn(async move {
                 let mut connected = true;
@@ -785,7 +854,7 @@ impl TaskStore for PgStore {
                                 tracing::info!("listening for notifications again");
                                 connected = true;
                             }
-                            if notification.channel() == CANCEL_CHANNEL {
+                            if notification.channel() == cancel_channel {
                                 match notification.payload().parse() {
                                     Ok(id) => Notification::Cancel(id),
                                     Err(_) => continue,

@@ -427,6 +427,8 @@ impl TryFrom<TaskRow> for TaskRecord {
             queue: row.queue,
             plugin: row.plugin,
             args: row.args,
+            // Args come as JSON from Postgres's SQL function only.
+            args_json: None,
             status: status(&row.status)?,
             priority: row.priority,
             attempt: row.attempt,

@@ -1,7 +1,9 @@
 //! The executor: runs one claimed task in the sandbox and decides what its
 //! row becomes: success, a retry with backoff, a final error or timeout,
 //! cancelled, or released unrun when the worker is shutting down or the
-//! host could not run it (a host failure spends no attempt).
+//! host could not run it (a host failure spends no attempt). Args enqueued
+//! as JSON (from SQL) are encoded here with the plugin's args schema; args
+//! that do not fit it end the task `error` at once.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::retry::Backoff;
-use crate::sandbox::{Execution, Outcome, Plugins};
+use crate::sandbox::{Execution, Outcome, Plugin, Plugins};
 use crate::store::{ClaimedTask, Completion, Status};
 
 /// Why a running task was interrupted from outside.
@@ -29,6 +31,11 @@ pub const HOST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// While the host keeps failing, its problem is told at most this often.
 pub const HOST_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// JSON args longer than this are encoded on a blocking thread: the
+/// worker's claims and completions share one async thread, which a few
+/// megabytes of JSON would hold up for milliseconds.
+pub const INLINE_JSON_ARGS: usize = 64 * 1024;
 
 pub struct Executor {
     pub plugins: Arc<Plugins>,
@@ -53,12 +60,25 @@ impl Executor {
     ) -> Completion {
         let (execution, digest) = match self.plugins.get(&task.plugin).await {
             Ok(plugin) => {
+                let args = match task.args_json.take() {
+                    None => std::mem::take(&mut task.args),
+                    Some(json) => match json_args(&plugin, json).await {
+                        Ok(args) => args,
+                        Err(why) => {
+                            tracing::debug!(task = task.id, plugin = %task.plugin, "args refused: {why}");
+                            return Completion {
+                                plugin_digest: Some(plugin.digest.clone()),
+                                ..Completion::refuse(task.id, task.attempt, why)
+                            };
+                        }
+                    },
+                };
                 // Boxed: the sandbox's future is most of a consumer's size,
                 // and a small consumer is cheap to spawn and to move.
                 let execution = Box::pin(self.plugins.sandbox().run(
                     &plugin,
                     Some(task.id),
-                    std::mem::take(&mut task.args),
+                    args,
                     task.timeout(),
                     interrupt,
                 ))
@@ -153,5 +173,27 @@ impl Executor {
             retry_in,
             ..Completion::new(task.id, task.attempt, status)
         }
+    }
+}
+
+/// JSON args text as the postcard bytes `plugin`'s args schema describes,
+/// or why they cannot be: not JSON, or not of the schema (naming the field).
+async fn json_args(plugin: &Arc<Plugin>, json: String) -> Result<Vec<u8>, String> {
+    let inline = json.len() <= INLINE_JSON_ARGS;
+    let encode = {
+        let plugin = plugin.clone();
+        move || {
+            let value: serde_json::Value = serde_json::from_str(&json)
+                .map_err(|err| format!("the args are not JSON: {err}"))?;
+            crate::schema::encode(&plugin.args_schema, &value)
+                .map_err(|why| format!("the args do not fit plugin `{}`: {why}", plugin.name))
+        }
+    };
+    if inline {
+        encode()
+    } else {
+        tokio::task::spawn_blocking(encode)
+            .await
+            .unwrap_or_else(|err| Err(format!("encoding the args failed: {err}")))
     }
 }
