@@ -91,8 +91,8 @@ async fn objects_in(pool: &PgPool, schema: &str) -> String {
 }
 
 /// Columns later migrations add to the previous release's tables
-/// (`plugins`: main's `0006_worker_plugins`, once merged).
-const ADDED_COLUMNS: &str = "ARRAY['args_json', 'plugins']";
+/// (`plugins`: 0006, `args_json`: 0007, `waited`: 0008).
+const ADDED_COLUMNS: &str = "ARRAY['args_json', 'plugins', 'waited']";
 
 /// A table's rows as JSON text, in `order`, without [`ADDED_COLUMNS`].
 async fn rows_of(pool: &PgPool, table: &str, order: &str) -> String {
