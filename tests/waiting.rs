@@ -106,7 +106,7 @@ async fn waiter(pool: &sqlx::PgPool, id: i64) -> Child {
         .spawn()
         .expect("the binary runs");
     wait::until("the waiter to mark its task", PROCESS_WAIT, || async {
-        sqlx::query_scalar::<_, bool>("SELECT waited FROM tasks WHERE id = $1")
+        sqlx::query_scalar::<_, bool>("SELECT waited FROM taskbox.tasks WHERE id = $1")
             .bind(id)
             .fetch_one(pool)
             .await
