@@ -96,15 +96,28 @@ fn a_wait_that_runs_out_names_the_status(url: &str) {
     );
 }
 
+/// A `taskbox wait` child, killed if the test ends before it does.
+struct Waiter(Option<Child>);
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Start `taskbox wait ID` and return once it has marked the task as
 /// waited for (so it listens).
-async fn waiter(pool: &sqlx::PgPool, id: i64) -> Child {
+async fn waiter(pool: &sqlx::PgPool, id: i64) -> Waiter {
     let child = taskbox(pool)
         .args(["wait", &id.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary runs");
+    let waiter = Waiter(Some(child));
     wait::until("the waiter to mark its task", PROCESS_WAIT, || async {
         sqlx::query_scalar::<_, bool>("SELECT waited FROM taskbox.tasks WHERE id = $1")
             .bind(id)
@@ -113,12 +126,13 @@ async fn waiter(pool: &sqlx::PgPool, id: i64) -> Child {
             .unwrap_or(false)
     })
     .await;
-    child
+    waiter
 }
 
 /// The waiter exits well before it would look again on its own: the end
 /// of the task was told, by completion and by cancel alike.
-async fn exits_on_notice(child: Child, ended: Instant) -> Output {
+async fn exits_on_notice(mut waiter: Waiter, ended: Instant) -> Output {
+    let child = waiter.0.take().expect("still running");
     let (done, outcome) = std::sync::mpsc::channel();
     std::thread::spawn(move || done.send(child.wait_with_output()));
     let output = outcome
