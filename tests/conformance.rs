@@ -13,7 +13,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use taskbox::store::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
-    NewTask, Notification, RescueRequest, Rescued, Scope, Stats, Status, StoreError, TaskStore,
+    NewTask, Notification, Refused, RescueRequest, Rescued, Scope, Stats, Status, StoreError,
+    TaskStore,
 };
 use tokio::sync::mpsc;
 
@@ -211,7 +212,7 @@ async fn enqueue_refuses_args_over_the_limit<S: TaskStore>(store: S) {
     let over_default = NewTask::new("big", vec![0; DEFAULT_MAX_ARGS_BYTES + 1]);
     let result = store.enqueue(std::slice::from_ref(&over_default)).await;
     assert!(
-        matches!(result, Err(StoreError::ArgsTooLarge { index: 0, batch: 1, size, limit })
+        matches!(result, Err(StoreError::Refused(Refused::ArgsTooLarge { index: 0, batch: 1, size, limit }))
             if size == DEFAULT_MAX_ARGS_BYTES + 1 && limit == DEFAULT_MAX_ARGS_BYTES),
         "{result:?}"
     );
@@ -225,12 +226,12 @@ async fn enqueue_refuses_args_over_the_limit<S: TaskStore>(store: S) {
     assert!(
         matches!(
             err,
-            StoreError::ArgsTooLarge {
+            StoreError::Refused(Refused::ArgsTooLarge {
                 index: 1,
                 batch: 2,
                 size: 65,
                 limit: 64
-            }
+            })
         ),
         "{err:?}"
     );
@@ -1069,11 +1070,11 @@ async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store
     assert!(
         matches!(
             refused,
-            StoreError::OutOfBounds {
+            StoreError::Refused(Refused::OutOfBounds {
                 index: 1,
                 what: "timeout",
                 ..
-            }
+            })
         ),
         "{refused:?}"
     );
@@ -1090,7 +1091,10 @@ async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store
     };
     let refused = store.enqueue(&[too_late]).await.unwrap_err();
     assert!(
-        matches!(refused, StoreError::OutOfBounds { what: "run_at", .. }),
+        matches!(
+            refused,
+            StoreError::Refused(Refused::OutOfBounds { what: "run_at", .. })
+        ),
         "{refused:?}"
     );
     assert_eq!(

@@ -43,12 +43,11 @@ impl From<StoreError> for CliError {
             // Starting a second worker on an SQLite file is bad usage.
             StoreError::WorkerLocked { .. } => CliError::Input(err.to_string()),
             // Refused before anything was written.
-            StoreError::ArgsTooLarge { .. } => CliError::Input(err.to_string()),
+            StoreError::Refused(_) => CliError::Input(err.to_string()),
             // A read of a database nobody migrated: nothing was created.
             StoreError::NotMigrated => CliError::Input(err.to_string()),
             // Already names the server and the cause.
             StoreError::Connect { .. } => CliError::Failure(anyhow::anyhow!(err.to_string())),
-            StoreError::OutOfBounds { .. } => CliError::Input(err.to_string()),
             err if err.is_connection() => CliError::Failure(anyhow::anyhow!(
                 "cannot reach the database: {}",
                 err.cause()

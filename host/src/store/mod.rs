@@ -17,110 +17,13 @@ pub use pg_schema::SchemaName;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// Queue a task goes to when the caller names none.
-pub const DEFAULT_QUEUE: &str = "default";
-/// Largest args (postcard bytes) a store accepts unless told otherwise:
-/// args live in the guest's memory while it runs, so args near the default
-/// memory cap could never run.
-pub const DEFAULT_MAX_ARGS_BYTES: usize = 4 * 1024 * 1024;
-/// Longest deadline a task may have (a week). A deadline is a time the
-/// database must be able to add to its `now()`; an unbounded one
-/// (`--timeout 300000000y`) overflowed that sum and failed every claim. The
-/// migrations enforce the same number on every row written
-/// (`timeout_bounded`).
-pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Furthest ahead a task may be scheduled (`run_at`), about ten years.
-pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(3653 * 24 * 3600);
+pub use taskbox_client::task::{
+    DEFAULT_MAX_ARGS_BYTES, DEFAULT_QUEUE, MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT, NewTask, Refused,
+};
+pub use taskbox_client::{Status, TaskState};
 /// Longest pause before a retry or a task given back; a longer one asked
 /// for is cut to this.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// A task's place in its life cycle; the schema enforces the same set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
-#[sqlx(type_name = "text", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Waiting,
-    Running,
-    Success,
-    Error,
-    Timeout,
-    Cancelled,
-}
-
-impl Status {
-    pub const ALL: [Status; 6] = [
-        Status::Waiting,
-        Status::Running,
-        Status::Success,
-        Status::Error,
-        Status::Timeout,
-        Status::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Waiting => "waiting",
-            Status::Running => "running",
-            Status::Success => "success",
-            Status::Error => "error",
-            Status::Timeout => "timeout",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, Status::Waiting | Status::Running)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Status {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Status::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown status `{s}`; expected one of {}", names.join(", "))
-            })
-    }
-}
-
-/// A task as the caller hands it in; `args` are already postcard bytes.
-#[derive(Debug, Clone)]
-pub struct NewTask {
-    pub plugin: String,
-    pub args: Vec<u8>,
-    pub queue: String,
-    pub priority: i32,
-    pub max_attempts: i32,
-    /// `None`: the running worker's default timeout applies.
-    pub timeout: Option<Duration>,
-    /// `None`: runnable at once.
-    pub run_at: Option<DateTime<Utc>>,
-}
-
-impl NewTask {
-    pub fn new(plugin: impl Into<String>, args: Vec<u8>) -> Self {
-        NewTask {
-            plugin: plugin.into(),
-            args,
-            queue: DEFAULT_QUEUE.to_owned(),
-            priority: 0,
-            max_attempts: 1,
-            timeout: None,
-            run_at: None,
-        }
-    }
-}
 
 /// The tasks a worker can run: those of its queues whose plugin it has
 /// loaded. Its claims take only these, and a drain waits only for these.
@@ -406,32 +309,10 @@ pub enum StoreError {
     Migrate(sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
-    /// A task's args are over the store's limit; nothing was written.
-    #[error(
-        "the args{} are {size} bytes, more than the limit of {limit} bytes",
-        if *.batch > 1 { format!(" of task {} of {}", .index + 1, .batch) } else { String::new() }
-    )]
-    ArgsTooLarge {
-        /// The task's place in the batch, from 0.
-        index: usize,
-        batch: usize,
-        size: usize,
-        limit: usize,
-    },
-    /// A task's setting is past a bound that keeps every row claimable;
+    /// A task past a bound (args size, timeout, `run_at`, attempts);
     /// nothing was written.
-    #[error(
-        "the {what}{} is {given}, more than the maximum of {max}",
-        if *.batch > 1 { format!(" of task {} of {}", .index + 1, .batch) } else { String::new() }
-    )]
-    OutOfBounds {
-        /// The task's place in the batch, from 0.
-        index: usize,
-        batch: usize,
-        what: &'static str,
-        given: String,
-        max: String,
-    },
+    #[error(transparent)]
+    Refused(#[from] Refused),
     /// The database admits one worker process and another one holds it.
     #[error(
         "another taskbox worker{} already runs on {}; SQLite allows one worker process per database file, so stop that one first or use Postgres for several",
@@ -535,59 +416,6 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// Refuse a batch in which any task's args are over `limit` bytes, before
-/// anything is written.
-pub(crate) fn check_args_size(tasks: &[NewTask], limit: usize) -> StoreResult<()> {
-    match tasks.iter().position(|task| task.args.len() > limit) {
-        Some(index) => Err(StoreError::ArgsTooLarge {
-            index,
-            batch: tasks.len(),
-            size: tasks[index].args.len(),
-            limit,
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Refuse a batch in which any task's timeout or `run_at` is past the
-/// bounds ([`MAX_TASK_TIMEOUT`], [`MAX_SCHEDULE_AHEAD`] from `now`), before
-/// anything is written. Decided here once for both stores; the schema holds
-/// the timeout bound as well, for rows written by other means.
-pub(crate) fn check_bounds(tasks: &[NewTask], now: DateTime<Utc>) -> StoreResult<()> {
-    let latest = now + chrono::Duration::from_std(MAX_SCHEDULE_AHEAD).unwrap_or_default();
-    for (index, task) in tasks.iter().enumerate() {
-        let refused = |what, given, max| StoreError::OutOfBounds {
-            index,
-            batch: tasks.len(),
-            what,
-            given,
-            max,
-        };
-        if let Some(timeout) = task.timeout
-            && timeout > MAX_TASK_TIMEOUT
-        {
-            return Err(refused(
-                "timeout",
-                humantime::format_duration(timeout).to_string(),
-                humantime::format_duration(MAX_TASK_TIMEOUT).to_string(),
-            ));
-        }
-        if let Some(run_at) = task.run_at
-            && run_at > latest
-        {
-            return Err(refused(
-                "run_at",
-                run_at.to_rfc3339(),
-                format!(
-                    "{} from now",
-                    humantime::format_duration(MAX_SCHEDULE_AHEAD)
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// A retry's delay as the stores bind it: microseconds, cut to
 /// [`MAX_RETRY_DELAY`].

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
@@ -22,12 +22,10 @@ use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL,
     ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS,
     RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord,
-    TaskStore, check_args_size, check_bounds, refused_timeout_reason, retry_micros,
+    TaskStore, refused_timeout_reason, retry_micros,
 };
 
-/// A waiter looks at its task this often even without a notification: a
-/// safety net for a lost LISTEN connection, not the way it is woken.
-pub const WAIT_RECHECK: Duration = Duration::from_secs(5);
+pub use taskbox_client::postgres::WAIT_RECHECK;
 /// Connections for everything but claims, completions and heartbeats:
 /// migrations, enqueues, reads, the rescuer and the drain check. Two, so a
 /// rescue transaction never holds up the drain check.
@@ -217,19 +215,6 @@ WITH asked AS (
 SELECT pg_notify($2, id::text) FROM asked";
 
 /// `$8` is the schema's tasks channel.
-const ENQUEUE: &str = "
-WITH inserted AS (
-    INSERT INTO tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at)
-    SELECT queue, plugin, args, priority, max_attempts, timeout_ms, coalesce(run_at, now())
-    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::int[], $6::bigint[],
-                $7::timestamptz[]) WITH ORDINALITY
-         AS n(queue, plugin, args, priority, max_attempts, timeout_ms, run_at, ord)
-    ORDER BY ord
-    RETURNING id
-), wake AS (
-    SELECT pg_notify($8, '')
-)
-SELECT id FROM inserted, wake ORDER BY id";
 
 /// Postgres-backed [`TaskStore`].
 #[derive(Clone, Debug)]
@@ -499,30 +484,8 @@ impl TaskStore for PgStore {
 
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
         self.explain(async {
-            check_args_size(tasks, self.max_args_bytes)?;
-            check_bounds(tasks, Utc::now())?;
-            if tasks.is_empty() {
-                return Ok(Vec::new());
-            }
-            let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
-            let plugins: Vec<&str> = tasks.iter().map(|t| t.plugin.as_str()).collect();
-            let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
-            let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
-            let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
-            let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout.map(millis)).collect();
-            let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
-            let ids = sqlx::query_scalar(ENQUEUE)
-                .bind(queues)
-                .bind(plugins)
-                .bind(args)
-                .bind(priorities)
-                .bind(max_attempts)
-                .bind(timeouts)
-                .bind(run_ats)
-                .bind(self.schema.tasks_channel())
-                .fetch_all(&self.pool)
-                .await?;
-            Ok(ids)
+            taskbox_client::task::check(tasks, self.max_args_bytes, Utc::now())?;
+            Ok(taskbox_client::postgres::insert(&self.pool, &self.schema, tasks).await?)
         })
         .await
     }
@@ -676,39 +639,18 @@ impl TaskStore for PgStore {
     }
 
     async fn wait_until_ended(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
-        self.explain(async {
-            // Listen first, then mark: an end after the mark is told, and
-            // one before it is seen by the first look.
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(&self.schema.ended_channel()).await?;
-            let marked: Option<i64> =
-                sqlx::query_scalar("UPDATE tasks SET waited = true WHERE id = $1 RETURNING id")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if marked.is_none() {
-                return Ok(None);
-            }
-            let wanted = id.to_string();
-            loop {
-                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
-                let row: Option<TaskRecord> = sqlx::query_as(&sql)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                match row {
-                    Some(row) if !row.status.is_final() => {}
-                    ended => return Ok(ended),
-                }
-                // Until this task's notification, or WAIT_RECHECK without one.
-                while let Ok(told) = tokio::time::timeout(WAIT_RECHECK, listener.recv()).await {
-                    if told?.payload() == wanted {
-                        break;
-                    }
-                }
-            }
-        })
-        .await
+        let ended = self
+            .explain(async {
+                Ok(
+                    taskbox_client::postgres::wait_until_ended(&self.pool, &self.schema, id)
+                        .await?,
+                )
+            })
+            .await?;
+        match ended {
+            Some(_) => self.get(id).await,
+            None => Ok(None),
+        }
     }
 
     async fn record_schemas(&self, schemas: &PluginSchemas) -> StoreResult<()> {

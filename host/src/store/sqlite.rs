@@ -40,7 +40,7 @@ use super::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL,
     ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS,
     RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord,
-    TaskStore, check_args_size, check_bounds, refused_timeout_reason, retry_micros,
+    TaskStore, refused_timeout_reason, retry_micros,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -69,9 +69,7 @@ const WAL_RETRY: Duration = Duration::from_millis(20);
 
 const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 
-/// How often a waiter looks at its task: SQLite has no notifications
-/// across processes.
-pub const WAIT_POLL: Duration = Duration::from_millis(20);
+pub use taskbox_client::sqlite::WAIT_POLL;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -159,11 +157,6 @@ WHERE id = ?1 AND status = 'waiting'";
 const CANCEL_RUNNING: &str = "
 UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, ?2)
 WHERE id = ?1 AND status = 'running'";
-
-const ENQUEUE: &str = "
-INSERT INTO tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at, enqueued_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-RETURNING id";
 
 /// SQLite-backed [`TaskStore`]. Clones share the connections, the wake-ups
 /// and the worker lock.
@@ -477,28 +470,12 @@ impl TaskStore for SqliteStore {
     }
 
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
-        check_args_size(tasks, self.max_args_bytes)?;
-        check_bounds(tasks, Utc::now())?;
+        taskbox_client::task::check(tasks, self.max_args_bytes, Utc::now())?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_micros();
-        let mut ids = Vec::with_capacity(tasks.len());
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
-        for task in tasks {
-            let id = sqlx::query_scalar(ENQUEUE)
-                .bind(task.queue.as_str())
-                .bind(task.plugin.as_str())
-                .bind(task.args.as_slice())
-                .bind(task.priority)
-                .bind(task.max_attempts)
-                .bind(task.timeout.map(millis))
-                .bind(task.run_at.map_or(now, |at| at.timestamp_micros()))
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-            ids.push(id);
-        }
+        let ids = taskbox_client::sqlite::insert(&mut tx, tasks, now_micros()).await?;
         tx.commit().await?;
         self.wake(Notification::TasksAvailable);
         Ok(ids)
@@ -619,12 +596,9 @@ impl TaskStore for SqliteStore {
     }
 
     async fn wait_until_ended(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
-        loop {
-            match self.get(id).await? {
-                Some(row) if !row.status.is_final() => {}
-                ended => return Ok(ended),
-            }
-            tokio::time::sleep(WAIT_POLL).await;
+        match taskbox_client::sqlite::wait_until_ended(&self.reader, id).await? {
+            Some(_) => self.get(id).await,
+            None => Ok(None),
         }
     }
 

@@ -1,0 +1,179 @@
+//! A task as an application hands it in, the bounds every way in keeps, and
+//! the refusal when a task is past them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Queue a task goes to when the caller names none.
+pub const DEFAULT_QUEUE: &str = "default";
+/// Largest args (postcard bytes) taken unless told otherwise: args live in
+/// the guest's memory while it runs, so args near the default memory cap
+/// could never run.
+pub const DEFAULT_MAX_ARGS_BYTES: usize = 4 * 1024 * 1024;
+/// Longest deadline a task may have (a week). A deadline is a time the
+/// database must be able to add to its `now()`; an unbounded one
+/// (`--timeout 300000000y`) overflowed that sum and failed every claim. The
+/// migrations enforce the same number on every row written.
+pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Furthest ahead a task may be scheduled (`run_at`), about ten years.
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(3653 * 24 * 3600);
+
+/// A task to enqueue; `args` are postcard bytes, as the plugin reads them.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub plugin: String,
+    pub args: Vec<u8>,
+    pub queue: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+    /// `None`: the running worker's default timeout applies.
+    pub timeout: Option<Duration>,
+    /// `None`: runnable at once.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+impl NewTask {
+    /// A task of `plugin` with args already encoded.
+    pub fn new(plugin: impl Into<String>, args: Vec<u8>) -> Self {
+        NewTask {
+            plugin: plugin.into(),
+            args,
+            queue: DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            max_attempts: 1,
+            timeout: None,
+            run_at: None,
+        }
+    }
+
+    /// A task of `plugin` with typed args: share the plugin crate's own
+    /// args type and the encoding cannot drift from what it reads.
+    pub fn with_args<A: Serialize + ?Sized>(
+        plugin: impl Into<String>,
+        args: &A,
+    ) -> Result<Self, postcard::Error> {
+        Ok(Self::new(plugin, postcard::to_stdvec(args)?))
+    }
+
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// Lower runs first.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Attempts in all, the first included.
+    pub fn max_attempts(mut self, max_attempts: i32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The deadline of each attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Not before this time.
+    pub fn run_at(mut self, run_at: DateTime<Utc>) -> Self {
+        self.run_at = Some(run_at);
+        self
+    }
+}
+
+/// A batch refused before anything was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A task's args are over the limit.
+    #[error(
+        "the args{} are {size} bytes, more than the limit of {limit} bytes",
+        if *.batch > 1 { format!(" of task {} of {}", .index + 1, .batch) } else { String::new() }
+    )]
+    ArgsTooLarge {
+        /// The task's place in the batch, from 0.
+        index: usize,
+        batch: usize,
+        size: usize,
+        limit: usize,
+    },
+    /// A task's setting is past a bound that keeps every row claimable.
+    #[error(
+        "the {what}{} is {given}, more than the maximum of {max}",
+        if *.batch > 1 { format!(" of task {} of {}", .index + 1, .batch) } else { String::new() }
+    )]
+    OutOfBounds {
+        /// The task's place in the batch, from 0.
+        index: usize,
+        batch: usize,
+        what: &'static str,
+        given: String,
+        max: String,
+    },
+    /// A setting no task may have.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Refuse a batch in which any task's args are over `max_args_bytes`, or
+/// its timeout, `run_at`, attempts or queue are past the bounds, before
+/// anything is written. Decided here once for every way in.
+pub fn check(tasks: &[NewTask], max_args_bytes: usize, now: DateTime<Utc>) -> Result<(), Refused> {
+    let latest = now + chrono::Duration::from_std(MAX_SCHEDULE_AHEAD).unwrap_or_default();
+    let batch = tasks.len();
+    for (index, task) in tasks.iter().enumerate() {
+        let refused = |what, given, max| Refused::OutOfBounds {
+            index,
+            batch,
+            what,
+            given,
+            max,
+        };
+        if task.args.len() > max_args_bytes {
+            return Err(Refused::ArgsTooLarge {
+                index,
+                batch,
+                size: task.args.len(),
+                limit: max_args_bytes,
+            });
+        }
+        if let Some(timeout) = task.timeout
+            && timeout > MAX_TASK_TIMEOUT
+        {
+            return Err(refused(
+                "timeout",
+                humantime::format_duration(timeout).to_string(),
+                humantime::format_duration(MAX_TASK_TIMEOUT).to_string(),
+            ));
+        }
+        if let Some(run_at) = task.run_at
+            && run_at > latest
+        {
+            return Err(refused(
+                "run_at",
+                run_at.to_rfc3339(),
+                format!(
+                    "{} from now",
+                    humantime::format_duration(MAX_SCHEDULE_AHEAD)
+                ),
+            ));
+        }
+        if task.max_attempts < 1 {
+            return Err(Refused::Invalid(format!(
+                "max_attempts must be at least 1, not {}",
+                task.max_attempts
+            )));
+        }
+        if task.queue.trim().is_empty() || task.plugin.trim().is_empty() {
+            return Err(Refused::Invalid(
+                "a task needs a plugin name and a queue name".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
