@@ -214,8 +214,6 @@ WITH asked AS (
 )
 SELECT pg_notify($2, id::text) FROM asked";
 
-/// `$8` is the schema's tasks channel.
-
 /// Postgres-backed [`TaskStore`].
 #[derive(Clone, Debug)]
 pub struct PgStore {
