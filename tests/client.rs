@@ -68,8 +68,12 @@ async fn typed_round_trip(client: &Client) {
         Err(Error::NoSuchTask(id)) => assert_eq!(id, i64::MAX),
         other => panic!("expected no such task, got {other:?}"),
     }
-    let refused = client.enqueue(add(1, 2).max_attempts(0)).await;
+    let refused = client
+        .enqueue(add(1, 2).timeout(Duration::from_secs(8 * 24 * 3600)))
+        .await;
     assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
+    let refused = client.enqueue(add(1, 2).max_attempts(0)).await;
+    assert!(matches!(refused, Err(Error::Database(_))), "{refused:?}");
 }
 
 #[sqlx::test(migrations = false)]

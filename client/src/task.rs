@@ -115,14 +115,12 @@ pub enum Refused {
         given: String,
         max: String,
     },
-    /// A setting no task may have.
-    #[error("{0}")]
-    Invalid(String),
 }
 
 /// Refuse a batch in which any task's args are over `max_args_bytes`, or
-/// its timeout, `run_at`, attempts or queue are past the bounds, before
-/// anything is written. Decided here once for every way in.
+/// its timeout or `run_at` is past the bounds, before anything is written.
+/// Decided here once for every way in; the schema's CHECKs refuse the rest
+/// (attempts below 1, empty names) for rows written by any means.
 pub fn check(tasks: &[NewTask], max_args_bytes: usize, now: DateTime<Utc>) -> Result<(), Refused> {
     let latest = now + chrono::Duration::from_std(MAX_SCHEDULE_AHEAD).unwrap_or_default();
     let batch = tasks.len();
@@ -161,17 +159,6 @@ pub fn check(tasks: &[NewTask], max_args_bytes: usize, now: DateTime<Utc>) -> Re
                     "{} from now",
                     humantime::format_duration(MAX_SCHEDULE_AHEAD)
                 ),
-            ));
-        }
-        if task.max_attempts < 1 {
-            return Err(Refused::Invalid(format!(
-                "max_attempts must be at least 1, not {}",
-                task.max_attempts
-            )));
-        }
-        if task.queue.trim().is_empty() || task.plugin.trim().is_empty() {
-            return Err(Refused::Invalid(
-                "a task needs a plugin name and a queue name".to_owned(),
             ));
         }
     }
