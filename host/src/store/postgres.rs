@@ -831,3 +831,40 @@ impl TaskStore for PgStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: filtering the claim by the worker's plugins keeps it on
+    /// the claim index (`tasks_claim`, priority then run_at then id), with
+    /// the plugins a filter on the rows it walks, not a scan of the table.
+    #[sqlx::test(migrations = false)]
+    async fn the_claim_walks_its_index_with_the_plugin_filter(pool: PgPool) {
+        let store = PgStore::from_pool(pool.clone());
+        store.migrate().await.unwrap();
+        let tasks: Vec<NewTask> = (0..20_000)
+            .map(|n| NewTask::new(["add", "puts", "fib"][n % 3], vec![0]))
+            .collect();
+        store.enqueue(&tasks).await.unwrap();
+        sqlx::query("ANALYZE taskbox.tasks")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let plugins = vec!["add".to_owned(), "puts".to_owned()];
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CLAIM}"))
+            .bind(512i64)
+            .bind("w")
+            .bind(1000i64)
+            .bind(None::<Vec<String>>)
+            .bind(millis(MAX_TASK_TIMEOUT))
+            .bind("refused")
+            .bind(Some(&plugins))
+            .fetch_all(&store.claims)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan using tasks_claim"), "{plan}");
+        assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+    }
+}
