@@ -83,30 +83,23 @@ async fn on_postgres_inside_the_applications_transaction(pool: sqlx::PgPool) {
     let client = Client::connect(&url).await.unwrap();
     typed_round_trip(&client).await;
 
-    let schema = SchemaName::default();
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    let rolled_back = taskbox_client::enqueue_in(&mut tx, &schema, &[add(5, 5)])
-        .await
-        .unwrap()[0];
-    tx.rollback().await.unwrap();
-    assert!(
-        client.task(rolled_back).await.unwrap().is_none(),
-        "rolled back"
-    );
-
-    let mut tx = conn.begin().await.unwrap();
-    let committed = taskbox_client::enqueue_in(&mut tx, &schema, &[add(6, 6)])
-        .await
-        .unwrap()[0];
-    tx.commit().await.unwrap();
-    assert_eq!(
-        client
-            .wait::<i64>(committed, Some(PROCESS_WAIT))
+    for commit in [false, true] {
+        let mut tx = conn.begin().await.unwrap();
+        let id = taskbox_client::enqueue_in(&mut tx, &SchemaName::default(), &[add(6, 6)])
             .await
-            .unwrap(),
-        12
-    );
+            .unwrap()[0];
+        if !commit {
+            tx.rollback().await.unwrap();
+            assert!(client.task(id).await.unwrap().is_none(), "rolled back");
+            continue;
+        }
+        tx.commit().await.unwrap();
+        assert_eq!(
+            client.wait::<i64>(id, Some(PROCESS_WAIT)).await.unwrap(),
+            12
+        );
+    }
 }
 
 #[tokio::test]

@@ -109,28 +109,29 @@ async fn a_committed_call_wakes_a_worker_and_a_rolled_back_one_leaves_nothing(po
         .await
         .unwrap();
 
-    let rolled_back = psql(
-        &pool,
-        "SET search_path TO public;
-         BEGIN;
-         SELECT taskbox.enqueue('add', '{\"a\": 1, \"b\": 2}'::jsonb, priority => 5);
-         ROLLBACK;",
-    )
-    .await
-    .unwrap();
-    let rolled_back: i64 = rolled_back.trim().parse().expect("an id");
+    // From an app's session, its own `tasks` first on the search path;
+    // the transaction ends with `end`. The id the function returned.
+    let enqueue_then = |end: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let said = psql(
+                &pool,
+                &format!(
+                    "SET search_path TO public;
+                     BEGIN;
+                     SELECT taskbox.enqueue('add', '{{\"a\": 1, \"b\": 2}}'::jsonb, priority => 5);
+                     {end};"
+                ),
+            )
+            .await
+            .unwrap();
+            said.trim().parse::<i64>().expect("an id")
+        }
+    };
+    let rolled_back = enqueue_then("ROLLBACK").await;
     assert!(store.get(rolled_back).await.unwrap().is_none());
 
-    let committed = psql(
-        &pool,
-        "SET search_path TO public;
-         BEGIN;
-         SELECT taskbox.enqueue('add', '{\"a\": 1, \"b\": 2}'::jsonb, priority => 5);
-         COMMIT;",
-    )
-    .await
-    .unwrap();
-    let id: i64 = committed.trim().parse().expect("an id");
+    let id = enqueue_then("COMMIT").await;
     until_final(&store, id).await;
     shutdown.stop.cancel();
     worker.await.unwrap();
