@@ -33,18 +33,6 @@ fn stats(url: &str) -> Value {
     serde_json::from_slice(&output.stdout).expect("stats --json prints JSON")
 }
 
-fn assert_refused(output: &std::process::Output, mentions: &str) {
-    let stderr = stderr_of(output);
-    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
-    assert_eq!(
-        stderr.trim().lines().count(),
-        1,
-        "one sentence, got: {stderr}"
-    );
-    assert!(stderr.contains(mentions), "{stderr}");
-    assert!(output.stdout.is_empty(), "printed {:?}", stdout_of(output));
-}
-
 fn bad_input_exits_2_and_writes_nothing(url: &str) {
     let output = run(taskbox_at(url).arg("migrate"));
     assert!(output.status.success(), "{}", stderr_of(&output));

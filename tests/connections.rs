@@ -65,13 +65,6 @@ impl Proc {
     }
 }
 
-/// One sentence on stderr (no line of its own per cause).
-fn one_line_error(output: &Output) -> String {
-    let stderr = stderr_of(output);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    stderr
-}
-
 /// Client connections to the server other than `own`'s.
 async fn clients(own: &mut sqlx::PgConnection) -> i64 {
     sqlx::query_scalar(
@@ -94,7 +87,7 @@ async fn a_full_server_is_reported_as_too_many_clients() {
     }
     let output = run(taskbox_at(&server.url()).arg("stats"));
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    let stderr = one_line_error(&output);
+    let stderr = one_line_stderr(&output);
     assert!(
         stderr.contains(&format!("127.0.0.1:{}", server.port))
             && stderr.contains("too many clients: raise max_connections or run fewer workers")
@@ -303,7 +296,7 @@ fn an_sqlite_url_without_a_file_is_refused() {
             stderr_of(&output)
         );
         assert!(stdout_of(&output).is_empty(), "{url}: printed an id");
-        let stderr = one_line_error(&output);
+        let stderr = one_line_stderr(&output);
         assert!(stderr.contains("name a file"), "{url}: {stderr}");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -324,7 +317,7 @@ async fn an_error_names_its_cause_once() {
     conn.close().await.unwrap();
     let output = run(taskbox_at(&url).arg("stats"));
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    let stderr = one_line_error(&output);
+    let stderr = one_line_stderr(&output);
     assert_eq!(
         stderr.matches("no such column: status").count(),
         1,
@@ -339,7 +332,7 @@ fn assert_not_migrated(output: &Output, what: &str) {
         "{what}: {}",
         stderr_of(output)
     );
-    let stderr = one_line_error(output);
+    let stderr = one_line_stderr(output);
     assert!(
         stderr.contains("no taskbox tables yet") && stderr.contains("taskbox migrate"),
         "{what}: {stderr}"

@@ -21,13 +21,6 @@ on_both_backends!(
     show_reads_a_result_with_the_schemas_of_the_version_that_ran,
 );
 
-fn assert_refused(output: &std::process::Output, mentions: &str) {
-    let stderr = stderr_of(output);
-    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "one line, got: {stderr}");
-    assert!(stderr.contains(mentions), "{stderr}");
-}
-
 fn waiting(url: &str) -> Value {
     let output = run(taskbox_at(url).args(["stats", "--json"]));
     assert!(output.status.success(), "{}", stderr_of(&output));

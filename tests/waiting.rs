@@ -24,12 +24,6 @@ fn enqueued(url: &str, args: &[&str]) -> String {
     stdout_of(&output).trim().to_owned()
 }
 
-fn one_line(output: &Output) -> String {
-    let stderr = stderr_of(output);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    stderr
-}
-
 fn enqueue_wait_prints_the_result(url: &str) {
     let _worker = WorkerProcess::start(taskbox_at(url));
     let output = run_within(
@@ -46,7 +40,7 @@ fn enqueue_wait_prints_the_result(url: &str) {
 
     let output = run(taskbox_at(url).args(["wait", "999999"]));
     assert_eq!(output.status.code(), Some(2));
-    assert!(one_line(&output).contains("no task with id 999999"));
+    assert!(one_line_stderr(&output).contains("no task with id 999999"));
 }
 
 fn a_task_that_failed_exits_1_with_its_error(url: &str) {
@@ -56,7 +50,7 @@ fn a_task_that_failed_exits_1_with_its_error(url: &str) {
         PROCESS_WAIT,
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
-    let stderr = one_line(&output);
+    let stderr = one_line_stderr(&output);
     assert!(stderr.contains("ended error: "), "{stderr}");
     assert!(stdout_of(&output).is_empty());
 
@@ -64,7 +58,7 @@ fn a_task_that_failed_exits_1_with_its_error(url: &str) {
     let output = run_within(taskbox_at(url).args(["wait", &id]), PROCESS_WAIT);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        one_line(&output).contains(&format!("task {id} ended timeout: ")),
+        one_line_stderr(&output).contains(&format!("task {id} ended timeout: ")),
         "{}",
         stderr_of(&output)
     );
@@ -83,14 +77,14 @@ fn a_wait_that_runs_out_names_the_status(url: &str) {
         PROCESS_WAIT,
     );
     assert_eq!(output.status.code(), Some(1));
-    let stderr = one_line(&output);
+    let stderr = one_line_stderr(&output);
     assert!(
         stderr.contains("is still waiting after 200ms (--wait-timeout)"),
         "{stderr}"
     );
     let output = run(taskbox_at(url).args(["wait", "1", "--timeout", "100ms"]));
     assert!(
-        one_line(&output).contains("task 1 is still waiting after 100ms (--timeout)"),
+        one_line_stderr(&output).contains("task 1 is still waiting after 100ms (--timeout)"),
         "{}",
         stderr_of(&output)
     );

@@ -209,6 +209,26 @@ pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A child's stderr, asserted to be one line: an error is one sentence.
+pub fn one_line_stderr(output: &Output) -> String {
+    let stderr = stderr_of(output);
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one sentence, got: {stderr}"
+    );
+    stderr
+}
+
+/// Refused as bad input: exit 2, one sentence on stderr naming `mentions`,
+/// nothing on stdout.
+pub fn assert_refused(output: &Output, mentions: &str) {
+    let stderr = one_line_stderr(output);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(mentions), "{stderr}");
+    assert!(output.stdout.is_empty(), "printed {:?}", stdout_of(output));
+}
+
 /// Instantiate each case, a `fn(url)`, on a fresh Postgres database and on
 /// a fresh SQLite file.
 #[macro_export]

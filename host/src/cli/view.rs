@@ -9,7 +9,7 @@ use postcard_schema::schema::owned::OwnedNamedType;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::sandbox::{Plugin, Plugins};
+use crate::sandbox::Plugins;
 use crate::schema;
 use crate::store::{Status, TaskRecord, TaskStore};
 
@@ -84,7 +84,9 @@ fn render(what: &str, schema: Result<&OwnedNamedType, &str>, bytes: &[u8]) -> Va
 struct SchemaFinder<'a, S> {
     plugins: &'a Plugins,
     store: &'a S,
-    loaded: HashMap<String, Option<Arc<Plugin>>>,
+    /// By plugin name: the digest of the version loaded here and its
+    /// schemas, built once however many of its tasks are shown.
+    loaded: HashMap<String, Option<(String, Arc<Schemas>)>>,
     recorded: HashMap<String, Option<Arc<Schemas>>>,
 }
 
@@ -100,23 +102,23 @@ impl<'a, S: TaskStore> SchemaFinder<'a, S> {
 
     async fn find(&mut self, record: &TaskRecord) -> Result<Arc<Schemas>, Unreadable> {
         if !self.loaded.contains_key(&record.plugin) {
-            let plugin = self.plugins.get(&record.plugin).await.ok();
+            let plugin = self.plugins.get(&record.plugin).await.ok().map(|plugin| {
+                let schemas = Schemas {
+                    args: plugin.args_schema.clone(),
+                    result: plugin.result_schema.clone(),
+                };
+                (plugin.digest.clone(), Arc::new(schemas))
+            });
             self.loaded.insert(record.plugin.clone(), plugin);
         }
         let current = self.loaded[&record.plugin].as_ref();
-        let from_plugin = |plugin: &Plugin| {
-            Arc::new(Schemas {
-                args: plugin.args_schema.clone(),
-                result: plugin.result_schema.clone(),
-            })
-        };
         let Some(digest) = &record.plugin_digest else {
             return current
-                .map(|plugin| from_plugin(plugin))
+                .map(|(_, schemas)| schemas.clone())
                 .ok_or_else(|| format!("no plugin named {} is loaded here", record.plugin));
         };
-        if let Some(plugin) = current.filter(|plugin| &plugin.digest == digest) {
-            return Ok(from_plugin(plugin));
+        if let Some((_, schemas)) = current.filter(|(loaded, _)| loaded == digest) {
+            return Ok(schemas.clone());
         }
         if !self.recorded.contains_key(digest) {
             let schemas = self.recorded_schemas(digest).await;

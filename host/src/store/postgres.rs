@@ -146,8 +146,9 @@ FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::b
 WHERE t.id = c.id AND t.attempt = c.attempt AND t.status = 'running'
 RETURNING t.id, t.waited, t.status
 )
-SELECT (SELECT count(*) FROM done),
-       (SELECT count(pg_notify($12, id::text)) FROM done WHERE waited AND status <> 'waiting')";
+SELECT count(*),
+       count(pg_notify($12, id::text)) FILTER (WHERE waited AND status <> 'waiting')
+FROM done";
 
 /// Leases past their deadline whose worker is dead, or is the asking one
 /// (whose claim reply may have been lost): `$1` grace in seconds, `$2` the
@@ -270,39 +271,29 @@ impl PgStore {
     /// coming up.
     pub fn connect_lazy_in(url: &str, schema: &SchemaName) -> StoreResult<Self> {
         let options = schema.search_path_of(url.parse()?);
-        let pool = PgPoolOptions::new()
-            .max_connections(DEFAULT_MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options.clone());
+        let sized = |max| {
+            PgPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+        };
+        let pool = sized(DEFAULT_MAX_CONNECTIONS).connect_lazy_with(options.clone());
         // The hot pools skip sqlx's ping before every acquire, a round trip
         // per statement: a dead connection fails the statement itself, which
         // the producer and the completer retry.
-        let claims = PgPoolOptions::new()
-            .max_connections(CLAIM_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+        let claims = sized(CLAIM_CONNECTIONS)
             .test_before_acquire(false)
             .connect_lazy_with(options.clone());
-        let completions = PgPoolOptions::new()
-            .max_connections(COMPLETION_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+        let completions = sized(COMPLETION_CONNECTIONS)
             .test_before_acquire(false)
             .connect_lazy_with(
                 options
                     .clone()
                     .options([("plan_cache_mode", "force_generic_plan")]),
             );
-        let heartbeats = PgPoolOptions::new()
-            .max_connections(HEARTBEAT_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(options.clone());
-        let listen = PgPoolOptions::new()
-            .max_connections(LISTENER_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(options.clone());
+        // Connections opened once and kept, so they never wait to reconnect.
+        let kept = |max| sized(max).idle_timeout(None).max_lifetime(None);
+        let heartbeats = kept(HEARTBEAT_CONNECTIONS).connect_lazy_with(options.clone());
+        let listen = kept(LISTENER_CONNECTIONS).connect_lazy_with(options.clone());
         Ok(PgStore {
             pool,
             claims,
