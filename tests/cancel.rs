@@ -2,7 +2,7 @@
 //! interrupted by whichever worker runs it, through NOTIFY, within 50 ms
 //! plus polling slack.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! and run on Postgres and on SQLite; the rest covers picking the backend
 //! and SQLite's one worker process per file.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;

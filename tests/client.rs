@@ -3,7 +3,7 @@
 //! back: no task; committed: it runs), on Postgres and SQLite; and the
 //! crate's example, run as a user would.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! `sqlx::test`) and for SQLite (a fresh file in a temporary folder). The
 //! store does not look inside args, so no plugin is needed here.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -55,7 +55,9 @@ conformance!(
     claim_order_is_priority_then_run_at_then_id,
     claim_respects_limit_and_queues,
     concurrent_claimers_never_share_a_task,
-    completion_is_fenced_on_the_attempt,
+    completion_is_fenced_on_the_claim_token,
+    a_run_whose_claim_was_lost_is_recorded_as_its_attempt,
+    a_run_whose_claim_was_lost_shows_beside_the_newer_claim,
     a_failed_attempt_retries_and_keeps_its_history,
     a_released_task_keeps_its_attempt,
     rescue_takes_back_only_dead_workers_tasks,
@@ -109,14 +111,14 @@ fn claimed_ids(claimed: &[ClaimedTask]) -> Vec<i64> {
 fn success(task: &ClaimedTask) -> Completion {
     Completion {
         result: Some(b"done".to_vec()),
-        ..Completion::new(task.id, task.attempt, Status::Success)
+        ..Completion::new(task, Status::Success)
     }
 }
 
 fn failure(task: &ClaimedTask, status: Status, error: &str) -> Completion {
     Completion {
         error: Some(error.to_owned()),
-        ..Completion::new(task.id, task.attempt, status)
+        ..Completion::new(task, status)
     }
 }
 
@@ -396,7 +398,7 @@ async fn concurrent_claimers_never_share_a_task<S: TaskStore>(store: S) {
     );
 }
 
-async fn completion_is_fenced_on_the_attempt<S: TaskStore>(store: S) {
+async fn completion_is_fenced_on_the_claim_token<S: TaskStore>(store: S) {
     assert_eq!(store.complete(&[]).await.unwrap(), 0);
     store.enqueue(&vec![new_task("fenced"); 2]).await.unwrap();
     let claimed = store.claim(&claim_by("w", 2)).await.unwrap();
@@ -408,15 +410,17 @@ async fn completion_is_fenced_on_the_attempt<S: TaskStore>(store: S) {
         plugin_digest: Some("sha256:abc".to_owned()),
         ..success(done)
     };
+    // Same task, same attempt, another claim: what a worker holds after
+    // the database forgot its claim and handed the attempt out again.
     let stale = success(&ClaimedTask {
-        attempt: other.attempt + 1,
+        token: other.token.wrapping_add(1),
         ..other.clone()
     });
     let before = now();
     assert_eq!(
         store.complete(&[finish.clone(), stale]).await.unwrap(),
         1,
-        "only the current attempt writes"
+        "only the current claim writes"
     );
     let row = record(&store, done.id).await;
     assert_eq!(row.status, Status::Success);
@@ -430,6 +434,7 @@ async fn completion_is_fenced_on_the_attempt<S: TaskStore>(store: S) {
     let untouched = record(&store, other.id).await;
     assert_eq!(untouched.status, Status::Running);
     assert_eq!(untouched.result, None);
+    assert_eq!(untouched.attempt, 1);
 
     assert_eq!(
         store.complete(&[finish]).await.unwrap(),
@@ -509,12 +514,75 @@ async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) 
     assert!(row.finished_at.is_some());
 }
 
+/// The row waits exactly as it did before a claim the database lost (here:
+/// given back by one claim, then completed under another token): the run
+/// that held the lost claim is recorded as its attempt, and says so.
+async fn a_run_whose_claim_was_lost_is_recorded_as_its_attempt<S: TaskStore>(store: S) {
+    let id = store.enqueue(&[new_task("forgotten")]).await.unwrap()[0];
+    let claimed = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    store
+        .complete(&[Completion::release(&claimed)])
+        .await
+        .unwrap();
+    let forgotten = ClaimedTask {
+        token: claimed.token.wrapping_add(1),
+        ..claimed.clone()
+    };
+    assert_eq!(store.complete(&[success(&forgotten)]).await.unwrap(), 1);
+    let row = record(&store, id).await;
+    assert_eq!(row.status, Status::Success);
+    assert_eq!(row.attempt, 1);
+    assert_eq!(row.result.as_deref(), Some(&b"done"[..]));
+    assert_eq!(row.errors.len(), 1, "{:?}", row.errors);
+    assert!(
+        row.errors[0].starts_with("claim lost: the database forgot the claim of attempt 1;"),
+        "{:?}",
+        row.errors
+    );
+    assert!(store.claim(&claim_by("w", 1)).await.unwrap().is_empty());
+    assert_eq!(
+        store.complete(&[success(&forgotten)]).await.unwrap(),
+        0,
+        "recorded once"
+    );
+}
+
+/// A run under a claim the row no longer holds (another claim of the same
+/// attempt runs it) writes no outcome, but shows in the history, and the
+/// newer claim's outcome is the task's.
+async fn a_run_whose_claim_was_lost_shows_beside_the_newer_claim<S: TaskStore>(store: S) {
+    let id = store.enqueue(&[new_task("twice")]).await.unwrap()[0];
+    let newer = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
+    let lost = ClaimedTask {
+        token: newer.token.wrapping_add(1),
+        ..newer.clone()
+    };
+    let lost_failure = failure(&lost, Status::Error, "boom");
+    assert_eq!(store.complete(&[lost_failure]).await.unwrap(), 0);
+    let row = record(&store, id).await;
+    assert_eq!(row.status, Status::Running, "the newer claim still runs");
+    assert_eq!(row.error, None);
+    assert_eq!(
+        row.errors,
+        [
+            "claim lost: a run of attempt 1 ended error (boom) under a claim the database \
+          no longer held, so it is not the task's outcome"
+        ]
+    );
+
+    assert_eq!(store.complete(&[success(&newer)]).await.unwrap(), 1);
+    let row = record(&store, id).await;
+    assert_eq!(row.status, Status::Success);
+    assert_eq!(row.attempt, 1);
+    assert_eq!(row.errors.len(), 1, "the lost run stays in the history");
+}
+
 async fn a_released_task_keeps_its_attempt<S: TaskStore>(store: S) {
     let id = store.enqueue(&[new_task("released")]).await.unwrap()[0];
     let claimed = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
     assert_eq!(
         store
-            .complete(&[Completion::release(id, claimed.attempt)])
+            .complete(&[Completion::release(&claimed)])
             .await
             .unwrap(),
         1

@@ -4,7 +4,7 @@
 //! Real Postgres servers of the test's own (`common::pg_server`), the real
 //! `taskbox` binary.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};

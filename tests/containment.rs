@@ -4,7 +4,7 @@
 //! an exit with a code) each fail alone, naming the limit, while ordinary
 //! tasks beside them succeed.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

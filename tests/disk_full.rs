@@ -6,7 +6,7 @@
 //! (mounting needs root: the test fails, it does not skip, without it),
 //! filled with a ballast file and then emptied again.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

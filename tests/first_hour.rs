@@ -4,7 +4,7 @@
 //! worker with nothing to run stops with the reason, and `show` reads a
 //! result with the schemas of the plugin version that wrote it.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::Stdio;

@@ -3,7 +3,7 @@
 //! with `ulimit -v`) gives its tasks back unspent and says so once; a worker
 //! without the limit then runs them all on their first attempt.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;

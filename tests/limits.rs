@@ -2,7 +2,7 @@
 //! host call both end as `timeout` within the deadline plus 100 ms, while
 //! the same worker keeps running other tasks.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

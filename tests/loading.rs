@@ -4,7 +4,7 @@
 //! a cache folder others can write to, and replacements a (len, mtime)
 //! stamp cannot see. Each case checks that ordinary tasks keep running.
 
-mod common;
+use crate::common;
 
 use std::io::{Seek, Write};
 use std::os::unix::fs::PermissionsExt;

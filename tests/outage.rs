@@ -2,7 +2,7 @@
 //! results, reconnects, writes them once Postgres is back, and finishes the
 //! queue; every task ends `success` on its first attempt.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use common::*;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use taskbox::store::{PgStore, Status, TaskStore};
+use taskbox::worker::{Shutdown, Worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_run_loses_nothing() {
@@ -78,12 +79,15 @@ async fn a_postgres_restart_mid_run_loses_nothing() {
     }
 }
 
-/// Claims committed just before Postgres crashes are not lost: a claim is a
-/// durable commit, so after the restart every claimed row is still
-/// `running` under its attempt, its result is written once, and no task is
-/// claimed and run a second time under the same attempt.
+/// Claims commit asynchronously, so a crash makes Postgres forget claims
+/// whose tasks are running. None of it goes unseen: the worker's spare slots
+/// claim the forgotten tasks again, every run it made shows in its task's
+/// history (a run whose claim was lost and whose task another claim holds
+/// by a history line; one that ends while its task still waits is
+/// recorded as its attempt, and says so), and no run's outcome is written
+/// over another's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_survive_a_database_crash() {
+async fn a_claim_lost_in_a_crash_is_never_invisible() {
     const TASKS: usize = 20;
     // WAL nobody waits for stays in the server's memory for 10 s, where a
     // crash loses it: what an asynchronous commit risks.
@@ -91,15 +95,49 @@ async fn claims_survive_a_database_crash() {
     let store = PgStore::connect_lazy(&server.url()).unwrap();
     store.migrate().await.unwrap();
     let plugins = plugins();
-    let mut template = task(&plugins, "sleep", json!(1500)).await;
-    template.timeout = Some(Duration::from_secs(30));
-    let ids = store.enqueue(&vec![template; TASKS]).await.unwrap();
+    let mut template = task(&plugins, "sleep", json!(4000)).await;
+    template.timeout = Some(Duration::from_secs(60));
 
+    let mut config = worker_config(2 * TASKS);
+    config.drain = false;
+    // Any durable commit writes the claims before it. The worker's own
+    // (its first heartbeat, its plugins' schemas) come before the tasks
+    // are enqueued, and the next heartbeat after the test.
+    config.rescuer.interval = Duration::from_secs(600);
+    // Every plugin file loads, and the worker's first look records each.
+    let loaded = std::fs::read_dir(plugins_dir())
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        })
+        .count();
+    let shutdown = Shutdown::default();
     let worker = tokio::spawn({
         let store = store.clone();
         let plugins = plugins.clone();
-        async move { drain(&store, &plugins, worker_config(TASKS)).await }
+        let shutdown = shutdown.clone();
+        async move { Worker::new(store, plugins, config).run(shutdown).await }
     });
+    wait::until(
+        "the worker's first heartbeat and its plugins' schemas",
+        Duration::from_secs(30),
+        || async {
+            let pool = store.pool();
+            let beat: i64 = sqlx::query_scalar("SELECT count(*) FROM taskbox.workers")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+            let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM taskbox.plugin_schemas")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+            beat == 1 && schemas as usize == loaded
+        },
+    )
+    .await;
+    let ids = store.enqueue(&vec![template; TASKS]).await.unwrap();
     wait::until(
         "every task to be claimed",
         Duration::from_secs(30),
@@ -114,14 +152,40 @@ async fn claims_survive_a_database_crash() {
     server.crash_server();
     server.start_server();
 
-    let report = worker.await.unwrap();
-    assert_eq!(
-        report.claimed, TASKS as u64,
-        "tasks were claimed again after the crash"
-    );
+    wait::until("every task to end", Duration::from_secs(60), || async {
+        store
+            .stats()
+            .await
+            .is_ok_and(|stats| stats.success == TASKS as i64)
+    })
+    .await;
+    // Stopping lets every run still going end and write its outcome.
+    shutdown.stop.cancel();
+    let report = worker.await.unwrap().unwrap();
+    let mut runs_shown = 0;
+    let mut lost_claims = 0;
     for id in ids {
         let row = record(&store, id).await;
         assert_eq!(row.status, Status::Success, "task {id} {:?}", row.errors);
-        assert_eq!(row.attempt, 1, "task {id}");
+        assert_eq!(row.attempt, 1, "task {id} {:?}", row.errors);
+        let notes = |prefix: &str| row.errors.iter().filter(|e| e.starts_with(prefix)).count();
+        let beside = notes("claim lost: a run of attempt 1 ended success under a claim");
+        let adopted = notes("claim lost: the database forgot the claim of attempt 1;");
+        assert_eq!(
+            beside + adopted,
+            row.errors.len(),
+            "task {id}: {:?}",
+            row.errors
+        );
+        runs_shown += 1 + beside;
+        lost_claims += beside + adopted;
     }
+    assert!(
+        lost_claims > 0,
+        "the crash lost no claim: nothing was tested"
+    );
+    assert_eq!(
+        runs_shown, report.claimed as usize,
+        "every run the worker made shows in its task's history"
+    );
 }

@@ -3,7 +3,7 @@
 //! `stats` names its plugin), and a plugin file dropped into or removed from
 //! a running worker's folder starts or stops its claims.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Every example and hostile plugin, run by a real worker on a real
 //! database, ends in the status and with the output or message it should.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! what it can within the shutdown timeout, gives the rest back unspent, and
 //! exits 0. (The rescuer rules themselves are in tests/conformance.rs.)
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! release before schemas (all in `public`) moves into the schema with every
 //! row kept, and schemas in one database do not hear each other's cancels.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -91,8 +91,9 @@ async fn objects_in(pool: &PgPool, schema: &str) -> String {
 }
 
 /// Columns later migrations add to the previous release's tables
-/// (`plugins`: 0006, `args_json`: 0007, `waited`: 0008).
-const ADDED_COLUMNS: &str = "ARRAY['args_json', 'plugins', 'waited']";
+/// (`plugins`: 0006, `args_json`: 0007, `waited`: 0008, `claim_token`:
+/// 0009).
+const ADDED_COLUMNS: &str = "ARRAY['args_json', 'plugins', 'waited', 'claim_token']";
 
 /// A table's rows as JSON text, in `order`, without [`ADDED_COLUMNS`].
 async fn rows_of(pool: &PgPool, table: &str, order: &str) -> String {

@@ -4,7 +4,7 @@
 //! bad input refused with one sentence and nothing written, and JSON args
 //! that do not fit the plugin's schema ending the task `error` at once.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

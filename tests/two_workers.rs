@@ -3,7 +3,7 @@
 //! processes report add up to the number of tasks, and every claim's lease
 //! ended with its last outcome.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;
@@ -66,4 +66,42 @@ async fn two_workers_run_each_task_once(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(leases, 0, "leases left after the drain");
+}
+
+/// Claiming ahead never starves a neighbour: a worker holds no more ahead
+/// than it would start soon at its pace, so with tasks of a second each,
+/// two workers of two slots split eight tasks evenly instead of the first
+/// holding six while the second idles.
+#[sqlx::test(migrations = false)]
+async fn neither_worker_idles_while_the_other_holds_tasks(pool: PgPool) {
+    const SLOTS: usize = 2;
+    const TASKS: usize = 4 * SLOTS;
+    let store = store(pool).await;
+    let plugins = plugins();
+    let mut template = task(&plugins, "sleep", json!(1000)).await;
+    template.timeout = Some(std::time::Duration::from_secs(30));
+    store.enqueue(&vec![template; TASKS]).await.unwrap();
+
+    let config = || taskbox::worker::WorkerConfig {
+        claim_ahead: TASKS,
+        ..worker_config(SLOTS)
+    };
+    let first = tokio::spawn({
+        let (store, plugins) = (store.clone(), plugins.clone());
+        async move { drain(&store, &plugins, config()).await }
+    });
+    wait::until(
+        "the first worker to start its tasks",
+        std::time::Duration::from_secs(30),
+        || async { store.stats().await.is_ok_and(|s| s.running == SLOTS as i64) },
+    )
+    .await;
+    let second = drain(&store, &plugins, config()).await;
+    let first = first.await.unwrap();
+    assert_eq!(
+        (first.claimed, second.claimed),
+        (TASKS as u64 / 2, TASKS as u64 / 2),
+        "claims of the first and second worker"
+    );
+    assert_eq!(store.stats().await.unwrap().success, TASKS as i64);
 }

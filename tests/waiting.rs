@@ -3,7 +3,7 @@
 //! when it ended otherwise (exit 1), and the status when the wait runs out
 //! (exit 1); on Postgres the waiter is woken by a notification.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Output, Stdio};
 use std::time::Instant;

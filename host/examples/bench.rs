@@ -473,7 +473,7 @@ async fn sql_ceiling(
                     .iter()
                     .map(|task| Completion {
                         result: Some(result.clone()),
-                        ..Completion::new(task.id, task.attempt, Status::Success)
+                        ..Completion::new(task, Status::Success)
                     })
                     .collect();
                 store.complete(&completions).await?;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::store::pg_schema::DEFAULT_SCHEMA;
@@ -178,6 +179,13 @@ pub struct WorkerArgs {
     /// Tasks run at once (default: 12 per CPU core).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: Option<u32>,
+    /// Claimed tasks a worker may hold waiting for a free slot, so one claim
+    /// serves many tasks; it holds no more than it would start soon at its
+    /// recent pace, so an idle worker beside it is not kept waiting (0:
+    /// claim only for free slots).
+    #[arg(long, default_value_t = crate::worker::slots::DEFAULT_CLAIM_AHEAD,
+          value_parser = clap::value_parser!(u32).range(0..=100_000).map(|n| n as usize))]
+    pub claim_ahead: usize,
     /// Deadline for tasks enqueued without one.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub timeout: Duration,

@@ -51,6 +51,7 @@ pub(super) async fn worker<S: TaskStore>(
         })?;
     let config = WorkerConfig {
         concurrency,
+        claim_ahead: args.claim_ahead,
         default_timeout: args.timeout,
         queues: args.queues,
         drain: args.drain,

@@ -5,6 +5,7 @@
 pub mod pg_schema;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_changes;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub struct ClaimedTask {
     pub attempt: i32,
     pub max_attempts: i32,
     pub timeout_ms: i64,
+    /// The claim's fencing token ([`new_claim_token`]): only a completion
+    /// that carries it writes the attempt's outcome.
+    pub token: i64,
     /// The claim's lease, where the store keeps them (Postgres): the worker
     /// hands it back with the batch's last completion.
     #[sqlx(default)]
@@ -78,6 +82,9 @@ impl ClaimedTask {
 pub struct Completion {
     pub id: i64,
     pub attempt: i32,
+    /// The claim's token: the fence. The attempt number is no fence, since a
+    /// claim the database lost in a crash is made again under the same one.
+    pub token: i64,
     /// `Waiting` means "run again `retry_in` after the database's `now()`"
     /// (at once when `None`); anything else is final.
     pub status: Status,
@@ -98,11 +105,12 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// An attempt that ends (or retries) with `status`, nothing else set.
-    pub fn new(id: i64, attempt: i32, status: Status) -> Self {
+    /// The claimed attempt ends (or retries) with `status`, nothing else set.
+    pub fn new(task: &ClaimedTask, status: Status) -> Self {
         Completion {
-            id,
-            attempt,
+            id: task.id,
+            attempt: task.attempt,
+            token: task.token,
             status,
             spend_attempt: true,
             result: None,
@@ -116,23 +124,57 @@ impl Completion {
     }
 
     /// Give the task back unrun: waiting again, the attempt not spent.
-    pub fn release(id: i64, attempt: i32) -> Self {
+    pub fn release(task: &ClaimedTask) -> Self {
         Completion {
             spend_attempt: false,
-            ..Completion::new(id, attempt, Status::Waiting)
+            ..Completion::new(task, Status::Waiting)
         }
     }
 
     /// Refuse the task's input: `error` at once with `why`, whatever
     /// attempts remain, since no attempt could run it (args that do not
     /// fit the plugin's schema). The attempt that found it is spent.
-    pub fn refuse(id: i64, attempt: i32, why: String) -> Self {
+    pub fn refuse(task: &ClaimedTask, why: String) -> Self {
         Completion {
             error: Some(why),
-            ..Completion::new(id, attempt, Status::Error)
+            ..Completion::new(task, Status::Error)
         }
     }
+
+    /// The history line for this run when its claim was lost and the task
+    /// went on without it: another claim holds the row, or it ended. The
+    /// run still shows, but never as the task's outcome.
+    pub(crate) fn lost_run_note(&self) -> String {
+        let ending = if !self.spend_attempt {
+            "was interrupted and given back".to_owned()
+        } else {
+            match (self.status, self.error.as_deref()) {
+                (Status::Waiting, Some(error)) => format!("failed ({error})"),
+                (status, Some(error)) => format!("ended {} ({error})", status.as_str()),
+                (status, None) => format!("ended {}", status.as_str()),
+            }
+        };
+        format!(
+            "claim lost: a run of attempt {} {ending} under a claim the database no longer \
+             held, so it is not the task's outcome",
+            self.attempt
+        )
+    }
 }
+
+/// A fresh claim's fencing token. Random, so it cannot repeat: a sequence
+/// or the attempt number can, once the database has forgotten a claim in a
+/// crash and hands the same attempt out again.
+pub(crate) fn new_claim_token() -> i64 {
+    rand::random()
+}
+
+/// The history line of a run whose claim the database lost (a crash before
+/// the claim was written) and that ended while its task was still waiting:
+/// its outcome is recorded as that attempt's, the way it would have been.
+/// `{attempt}` is filled in by the statement.
+pub(crate) const ADOPTED_RUN_NOTE: &str = "claim lost: the database forgot the claim of attempt \
+     {attempt}; the run that held it ended and is recorded here";
 
 /// A whole row, for `show` and `list`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -435,7 +477,8 @@ pub(crate) fn refused_timeout_reason() -> String {
 }
 
 /// The operations taskbox needs from a database. Implementations must make
-/// `claim` safe under concurrent workers and fence `complete` on the attempt.
+/// `claim` safe under concurrent workers and fence `complete` on the claim's
+/// token.
 pub trait TaskStore: Send + Sync + Clone + 'static {
     /// Apply the embedded migrations; safe to call every start.
     fn migrate(&self) -> impl Future<Output = StoreResult<()>> + Send;
@@ -459,7 +502,12 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = StoreResult<Vec<ClaimedTask>>> + Send;
 
     /// Record outcomes; a row is written only while it is still `running`
-    /// at the same attempt. Returns how many rows were written.
+    /// under the completion's claim token. Two exceptions keep a claim the
+    /// database lost from going unseen: a run whose row waits exactly as
+    /// before its claim is recorded as that attempt (with
+    /// [`ADOPTED_RUN_NOTE`]), and a run whose row went on under another
+    /// claim, or ended, only adds [`Completion::lost_run_note`] to its
+    /// history. Returns how many outcomes were recorded.
     fn complete(&self, completions: &[Completion])
     -> impl Future<Output = StoreResult<u64>> + Send;
 

@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 
 use super::pg_schema::{self, SchemaName};
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL,
-    ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS,
-    RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord,
-    TaskStore, refused_timeout_reason, retry_micros,
+    ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
+    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
+    RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError,
+    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason, retry_micros,
 };
 
 pub use taskbox_client::postgres::WAIT_RECHECK;
@@ -62,7 +62,8 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, args_json::text AS args_jso
      plugin_digest, result, stdout, stderr, error, errors, worker_id";
 
 /// `$4` is NULL for every queue, else the queues to serve; `$7` likewise
-/// for the plugins the worker has loaded. The batch is
+/// for the plugins the worker has loaded; `$8` is the claim's fencing
+/// token. The batch is
 /// recorded as one lease in the same statement, so no claimed row is ever
 /// without one. The update finds its rows by `id = ANY(...)`, which is always
 /// a primary-key probe: as a join, a freshly filled queue without statistics
@@ -92,6 +93,7 @@ WITH picked AS (
         deadline_at = CASE WHEN t.timeout_ms > $5 THEN NULL
                       ELSE now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0) END,
         worker_id = $2,
+        claim_token = $8,
         finished_at = CASE WHEN t.timeout_ms > $5 THEN now() END,
         timeout_ms = CASE WHEN t.timeout_ms > $5 THEN NULL ELSE t.timeout_ms END,
         error = CASE WHEN t.timeout_ms > $5 THEN $6 || ' (it was ' || t.timeout_ms || ' ms)'
@@ -101,7 +103,8 @@ WITH picked AS (
                  ELSE t.errors END
     WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING t.id, t.plugin, t.args, t.args_json::text AS args_json, t.attempt, t.max_attempts,
-              coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at, t.status
+              coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at, t.status,
+              t.claim_token AS token
 ), runnable AS (
     SELECT * FROM claimed WHERE status = 'running'
 ), lease AS (
@@ -111,7 +114,7 @@ WITH picked AS (
     RETURNING id
 )
 SELECT c.id, c.plugin, c.args, c.args_json, c.attempt, c.max_attempts, c.timeout_ms,
-       lease.id AS lease
+       c.token, lease.id AS lease
 FROM runnable c CROSS JOIN lease";
 
 /// Every column a finished attempt changes is outside all indexes, so the
@@ -120,6 +123,11 @@ FROM runnable c CROSS JOIN lease";
 /// ends here and that someone waits for (`waited`) is told on the schema's
 /// ended channel `$12` at commit; tasks nobody waits for cost nothing more
 /// (a trigger for this cost the drain 10–20%).
+///
+/// The fence is the claim's token `$13`. A row that waits just as it did
+/// before the completion's claim (one attempt fewer, another token) lost
+/// that claim in a crash: the run is recorded as its attempt, with the
+/// history line `$14`, instead of running the task once more.
 const COMPLETE: &str = "
 WITH ended AS (
     DELETE FROM leases WHERE id = ANY($11)
@@ -128,27 +136,43 @@ UPDATE tasks t
 SET status = CASE WHEN c.status = 'waiting' AND t.cancel_requested_at IS NOT NULL
                   THEN 'cancelled' ELSE c.status END,
     is_waiting = (c.status = 'waiting' AND t.cancel_requested_at IS NULL),
-    attempt = CASE WHEN c.spend_attempt THEN t.attempt ELSE t.attempt - 1 END,
+    attempt = CASE WHEN c.spend_attempt THEN c.attempt ELSE c.attempt - 1 END,
+    claim_token = c.token,
     result = c.result,
     stdout = c.stdout,
     stderr = c.stderr,
     error = c.error,
-    errors = CASE WHEN c.error IS NULL THEN t.errors ELSE array_append(t.errors, c.error) END,
+    errors = CASE WHEN t.status = 'running' THEN
+                  CASE WHEN c.error IS NULL THEN t.errors ELSE array_append(t.errors, c.error) END
+             ELSE array_cat(t.errors, array_remove(
+                  ARRAY[replace($14, '{attempt}', c.attempt::text), c.error], NULL)) END,
     finished_at = CASE WHEN c.status = 'waiting' AND t.cancel_requested_at IS NULL
                        THEN NULL ELSE now() END,
     run_at = CASE WHEN c.retry_in IS NULL THEN t.run_at
                   ELSE now() + make_interval(secs => c.retry_in / 1000000.0) END,
     plugin_digest = coalesce(c.plugin_digest, t.plugin_digest)
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[], $6::bytea[],
-            $7::text[], $8::text[], $9::bigint[], $10::bool[])
+            $7::text[], $8::text[], $9::bigint[], $10::bool[], $13::bigint[])
      AS c(id, attempt, status, result, stdout, stderr, error, plugin_digest, retry_in,
-          spend_attempt)
-WHERE t.id = c.id AND t.attempt = c.attempt AND t.status = 'running'
+          spend_attempt, token)
+WHERE t.id = c.id
+  AND ((t.status = 'running' AND t.claim_token = c.token)
+       OR (t.status = 'waiting' AND c.spend_attempt AND t.attempt = c.attempt - 1
+           AND t.claim_token IS DISTINCT FROM c.token))
 RETURNING t.id, t.waited, t.status
 )
 SELECT count(*),
        count(pg_notify($12, id::text)) FILTER (WHERE waited AND status <> 'waiting')
 FROM done";
+
+/// The history lines `$3` of runs whose claim was lost while their task
+/// went on under another claim, or ended: run after [`COMPLETE`] wrote
+/// fewer rows than it was given, for the completions `$1` with tokens `$2`.
+/// Rows it wrote or fenced out for other reasons (a rescue) hold the token.
+const NOTE_LOST_RUNS: &str = "
+UPDATE tasks t SET errors = array_append(t.errors, c.note)
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(id, token, note)
+WHERE t.id = c.id AND t.claim_token IS DISTINCT FROM c.token";
 
 /// Leases past their deadline whose worker is dead, or is the asking one
 /// (whose claim reply may have been lost): `$1` grace in seconds, `$2` the
@@ -237,9 +261,10 @@ SELECT pg_notify($2, id::text) FROM asked";
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    /// Claims only. Claims are durable commits like every other statement:
-    /// a claim lost to a database crash let its tasks run a second time
-    /// under the same attempt, with nothing in their history to show it.
+    /// Claims only, committed asynchronously: a durable commit per claim
+    /// cost the drain about a third. A crash may make the database forget a
+    /// claim whose tasks are running; the claim's token fences their
+    /// completions, and [`COMPLETE`] records every such run.
     claims: PgPool,
     /// Completions only: always the generic plan, which drives the join from
     /// the batch into the primary key. Custom plans trust statistics taken
@@ -282,7 +307,7 @@ impl PgStore {
         // the producer and the completer retry.
         let claims = sized(CLAIM_CONNECTIONS)
             .test_before_acquire(false)
-            .connect_lazy_with(options.clone());
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let completions = sized(COMPLETION_CONNECTIONS)
             .test_before_acquire(false)
             .connect_lazy_with(
@@ -509,7 +534,8 @@ impl TaskStore for PgStore {
                 .bind(queues)
                 .bind(millis(MAX_TASK_TIMEOUT))
                 .bind(refused_timeout_reason())
-                .bind(scope.plugins);
+                .bind(scope.plugins)
+                .bind(new_claim_token());
             Ok(query.fetch_all(&self.claims).await?)
         })
         .await
@@ -533,8 +559,9 @@ impl TaskStore for PgStore {
             let retry_ins: Vec<Option<i64>> = completions.iter().map(retry_micros).collect();
             let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
             let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
+            let tokens: Vec<i64> = completions.iter().map(|c| c.token).collect();
             let (written, _told): (i64, i64) = sqlx::query_as(COMPLETE)
-                .bind(ids)
+                .bind(&ids)
                 .bind(attempts)
                 .bind(statuses)
                 .bind(results)
@@ -546,8 +573,20 @@ impl TaskStore for PgStore {
                 .bind(spends)
                 .bind(ended_leases)
                 .bind(self.schema.ended_channel())
+                .bind(&tokens)
+                .bind(ADOPTED_RUN_NOTE)
                 .fetch_one(&self.completions)
                 .await?;
+            if (written as usize) < completions.len() {
+                let notes: Vec<String> =
+                    completions.iter().map(Completion::lost_run_note).collect();
+                sqlx::query(NOTE_LOST_RUNS)
+                    .bind(ids)
+                    .bind(tokens)
+                    .bind(notes)
+                    .execute(&self.completions)
+                    .await?;
+            }
             Ok(written as u64)
         })
         .await
@@ -872,6 +911,7 @@ mod tests {
             .bind(millis(MAX_TASK_TIMEOUT))
             .bind("refused")
             .bind(Some(&plugins))
+            .bind(0i64)
             .fetch_all(&store.claims)
             .await
             .unwrap();

@@ -23,7 +23,6 @@
 //! Other processes may still enqueue, read and cancel; a cancel from another
 //! process reaches the worker through a light poll of running rows.
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -36,11 +35,12 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{broadcast, mpsc};
 
+use super::sqlite_changes::{ExternalWatch, FileChanges};
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL,
-    ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, RECORD_SCHEMAS,
-    RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord,
-    TaskStore, refused_timeout_reason, retry_micros,
+    ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
+    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
+    RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError,
+    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason, retry_micros,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -60,8 +60,9 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const WAKE_BUFFER: usize = 256;
 /// Notifications a subscriber's channel holds.
 const NOTIFY_BUFFER: usize = 64;
-/// How often a subscriber looks for what other processes did: new tasks and
-/// cancels of running tasks.
+/// How often a subscriber looks for what other processes did (new tasks,
+/// cancels of running tasks) when no file change told it: the fallback for
+/// a folder that cannot be watched, or a change it missed.
 pub const EXTERNAL_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Pause between attempts to switch a new database to WAL while another
 /// process holds it (that switch cannot use the busy timeout).
@@ -89,6 +90,7 @@ SET status = CASE WHEN timeout_ms > ?6 THEN 'error' ELSE 'running' END,
     deadline_at = CASE WHEN timeout_ms > ?6 THEN NULL
                   ELSE ?1 + coalesce(timeout_ms, ?5) * 1000 END,
     worker_id = ?4,
+    claim_token = ?9,
     finished_at = CASE WHEN timeout_ms > ?6 THEN ?1 END,
     timeout_ms = CASE WHEN timeout_ms > ?6 THEN NULL ELSE timeout_ms END,
     error = CASE WHEN timeout_ms > ?6 THEN ?7 || ' (it was ' || timeout_ms || ' ms)'
@@ -104,25 +106,40 @@ WHERE id IN (
     ORDER BY priority, run_at, id
     LIMIT ?3)
 RETURNING id, plugin, args, attempt, max_attempts, coalesce(timeout_ms, ?5) AS timeout_ms,
-          priority, run_at, status";
+          claim_token AS token, priority, run_at, status";
 
 // ?1 id, ?2 attempt, ?3 status, ?4 result, ?5 stdout, ?6 stderr, ?7 error,
-// ?8 plugin digest, ?9 retry delay in microseconds, ?10 spend attempt, ?11 now.
+// ?8 plugin digest, ?9 retry delay in microseconds, ?10 spend attempt, ?11 now,
+// ?12 the claim's token (the fence), ?13 the history line of a run whose
+// claim was lost and that is recorded as its attempt (as in the Postgres
+// store; SQLite evaluates every SET expression on the row as it was).
 const COMPLETE: &str = "
 UPDATE tasks
 SET status = CASE WHEN ?3 = 'waiting' AND cancel_requested_at IS NOT NULL
                   THEN 'cancelled' ELSE ?3 END,
-    attempt = CASE WHEN ?10 THEN attempt ELSE attempt - 1 END,
+    attempt = CASE WHEN ?10 THEN ?2 ELSE ?2 - 1 END,
+    claim_token = ?12,
     result = ?4,
     stdout = ?5,
     stderr = ?6,
     error = ?7,
-    errors = CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', ?7) END,
+    errors = CASE WHEN status = 'running' THEN
+                  CASE WHEN ?7 IS NULL THEN errors ELSE json_insert(errors, '$[#]', ?7) END
+             WHEN ?7 IS NULL THEN json_insert(errors, '$[#]', replace(?13, '{attempt}', ?2))
+             ELSE json_insert(errors, '$[#]', replace(?13, '{attempt}', ?2), '$[#]', ?7) END,
     finished_at = CASE WHEN ?3 = 'waiting' AND cancel_requested_at IS NULL
                        THEN NULL ELSE ?11 END,
     run_at = CASE WHEN ?9 IS NULL THEN run_at ELSE ?11 + ?9 END,
     plugin_digest = coalesce(?8, plugin_digest)
-WHERE id = ?1 AND attempt = ?2 AND status = 'running'";
+WHERE id = ?1
+  AND ((status = 'running' AND claim_token = ?12)
+       OR (status = 'waiting' AND ?10 AND attempt = ?2 - 1 AND claim_token IS NOT ?12))";
+
+// ?1 id, ?2 the completion's token, ?3 the run's history line: a run whose
+// claim was lost while its task went on under another claim, or ended.
+const NOTE_LOST_RUN: &str = "
+UPDATE tasks SET errors = json_insert(errors, '$[#]', ?3)
+WHERE id = ?1 AND claim_token IS NOT ?2";
 
 // ?1 now, ?2 deadline cut-off (now - grace), ?3 asking worker, ?4 its
 // in-flight ids as a JSON array, ?5 heartbeat cut-off (now - ttl).
@@ -169,6 +186,8 @@ pub struct SqliteStore {
     shared: Arc<Shared>,
     /// Args over this many bytes are refused at enqueue.
     max_args_bytes: usize,
+    /// How often subscribers poll for other processes' changes.
+    external_poll: Duration,
 }
 
 #[derive(Debug)]
@@ -254,7 +273,15 @@ impl SqliteStore {
                 worker_lock: Mutex::new(None),
             }),
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
+            external_poll: EXTERNAL_POLL_INTERVAL,
         }
+    }
+
+    /// The same store, its subscribers polling for other processes'
+    /// changes every `every` besides watching the files.
+    pub fn with_external_poll(mut self, every: Duration) -> Self {
+        self.external_poll = every;
+        self
     }
 
     /// The database file, as it was named.
@@ -495,6 +522,7 @@ impl TaskStore for SqliteStore {
             .bind(millis(MAX_TASK_TIMEOUT))
             .bind(refused_timeout_reason())
             .bind(plugins)
+            .bind(new_claim_token())
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -513,7 +541,7 @@ impl TaskStore for SqliteStore {
         let mut written = 0;
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         for completion in completions {
-            written += sqlx::query(COMPLETE)
+            let recorded = sqlx::query(COMPLETE)
                 .bind(completion.id)
                 .bind(completion.attempt)
                 .bind(completion.status.as_str())
@@ -525,9 +553,20 @@ impl TaskStore for SqliteStore {
                 .bind(retry_micros(completion))
                 .bind(completion.spend_attempt)
                 .bind(now)
+                .bind(completion.token)
+                .bind(ADOPTED_RUN_NOTE)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if recorded == 0 {
+                sqlx::query(NOTE_LOST_RUN)
+                    .bind(completion.id)
+                    .bind(completion.token)
+                    .bind(completion.lost_run_note())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            written += recorded;
         }
         tx.commit().await?;
         Ok(written)
@@ -707,9 +746,19 @@ impl TaskStore for SqliteStore {
         let mut wakes = self.shared.wake.subscribe();
         let (sender, receiver) = mpsc::channel(NOTIFY_BUFFER);
         let reader = self.reader.clone();
+        // Watch first, then look once: whatever another process writes
+        // after this returns is either in that look or a change after it.
+        let mut changes = FileChanges::watch(self.database());
+        let mut outside = ExternalWatch::default();
+        if let Err(err) = outside.poll(&reader).await {
+            tracing::debug!("cannot look for other processes' changes: {err}");
+        }
+        let external_poll = self.external_poll;
         tokio::spawn(async move {
-            let mut outside = ExternalWatch::default();
-            let mut poll = tokio::time::interval(EXTERNAL_POLL_INTERVAL);
+            let mut poll = tokio::time::interval_at(
+                tokio::time::Instant::now() + external_poll,
+                external_poll,
+            );
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let events = tokio::select! {
@@ -727,6 +776,13 @@ impl TaskStore for SqliteStore {
                             vec![Notification::TasksAvailable]
                         }
                         Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = FileChanges::next(&mut changes) => match outside.poll(&reader).await {
+                        Ok(events) => events,
+                        Err(err) => {
+                            tracing::debug!("cannot look for other processes' changes: {err}");
+                            continue;
+                        }
                     },
                     _ = poll.tick() => match outside.poll(&reader).await {
                         Ok(events) => events,
@@ -791,41 +847,5 @@ impl TaskStore for SqliteStore {
             }
             Err(std::fs::TryLockError::Error(source)) => Err(lock_error(source)),
         }
-    }
-}
-
-/// What a subscriber has already seen of other processes' changes.
-#[derive(Debug, Default)]
-struct ExternalWatch {
-    /// The newest task id seen, once the first poll has looked.
-    newest: Option<i64>,
-    /// Running tasks whose cancel has been passed on.
-    cancels_sent: HashSet<i64>,
-}
-
-impl ExternalWatch {
-    async fn poll(&mut self, reader: &SqlitePool) -> StoreResult<Vec<Notification>> {
-        let mut events = Vec::new();
-        let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM tasks")
-            .fetch_one(reader)
-            .await?;
-        if self.newest.is_some_and(|seen| newest > seen) {
-            events.push(Notification::TasksAvailable);
-        }
-        self.newest = Some(newest);
-        let asked: HashSet<i64> = sqlx::query_scalar(
-            "SELECT id FROM tasks WHERE status = 'running' AND cancel_requested_at IS NOT NULL",
-        )
-        .fetch_all(reader)
-        .await?
-        .into_iter()
-        .collect();
-        events.extend(
-            asked
-                .difference(&self.cancels_sent)
-                .map(|&id| Notification::Cancel(id)),
-        );
-        self.cancels_sent = asked;
-        Ok(events)
     }
 }

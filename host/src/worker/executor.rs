@@ -68,7 +68,7 @@ impl Executor {
                             tracing::debug!(task = task.id, plugin = %task.plugin, "args refused: {why}");
                             return Completion {
                                 plugin_digest: Some(plugin.digest.clone()),
-                                ..Completion::refuse(task.id, task.attempt, why)
+                                ..Completion::refuse(task, why)
                             };
                         }
                     },
@@ -112,20 +112,20 @@ impl Executor {
             Outcome::HostFailure(message) => {
                 self.host_failing.store(true, Ordering::Release);
                 self.tell_host_failure(&message);
-                Completion::release(task.id, task.attempt)
+                Completion::release(task)
             }
             Outcome::Success(result) => Completion {
                 result: Some(result),
-                ..Completion::new(task.id, task.attempt, Status::Success)
+                ..Completion::new(task, Status::Success)
             },
             Outcome::Error(message) => self.failed(task, Status::Error, message),
             Outcome::Timeout(message) => self.failed(task, Status::Timeout, message),
             Outcome::Interrupted => match cause() {
                 InterruptCause::Cancelled => Completion {
                     error: Some("cancelled while running".to_owned()),
-                    ..Completion::new(task.id, task.attempt, Status::Cancelled)
+                    ..Completion::new(task, Status::Cancelled)
                 },
-                InterruptCause::Shutdown => Completion::release(task.id, task.attempt),
+                InterruptCause::Shutdown => Completion::release(task),
             },
         };
         completion.stdout = execution.stdout;
@@ -171,7 +171,7 @@ impl Executor {
         Completion {
             error: Some(message),
             retry_in,
-            ..Completion::new(task.id, task.attempt, status)
+            ..Completion::new(task, status)
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The worker: a producer that claims only as many tasks as there are free
-//! consumer slots (GenStage demand), consumers that run them in the sandbox,
+//! The worker: a producer that claims as many tasks as there is room for
+//! (free slots and a bounded claim-ahead, GenStage demand), consumers that
+//! run them in the sandbox,
 //! and a completer that records outcomes in batches. One [`Shutdown`] is
 //! passed into every loop.
 
@@ -8,13 +9,14 @@ pub mod executor;
 mod producer;
 pub mod rescuer;
 pub mod retry;
+pub mod slots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::Plugins;
@@ -24,6 +26,7 @@ use executor::Executor;
 use producer::Producer;
 use rescuer::RescuerConfig;
 use retry::Backoff;
+use slots::{DEFAULT_CLAIM_AHEAD, DEFAULT_CLAIM_AHEAD_HORIZON, Slots};
 
 /// Consumers per CPU core, as in the tutorial.
 pub const CONSUMERS_PER_CORE: usize = 12;
@@ -128,6 +131,10 @@ pub struct WorkerConfig {
     pub claimers: usize,
     /// Rows one claim takes at most.
     pub max_claim: usize,
+    /// Claimed tasks held beyond those running, at most (see [`slots`]).
+    pub claim_ahead: usize,
+    /// Held ahead: no more than the worker expects to start within this.
+    pub claim_ahead_horizon: Duration,
     /// How often the plugins folder is checked for new or changed files.
     pub plugin_rescan: Duration,
     /// Exit once nothing is running or due.
@@ -151,6 +158,8 @@ impl Default for WorkerConfig {
             claim_wait: DEFAULT_CLAIM_WAIT,
             claimers: DEFAULT_CLAIMERS,
             max_claim: DEFAULT_MAX_CLAIM,
+            claim_ahead: DEFAULT_CLAIM_AHEAD,
+            claim_ahead_horizon: DEFAULT_CLAIM_AHEAD_HORIZON,
             plugin_rescan: DEFAULT_PLUGIN_RESCAN,
             drain: false,
             drain_patience: DEFAULT_DRAIN_PATIENCE,
@@ -264,7 +273,11 @@ impl<S: TaskStore> Worker<S> {
         if let Err(err) = self.store.warm_up().await {
             tracing::warn!("cannot connect yet ({err}); claiming will keep trying");
         }
-        let slots = Arc::new(Semaphore::new(config.concurrency));
+        let slots = Arc::new(Slots::new(
+            config.concurrency,
+            config.claim_ahead,
+            config.claim_ahead_horizon,
+        ));
         let wake = Arc::new(Notify::new());
         let flushed = Arc::new(Notify::new());
         let in_flight = Arc::new(InFlight::default());
@@ -319,8 +332,10 @@ impl<S: TaskStore> Worker<S> {
         let producer = Producer {
             store: self.store.clone(),
             config: config.clone(),
-            min_demand: u32::try_from((config.concurrency / 2).clamp(1, config.max_claim.max(1)))
-                .unwrap_or(u32::MAX),
+            min_demand: u32::try_from(
+                ((config.concurrency + config.claim_ahead) / 2).clamp(1, config.max_claim.max(1)),
+            )
+            .unwrap_or(u32::MAX),
             slots,
             wake,
             flushed,

@@ -1,21 +1,23 @@
-//! The producer: claims only as many tasks as there are free consumer slots
-//! (GenStage demand) and starts a consumer for each on the guest runtime.
-//! It wakes on database notifications and falls back to polling; several
-//! claim loops may share one producer so a batch is claimed while the
-//! previous one runs.
+//! The producer: claims as many tasks as the worker has room to hold (free
+//! slots, plus what it may claim ahead of them: [`Slots`]) and starts a
+//! consumer for each on the guest runtime, which waits for a slot, runs the
+//! task and hands its outcome to the completer. It wakes on database
+//! notifications and falls back to polling; several claim loops may share
+//! one producer so a batch is claimed while the previous one runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::completer::{Finished, Lease};
 use super::executor::{Executor, HOST_FAILURE_BACKOFF, InterruptCause};
+use super::slots::{Slots, Start};
 use super::{InFlight, Shutdown, WorkerConfig};
-use crate::store::{ClaimRequest, ClaimedTask, Scope, TaskStore};
+use crate::store::{ClaimRequest, ClaimedTask, Completion, Scope, Status, TaskStore};
 
 /// Rows the first claim of a burst takes at most; each full claim doubles
 /// the next one's cap up to `max_claim`.
@@ -27,9 +29,9 @@ const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(5);
 pub(super) struct Producer<S: TaskStore> {
     pub store: S,
     pub config: WorkerConfig,
-    /// Claim once this many slots are free (or after `claim_wait`).
+    /// Claim once there is room for this many tasks (or after `claim_wait`).
     pub min_demand: u32,
-    pub slots: Arc<Semaphore>,
+    pub slots: Arc<Slots>,
     pub wake: Arc<Notify>,
     pub flushed: Arc<Notify>,
     pub in_flight: Arc<InFlight>,
@@ -75,8 +77,26 @@ impl<S: TaskStore> Producer<S> {
                     _ = self.stopped() => return,
                 }
             }
-            let Some(mut permits) = self.demand(cap).await else {
+            let Some(mut held) = self.demand(cap).await else {
                 return;
+            };
+            // As many as the worker may hold now; with nothing to spare, wait
+            // for a task to start or end.
+            let room = self.slots.room();
+            if room == 0 {
+                drop(held);
+                tokio::select! {
+                    _ = self.slots.progressed() => {}
+                    _ = self.stopped() => return,
+                }
+                continue;
+            }
+            let mut permits = if held.num_permits() > room {
+                let kept = held.split(room).expect("fewer than it holds");
+                drop(held);
+                kept
+            } else {
+                held
             };
             let asked = permits.num_permits();
             // Only tasks of plugins loaded here: the rest are for workers
@@ -136,7 +156,7 @@ impl<S: TaskStore> Producer<S> {
             // tasks this worker cannot run.
             if config.drain
                 && self.plugins_scanned.is_cancelled()
-                && self.slots.available_permits() == config.concurrency
+                && self.slots.idle()
                 && !self.has_pending_or_unknown().await
             {
                 self.drained.cancel();
@@ -152,30 +172,31 @@ impl<S: TaskStore> Producer<S> {
         }
     }
 
-    /// Wait for demand: `min_demand` slots free (one statement for many
-    /// rows), or whatever is free after `claim_wait`, so a busy worker does
-    /// not claim a row at a time; then take what else is free, up to `cap`.
-    /// `None` once stopping.
+    /// Wait for demand: room to hold `min_demand` tasks (one statement for
+    /// many rows), or whatever room there is after `claim_wait`, so a busy
+    /// worker does not claim a row at a time; then take what else is free,
+    /// up to `cap`. `None` once stopping.
     async fn demand(&self, cap: usize) -> Option<OwnedSemaphorePermit> {
+        let held = self.slots.held();
         let wanted = self.min_demand.min(u32::try_from(cap).unwrap_or(u32::MAX));
         let gathered = tokio::select! {
             batch = tokio::time::timeout(
                 self.config.claim_wait,
-                self.slots.clone().acquire_many_owned(wanted),
+                held.clone().acquire_many_owned(wanted),
             ) => batch.ok().map(|permit| permit.expect("the semaphore is never closed")),
             _ = self.stopped() => return None,
         };
         let mut permits = match gathered {
             Some(permits) => permits,
             None => tokio::select! {
-                permit = self.slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                permit = held.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = self.stopped() => return None,
             },
         };
         let room = cap.saturating_sub(permits.num_permits());
-        let free = self.slots.available_permits().min(room);
+        let free = held.available_permits().min(room);
         if free > 0
-            && let Ok(more) = self.slots.clone().try_acquire_many_owned(free as u32)
+            && let Ok(more) = held.clone().try_acquire_many_owned(free as u32)
         {
             permits.merge(more);
         }
@@ -190,7 +211,8 @@ impl<S: TaskStore> Producer<S> {
         }
     }
 
-    /// Start a consumer for each claimed task, each holding one of `permits`.
+    /// Start a consumer for each claimed task, each holding one of `permits`
+    /// and waiting for a slot to run in.
     /// One launcher crosses to the guest runtime per batch and spawns the
     /// consumers from there, which costs far less than a cross-runtime spawn
     /// (and a thread wake-up) per task.
@@ -211,23 +233,28 @@ impl<S: TaskStore> Producer<S> {
             })
             .collect();
         self.in_flight.insert_many(tokens);
+        self.slots.hold(slots.len());
         let tracker = self.consumers.clone();
         let executor = self.executor.clone();
-        let shutdown = self.shutdown.interrupt.clone();
+        let shutdown = self.shutdown.clone();
         let outcomes = self.outcomes.clone();
+        let worker_slots = self.slots.clone();
         // The consumers' futures are built where they run: every move of a
         // future is a copy of all of it.
         self.consumers.spawn_on(
             async move {
-                for (task, token, permit) in slots {
+                for (task, token, held) in slots {
                     tracker.spawn(consume(
-                        executor.clone(),
+                        Consumer {
+                            executor: executor.clone(),
+                            slots: worker_slots.clone(),
+                            shutdown: shutdown.clone(),
+                            outcomes: outcomes.clone(),
+                        },
                         task,
                         lease.clone(),
                         token,
-                        shutdown.clone(),
-                        outcomes.clone(),
-                        permit,
+                        held,
                     ));
                 }
             },
@@ -270,8 +297,7 @@ impl<S: TaskStore> Producer<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(Instant::now);
-        let idle = self.slots.available_permits() == self.config.concurrency
-            && self.in_flight.ids().is_empty();
+        let idle = self.slots.idle() && self.in_flight.ids().is_empty();
         if !(self.config.drain && idle && since.elapsed() >= self.config.drain_patience) {
             return false;
         }
@@ -300,32 +326,63 @@ fn next_claim_cap(cap: usize, asked: usize, got: usize, max_claim: usize) -> usi
     }
 }
 
-/// One consumer slot: run the task, hand the outcome to the completer, and
-/// free the slot only once the completer has room (backpressure).
-async fn consume(
+/// What every consumer shares.
+struct Consumer {
     executor: Arc<Executor>,
+    slots: Arc<Slots>,
+    shutdown: Shutdown,
+    outcomes: mpsc::Sender<Finished>,
+}
+
+/// One held task: wait for a slot, run the task, hand the outcome to the
+/// completer, and free the slot only once the completer has room
+/// (backpressure). A task cancelled or stopped before it starts is given
+/// back, or ended `cancelled`, without running.
+async fn consume(
+    consumer: Consumer,
     mut task: ClaimedTask,
     lease: Option<Arc<Lease>>,
     token: CancellationToken,
-    shutdown: CancellationToken,
-    outcomes: mpsc::Sender<Finished>,
-    permit: OwnedSemaphorePermit,
+    held: OwnedSemaphorePermit,
 ) {
-    let cause = || {
-        if shutdown.is_cancelled() {
-            InterruptCause::Shutdown
-        } else {
-            InterruptCause::Cancelled
+    let Consumer {
+        executor,
+        slots,
+        shutdown,
+        outcomes,
+    } = consumer;
+    let interrupted_by_shutdown = || shutdown.interrupt.is_cancelled();
+    let (completion, running) = match slots.start(&token, &shutdown.stop).await {
+        Start::Run(running) => {
+            let cause = || {
+                if interrupted_by_shutdown() {
+                    InterruptCause::Shutdown
+                } else {
+                    InterruptCause::Cancelled
+                }
+            };
+            let completion = executor.execute(&mut task, &token, cause).await;
+            (completion, Some(running))
         }
+        Start::Interrupted if !interrupted_by_shutdown() => {
+            let cancelled = Completion {
+                error: Some("cancelled before it ran".to_owned()),
+                spend_attempt: false,
+                ..Completion::new(&task, Status::Cancelled)
+            };
+            (cancelled, None)
+        }
+        Start::Interrupted | Start::Stopped => (Completion::release(&task), None),
     };
-    let completion = executor.execute(&mut task, &token, cause).await;
     if outcomes.send(Finished { completion, lease }).await.is_err() {
         tracing::error!(
             task = task.id,
             "the completer stopped; the rescuer will recover this task"
         );
     }
-    drop(permit);
+    drop(running);
+    drop(held);
+    slots.finished();
 }
 
 #[cfg(test)]

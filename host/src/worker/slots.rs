@@ -1,0 +1,186 @@
+//! The worker's slots, and how far it claims ahead of them. A worker runs at
+//! most `concurrency` tasks at once, and may hold a few more claimed tasks
+//! waiting for a free slot, so that one claim statement serves many tasks
+//! even at a small concurrency (GenStage's buffer: a consumer's demand is
+//! its buffer's room, not the events it handles at once).
+//!
+//! What it holds ahead is bounded twice: by count (`claim_ahead`), and by
+//! time: no more than the worker, at the pace it has been finishing tasks,
+//! expects to start within `horizon`. A worker running long tasks therefore
+//! holds next to nothing ahead, and another worker that is idle gets the
+//! work; one running tasks of microseconds holds a full claim's worth.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Claimed tasks a worker may hold beyond those it runs.
+pub const DEFAULT_CLAIM_AHEAD: usize = 512;
+/// A worker holds no more ahead than it expects to start within this long.
+pub const DEFAULT_CLAIM_AHEAD_HORIZON: Duration = Duration::from_millis(50);
+/// The pace is measured over at least this long, so a burst of a few
+/// finishes in a microsecond does not read as millions a second.
+const PACE_WINDOW: Duration = Duration::from_millis(10);
+
+pub(super) struct Slots {
+    /// One permit per task running.
+    run: Arc<Semaphore>,
+    /// One permit per task held: running, or claimed and waiting to run.
+    held: Arc<Semaphore>,
+    capacity: usize,
+    ahead: usize,
+    horizon: Duration,
+    /// Held but not started.
+    waiting: AtomicUsize,
+    finished: AtomicU64,
+    pace: Mutex<Pace>,
+    /// Told when a waiting task starts or a running one ends.
+    progress: Notify,
+}
+
+/// Tasks finished per second, smoothed.
+struct Pace {
+    at: Instant,
+    finished: u64,
+    per_second: f64,
+}
+
+/// How a held task's wait for a slot ended.
+pub(super) enum Start {
+    Run(OwnedSemaphorePermit),
+    /// Its token fired first (a cancel, or an interrupt).
+    Interrupted,
+    /// The worker stopped claiming: the task goes back unrun.
+    Stopped,
+}
+
+impl Slots {
+    pub(super) fn new(concurrency: usize, ahead: usize, horizon: Duration) -> Self {
+        Slots {
+            run: Arc::new(Semaphore::new(concurrency)),
+            held: Arc::new(Semaphore::new(concurrency + ahead)),
+            capacity: concurrency + ahead,
+            ahead,
+            horizon,
+            waiting: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
+            pace: Mutex::new(Pace {
+                at: Instant::now(),
+                finished: 0,
+                per_second: 0.0,
+            }),
+            progress: Notify::new(),
+        }
+    }
+
+    /// The semaphore of held tasks, from which the producer takes demand.
+    pub(super) fn held(&self) -> &Arc<Semaphore> {
+        &self.held
+    }
+
+    /// True while the worker holds no task at all.
+    pub(super) fn idle(&self) -> bool {
+        self.held.available_permits() == self.capacity
+    }
+
+    /// How many more tasks a claim may take now: the free slots, plus what
+    /// the pace allows ahead of them, less what already waits.
+    pub(super) fn room(&self) -> usize {
+        let ahead = (self.per_second() * self.horizon.as_secs_f64()) as usize;
+        (self.run.available_permits() + ahead.min(self.ahead))
+            .saturating_sub(self.waiting.load(Ordering::Acquire))
+    }
+
+    /// Resolves when a waiting task starts or a running one ends.
+    pub(super) async fn progressed(&self) {
+        self.progress.notified().await;
+    }
+
+    /// `count` claimed tasks now wait for slots.
+    pub(super) fn hold(&self, count: usize) {
+        self.waiting.fetch_add(count, Ordering::AcqRel);
+    }
+
+    /// Wait for a slot for a held task, in claim order (the semaphore is
+    /// fair). A cancel or interrupt (`token`) or the end of claiming
+    /// (`stop`) ends the wait without running it.
+    pub(super) async fn start(&self, token: &CancellationToken, stop: &CancellationToken) -> Start {
+        let start = tokio::select! {
+            biased;
+            _ = token.cancelled() => Start::Interrupted,
+            _ = stop.cancelled() => Start::Stopped,
+            permit = self.run.clone().acquire_owned() => {
+                Start::Run(permit.expect("the semaphore is never closed"))
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.progress.notify_one();
+        start
+    }
+
+    /// A held task is done with its slot (run or not).
+    pub(super) fn finished(&self) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        self.progress.notify_one();
+    }
+
+    fn per_second(&self) -> f64 {
+        let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = pace.at.elapsed();
+        if elapsed >= PACE_WINDOW {
+            let finished = self.finished.load(Ordering::Relaxed);
+            let recent = (finished - pace.finished) as f64 / elapsed.as_secs_f64();
+            // Half the weight on the last window: a worker whose tasks turn
+            // slow stops claiming ahead within a few windows.
+            pace.per_second = (pace.per_second + recent) / 2.0;
+            pace.at = Instant::now();
+            pace.finished = finished;
+        }
+        pace.per_second
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn holds_ahead_only_what_its_pace_starts_within_the_horizon() {
+        let slots = Slots::new(4, 100, Duration::from_millis(50));
+        assert_eq!(slots.room(), 4, "no pace yet: the free slots only");
+        slots.hold(4);
+        assert_eq!(slots.room(), 0);
+        // 1,000 finishes in a window: 1,000 × 50 ms / window ≥ the cap.
+        tokio::time::sleep(PACE_WINDOW).await;
+        for _ in 0..1_000 {
+            slots.finished();
+        }
+        let room = slots.room();
+        assert!(room > 0 && room <= 100, "{room}");
+        // Nothing finishes for a while: the pace decays, and so does the room.
+        for _ in 0..20 {
+            tokio::time::sleep(PACE_WINDOW).await;
+            slots.room();
+        }
+        assert_eq!(slots.room(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_held_task_starts_only_in_a_free_slot_and_stops_at_once() {
+        let slots = Slots::new(1, 2, Duration::from_millis(50));
+        let (token, stop) = (CancellationToken::new(), CancellationToken::new());
+        slots.hold(3);
+        let first = slots.start(&token, &stop).await;
+        assert!(matches!(first, Start::Run(_)));
+        stop.cancel();
+        assert!(matches!(slots.start(&token, &stop).await, Start::Stopped));
+        token.cancel();
+        assert!(matches!(
+            slots.start(&token, &stop).await,
+            Start::Interrupted
+        ));
+    }
+}
