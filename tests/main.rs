@@ -24,4 +24,5 @@ mod schema;
 mod sql_enqueue;
 mod sqlite_wake;
 mod two_workers;
+mod vacuum;
 mod waiting;

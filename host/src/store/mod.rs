@@ -476,6 +476,21 @@ pub(crate) fn refused_timeout_reason() -> String {
     )
 }
 
+/// Dead row versions past which a table is vacuumed, on top of
+/// [`VACUUM_DEAD_FRACTION`] of its live rows: autovacuum's own rule, with
+/// numbers for a queue, whose every task rewrites its row twice.
+pub const VACUUM_DEAD_ROWS: i64 = 20_000;
+pub const VACUUM_DEAD_FRACTION: f64 = 0.05;
+
+/// What [`TaskStore::tidy`] found and did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tidied {
+    /// The server's autovacuum is off: taskbox's tidying is all there is.
+    pub autovacuum_off: bool,
+    /// Each table vacuumed, with its dead row versions before.
+    pub vacuumed: Vec<(String, i64)>,
+}
+
 /// The operations taskbox needs from a database. Implementations must make
 /// `claim` safe under concurrent workers and fence `complete` on the claim's
 /// token.
@@ -536,6 +551,14 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     /// [`StoreError::Connect`]). Stores without a server succeed.
     fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send {
         async { Ok(()) }
+    }
+
+    /// Vacuum the store's tables whose dead row versions passed the
+    /// threshold ([`VACUUM_DEAD_ROWS`] plus [`VACUUM_DEAD_FRACTION`] of the
+    /// live ones), if no other worker is doing it now; never blocks claims
+    /// or completions. Stores that leave no dead rows do nothing.
+    fn tidy(&self) -> impl Future<Output = StoreResult<Tidied>> + Send {
+        async { Ok(Tidied::default()) }
     }
 
     /// Wait until task `id` has ended (a final status) and return its row;

@@ -22,7 +22,8 @@ use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
     LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
     RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason, retry_micros,
+    StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
+    new_claim_token, refused_timeout_reason, retry_micros,
 };
 
 pub use taskbox_client::postgres::WAIT_RECHECK;
@@ -485,6 +486,38 @@ fn connect_error(target: &str, err: &sqlx::Error) -> Option<StoreError> {
     })
 }
 
+/// Vacuum (and analyze) the tables of `schema` past the dead-row threshold.
+/// VACUUM takes a lock that claims, completions and enqueues never wait
+/// for; it cannot run in a transaction, so each is a statement of its own.
+async fn vacuum_where_dead(
+    conn: &mut sqlx::PgConnection,
+    schema: &SchemaName,
+) -> StoreResult<Tidied> {
+    let autovacuum_off: bool = sqlx::query_scalar("SELECT current_setting('autovacuum') = 'off'")
+        .fetch_one(&mut *conn)
+        .await?;
+    let due: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables
+         WHERE schemaname = $1 AND n_dead_tup >= $2 + $3 * n_live_tup
+         ORDER BY n_dead_tup DESC",
+    )
+    .bind(schema.as_str())
+    .bind(VACUUM_DEAD_ROWS)
+    .bind(VACUUM_DEAD_FRACTION)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (table, _) in &due {
+        let name = format!("{}.\"{}\"", schema.quoted(), table.replace('"', "\"\""));
+        sqlx::query(&format!("VACUUM (ANALYZE) {name}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Tidied {
+        autovacuum_off,
+        vacuumed: due,
+    })
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -752,6 +785,26 @@ impl TaskStore for PgStore {
             Ok(())
         })
         .await
+    }
+
+    async fn tidy(&self) -> StoreResult<Tidied> {
+        let mut conn = self.pool.acquire().await?;
+        let lock = format!("{}.vacuum", self.schema.as_str());
+        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(&lock)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !mine {
+            return Ok(Tidied::default());
+        }
+        let tidied = vacuum_where_dead(&mut conn, &self.schema).await;
+        // Unlocked even when the vacuum failed; a lost connection drops the
+        // lock with it.
+        sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(&lock)
+            .execute(&mut *conn)
+            .await?;
+        tidied
     }
 
     async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {

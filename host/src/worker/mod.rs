@@ -6,6 +6,7 @@
 
 pub mod completer;
 pub mod executor;
+pub mod janitor;
 mod producer;
 pub mod rescuer;
 pub mod retry;
@@ -145,6 +146,8 @@ pub struct WorkerConfig {
     pub backoff: Backoff,
     pub completer: CompleterConfig,
     pub rescuer: RescuerConfig,
+    /// How often the janitor looks at the tables' dead rows.
+    pub tidy_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -166,6 +169,7 @@ impl Default for WorkerConfig {
             backoff: Backoff::default(),
             completer: CompleterConfig::default(),
             rescuer: RescuerConfig::default(),
+            tidy_interval: janitor::DEFAULT_TIDY_INTERVAL,
         }
     }
 }
@@ -328,6 +332,12 @@ impl<S: TaskStore> Worker<S> {
             rescuer_stop.clone(),
         ));
 
+        let janitor = tokio::spawn(janitor::run(
+            self.store.clone(),
+            config.tidy_interval,
+            rescuer_stop.clone(),
+        ));
+
         let consumers = tokio_util::task::TaskTracker::new();
         let producer = Producer {
             store: self.store.clone(),
@@ -374,6 +384,7 @@ impl<S: TaskStore> Worker<S> {
         }
         rescuer_stop.cancel();
         let _ = rescuer.await;
+        let _ = janitor.await;
         let _ = watcher.await;
         let report = WorkerReport {
             no_plugin_loads: refusal.await.ok().flatten(),

@@ -2,8 +2,9 @@
 //! and takes back rows that dead workers left `running`. Every task has a
 //! hard deadline enforced in the sandbox, so a row well past its deadline
 //! whose worker has also gone silent cannot still be running anywhere.
-//! Completion is fenced on the attempt, so even a late write from a rescued
-//! attempt never overwrites a newer one; many rescuers may run at once.
+//! Completion is fenced on the claim's token, so even a late write from a
+//! rescued attempt never overwrites a newer one; many rescuers may run at
+//! once.
 
 use std::sync::Arc;
 use std::time::Duration;

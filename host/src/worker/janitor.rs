@@ -1,0 +1,53 @@
+//! The janitor, run by every worker: keeps taskbox's own tables healthy
+//! whatever the server's vacuum settings. Every task rewrites its row twice
+//! (claim, completion), so a long drain leaves millions of dead row versions
+//! that claims then walk past; a server with autovacuum off (common in CI
+//! configurations) never clears them, and one with it on often lags a
+//! queue's churn. Every `interval` the janitor asks the store to vacuum the
+//! tables past the threshold; the store lets one worker at a time do it.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{TaskStore, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS};
+
+/// How often a worker looks at its tables' dead rows.
+pub const DEFAULT_TIDY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Tidy every `interval` until `stop` fires.
+pub(crate) async fn run<S: TaskStore>(store: S, interval: Duration, stop: CancellationToken) {
+    let mut told_autovacuum_off = false;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        let tidied = tokio::select! {
+            tidied = store.tidy() => tidied,
+            _ = stop.cancelled() => return,
+        };
+        match tidied {
+            Ok(tidied) => {
+                failing = false;
+                if tidied.autovacuum_off && !told_autovacuum_off {
+                    tracing::warn!(
+                        "autovacuum is off on this server: workers vacuum taskbox's tables themselves once a table's dead rows pass {VACUUM_DEAD_ROWS} plus {:.0}% of its live rows",
+                        VACUUM_DEAD_FRACTION * 100.0
+                    );
+                    told_autovacuum_off = true;
+                }
+                for (table, dead) in tidied.vacuumed {
+                    tracing::info!(%table, dead_rows = dead, "vacuumed");
+                }
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::warn!("cannot tidy taskbox's tables: {err}; trying again later");
+                    failing = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Taskbox keeps its own tables healthy (issue 14, item 4): this server runs
+//! with autovacuum off, and a worker vacuums the tasks table once its dead
+//! row versions pass the threshold, while it serves.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::process::PROCESS_WAIT;
+use common::*;
+use sqlx::PgPool;
+use taskbox::store::{NewTask, TaskStore, VACUUM_DEAD_ROWS};
+use taskbox::worker::{Shutdown, Worker};
+
+const ROWS: i64 = 2 * VACUUM_DEAD_ROWS;
+
+async fn dead_rows_and_vacuums(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables
+         WHERE schemaname = 'taskbox' AND relname = 'tasks'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_vacuums_the_tasks_table_once_dead_rows_pile_up(pool: PgPool) {
+    init_logging();
+    let store = store(pool.clone()).await;
+    let tasks: Vec<NewTask> = (0..ROWS).map(|_| NewTask::new("absent", vec![0])).collect();
+    for chunk in tasks.chunks(5_000) {
+        store.enqueue(chunk).await.unwrap();
+    }
+    // What claims and completions leave behind: every row rewritten twice.
+    let mut conn = pool.acquire().await.unwrap();
+    for _ in 0..2 {
+        sqlx::query("UPDATE taskbox.tasks SET priority = priority + 1")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    wait::until(
+        "the dead rows to show in the statistics",
+        PROCESS_WAIT,
+        || async { dead_rows_and_vacuums(&pool).await.0 >= ROWS },
+    )
+    .await;
+    assert_eq!(dead_rows_and_vacuums(&pool).await.1, 0, "vacuumed already");
+
+    let config = taskbox::worker::WorkerConfig {
+        tidy_interval: Duration::from_millis(100),
+        drain: false,
+        ..worker_config(2)
+    };
+    let shutdown = Shutdown::default();
+    let worker = tokio::spawn({
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        async move { Worker::new(store, plugins(), config).run(shutdown).await }
+    });
+    wait::until(
+        "the worker to vacuum the tasks table",
+        PROCESS_WAIT,
+        || async { dead_rows_and_vacuums(&pool).await.1 >= 1 },
+    )
+    .await;
+    shutdown.stop.cancel();
+    worker.await.unwrap().unwrap();
+    let (dead, _) = dead_rows_and_vacuums(&pool).await;
+    assert!(dead < VACUUM_DEAD_ROWS, "{dead} dead rows after the vacuum");
+}
