@@ -11,6 +11,7 @@
 //   GW_ENQUEUE_CHUNK     jobs per addJobs call         (default 5000)
 //   GW_CONCURRENCY       preset.worker.concurrentJobs  (default 24)
 //   GW_MAX_POOL_SIZE     preset.worker.maxPoolSize     (default concurrency + 1)
+//   JOB_SLEEP_MS         each job waits this long (default 0: a no-op)
 //   GW_LOCAL_QUEUE_SIZE  preset.worker.localQueue.size (default 500)
 //   GW_COMPLETE_BATCH_DELAY  preset.worker.completeJobBatchDelay / failJobBatchDelay
 //                            in ms (default 0 = batch whatever is pending)
@@ -44,6 +45,8 @@ async function main() {
   const MAX_POOL = intEnv("GW_MAX_POOL_SIZE", CONCURRENCY + 1);
   const LOCAL_QUEUE = intEnv("GW_LOCAL_QUEUE_SIZE", 500);
   const BATCH_DELAY = intEnv("GW_COMPLETE_BATCH_DELAY", 0);
+  // An I/O-bound job: each waits this long (0: a no-op).
+  const SLEEP_MS = intEnv("JOB_SLEEP_MS", 0);
 
   const { Logger, makeWorkerUtils, parseCronItems, run } = await import("graphile-worker");
   const pg = (await import("pg")).default;
@@ -113,6 +116,7 @@ async function main() {
     const taskList = {
       [TASK]: async () => {
         firstStart ??= performance.now();
+        if (SLEEP_MS > 0) await new Promise((resolve) => setTimeout(resolve, SLEEP_MS));
         if (++handled === JOBS) allHandled.resolve();
       },
     };

@@ -7,7 +7,8 @@
 //! bench may create and drop `taskbox_bench_*` databases), TASKBOX_PLUGINS,
 //! TASKBOX_BIN (the `taskbox` binary of the profiling profile), TASKBOX_ROOT (the checkout).
 //! Args: `--jobs N` (default 20000), `--big N` (default 100000),
-//! `--concurrency N` (default 2048), `--rounds N` (default 3), `--no-peers`,
+//! `--concurrency N` (default: the worker's own default), `--tuned N`
+//! (default 2048: the tuned drain's concurrency), `--rounds N` (default 3), `--no-peers`,
 //! `--no-profile`, `--sandbox-only` (print the sandbox's cost per task and
 //! stop: no database, nothing written).
 //!
@@ -30,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 const DEFAULT_JOBS: usize = 20_000;
 const DEFAULT_BIG: usize = 100_000;
-/// Slots per worker in the drains. A no-op task runs in microseconds, so the
-/// slots mostly hold claimed tasks queued for the guest threads; 2048 keeps a
-/// whole claim queued while the next one is in flight (1024 let the guests
-/// run dry between claims and drained 4% slower).
-const DEFAULT_CONCURRENCY: usize = 2048;
+/// Slots per worker in the tuned drain, the second row of the table (the
+/// headline drains run with the worker's defaults, as a user starts it).
+/// 2048 slots keep a whole claim queued while the next one is in flight.
+const DEFAULT_TUNED_CONCURRENCY: usize = 2048;
 const DEFAULT_ROUNDS: usize = 3;
+/// The I/O-bound drain: this many tasks that each wait [`SLEEP_MS`].
+const SLEEP_JOBS: usize = 2_000;
+const SLEEP_MS: u64 = 50;
 /// The peer queues: display name and script in `bench/peers`.
 const PEERS: [(&str, &str); 2] = [
     ("graphile-worker", "graphile.mjs"),
@@ -54,7 +57,9 @@ const CLOSE_TO_DRAINED: i64 = 2048;
 struct Options {
     jobs: usize,
     big: usize,
-    concurrency: usize,
+    /// `None`: the worker's default.
+    concurrency: Option<usize>,
+    tuned: usize,
     rounds: usize,
     peers: bool,
     profile: bool,
@@ -65,7 +70,8 @@ fn options() -> Result<Options> {
     let mut options = Options {
         jobs: DEFAULT_JOBS,
         big: DEFAULT_BIG,
-        concurrency: DEFAULT_CONCURRENCY,
+        concurrency: None,
+        tuned: DEFAULT_TUNED_CONCURRENCY,
         rounds: DEFAULT_ROUNDS,
         peers: true,
         profile: true,
@@ -82,7 +88,8 @@ fn options() -> Result<Options> {
         match arg.as_str() {
             "--jobs" => options.jobs = number("--jobs")?,
             "--big" => options.big = number("--big")?,
-            "--concurrency" => options.concurrency = number("--concurrency")?,
+            "--concurrency" => options.concurrency = Some(number("--concurrency")?),
+            "--tuned" => options.tuned = number("--tuned")?,
             "--rounds" => options.rounds = number("--rounds")?.max(1),
             "--no-peers" => options.peers = false,
             "--no-profile" => options.profile = false,
@@ -140,6 +147,7 @@ async fn args_for(plugins: &Plugins, plugin: &str) -> Result<Vec<u8>> {
     let value = match plugin {
         "add" => json!({"a": 1, "b": 2}),
         "puts" => json!("a small line of output from a benchmark task"),
+        "sleep" => json!(SLEEP_MS),
         other => bail!("no bench args for {other}"),
     };
     taskbox::schema::encode(&loaded.args_schema, &value).map_err(anyhow::Error::msg)
@@ -219,7 +227,7 @@ async fn drain(
     bin: &Path,
     plugins_dir: &Path,
     processes: usize,
-    concurrency: usize,
+    concurrency: Option<usize>,
     count: usize,
     profile_to: Option<&Path>,
 ) -> Result<Drain> {
@@ -240,17 +248,16 @@ async fn drain(
             }
             None => Command::new(bin),
         };
+        command
+            .env("DATABASE_URL", url)
+            .env("TASKBOX_PLUGINS", plugins_dir)
+            .env("TASKBOX_LOG", "taskbox=warn")
+            .args(["worker", "--drain"]);
+        if let Some(concurrency) = concurrency {
+            command.args(["--concurrency", &concurrency.to_string()]);
+        }
         children.push(
             command
-                .env("DATABASE_URL", url)
-                .env("TASKBOX_PLUGINS", plugins_dir)
-                .env("TASKBOX_LOG", "taskbox=warn")
-                .args([
-                    "worker",
-                    "--drain",
-                    "--concurrency",
-                    &concurrency.to_string(),
-                ])
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting the taskbox worker")?,
@@ -487,7 +494,14 @@ async fn sql_ceiling(
 }
 
 /// Install the peers into a scratch folder and run one; returns its JSON.
-fn run_peer(root: &Path, script: &str, url: &str, jobs: usize) -> Result<Value> {
+fn run_peer(
+    root: &Path,
+    script: &str,
+    url: &str,
+    jobs: usize,
+    slots: usize,
+    sleep_ms: u64,
+) -> Result<Value> {
     let scratch = root.join("target/bench-peers");
     let source = root.join("bench/peers");
     std::fs::create_dir_all(&scratch)?;
@@ -513,6 +527,8 @@ fn run_peer(root: &Path, script: &str, url: &str, jobs: usize) -> Result<Value> 
         .arg(scratch.join(script))
         .env("DATABASE_URL", url)
         .env("JOBS", jobs.to_string())
+        .env("GW_CONCURRENCY", slots.to_string())
+        .env("JOB_SLEEP_MS", sleep_ms.to_string())
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {script}"))?;
@@ -618,6 +634,9 @@ async fn main() -> Result<()> {
     let root = env_path("TASKBOX_ROOT")?;
     let jobs = options.jobs;
     let concurrency = options.concurrency;
+    let tuned = Some(options.tuned);
+    // The peers run at the concurrency taskbox's headline drain uses.
+    let slots = concurrency.unwrap_or_else(taskbox::worker::default_concurrency);
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let plugins = Arc::new(Plugins::new(sandbox, &plugins_dir));
     let mut report = String::new();
@@ -642,6 +661,7 @@ async fn main() -> Result<()> {
     // Rounds: taskbox `add` on one process, then each peer.
     let add_args = args_for(&plugins, "add").await?;
     let mut ours: Vec<(f64, Drain)> = Vec::new();
+    let mut ours_tuned: Vec<Drain> = Vec::new();
     let mut theirs: Vec<(&str, Vec<Value>)> = if options.peers {
         PEERS.iter().map(|(name, _)| (*name, Vec::new())).collect()
     } else {
@@ -654,14 +674,40 @@ async fn main() -> Result<()> {
         let enqueue_rate = enqueue(&store, "add", &add_args, jobs).await?;
         let one = drain(&url, &bin, &plugins_dir, 1, concurrency, jobs, None).await?;
         ours.push((enqueue_rate, one));
+        eprintln!(
+            "bench: round {round}: taskbox add, tuned to --concurrency {}",
+            options.tuned
+        );
+        let url = fresh_database(&base, "taskbox_bench").await?;
+        let store = open_store(&url).await?;
+        enqueue(&store, "add", &add_args, jobs).await?;
+        ours_tuned.push(drain(&url, &bin, &plugins_dir, 1, tuned, jobs, None).await?);
         for ((name, results), (_, script)) in theirs.iter_mut().zip(PEERS) {
             eprintln!("bench: round {round}: peer {name}");
             let url = fresh_database(&base, "taskbox_bench_peer").await?;
-            let result = run_peer(&root, script, &url, jobs)
+            let result = run_peer(&root, script, &url, jobs, slots, 0)
                 .with_context(|| format!("the {name} peer failed"))?;
             results.push(result);
         }
     }
+    // The I/O-bound end: tasks that wait, at the same concurrency.
+    eprintln!("bench: sleep {SLEEP_MS} ms: {SLEEP_JOBS} tasks, taskbox then graphile-worker");
+    let sleep_args = args_for(&plugins, "sleep").await?;
+    let url = fresh_database(&base, "taskbox_bench").await?;
+    let store = open_store(&url).await?;
+    enqueue(&store, "sleep", &sleep_args, SLEEP_JOBS).await?;
+    let our_sleep = drain(&url, &bin, &plugins_dir, 1, concurrency, SLEEP_JOBS, None).await?;
+    let their_sleep = if options.peers {
+        let url = fresh_database(&base, "taskbox_bench_peer").await?;
+        let (name, script) = PEERS[0];
+        Some((
+            name,
+            run_peer(&root, script, &url, SLEEP_JOBS, slots, SLEEP_MS)
+                .with_context(|| format!("the {name} peer failed"))?,
+        ))
+    } else {
+        None
+    };
     if options.peers {
         drop_database(&base, "taskbox_bench_peer").await?;
     }
@@ -707,9 +753,17 @@ async fn main() -> Result<()> {
         let url = fresh_database(&base, "taskbox_bench").await?;
         let store = open_store(&url).await?;
         enqueue(&store, "add", &args, jobs).await?;
-        drain(&url, &bin, &plugins_dir, 1, RSS_CONCURRENCY, jobs, None)
-            .await?
-            .peak_rss_kib
+        drain(
+            &url,
+            &bin,
+            &plugins_dir,
+            1,
+            Some(RSS_CONCURRENCY),
+            jobs,
+            None,
+        )
+        .await?
+        .peak_rss_kib
     };
 
     eprintln!("bench: add: drain {} with one worker", options.big);
@@ -725,7 +779,7 @@ async fn main() -> Result<()> {
 
     eprintln!("bench: raw SQL ceiling");
     let url = fresh_database(&base, "taskbox_bench").await?;
-    let claim_batch = (concurrency / 2).clamp(1, taskbox::worker::DEFAULT_MAX_CLAIM);
+    let claim_batch = taskbox::worker::DEFAULT_MAX_CLAIM;
     let ceiling_one = sql_ceiling(&url, &args, jobs, claim_batch, 1).await?;
     let url = fresh_database(&base, "taskbox_bench").await?;
     let ceiling_four = sql_ceiling(&url, &args, jobs, claim_batch, 4).await?;
@@ -769,8 +823,16 @@ async fn main() -> Result<()> {
     say(String::new());
     say(format!("- machine: {}", machine()));
     say(format!(
-        "- run: {} no-op jobs per drain ({} for the long drain), worker `--concurrency {concurrency}`, durable commits",
-        jobs, options.big
+        "- run: {} no-op jobs per drain ({} for the long drain), the worker {}, graphile-worker at concurrency {slots} (local queue 500, batched completion)",
+        jobs,
+        options.big,
+        match concurrency {
+            None => format!(
+                "as a user starts it (defaults: concurrency 12 per core = {slots}, claim-ahead {})",
+                taskbox::worker::slots::DEFAULT_CLAIM_AHEAD
+            ),
+            Some(n) => format!("at `--concurrency {n}`"),
+        }
     ));
     say(format!(
         "- date: {}",
@@ -789,6 +851,13 @@ async fn main() -> Result<()> {
     say(format!(
         "| taskbox `add` | {our_enqueue:.0} | {our_drain:.0} | {} | {our_wall:.0} | | |",
         range(&mut ours.iter().map(|(_, d)| d.rate)),
+    ));
+    let tuned_drain = median(ours_tuned.iter().map(|d| d.rate));
+    say(format!(
+        "| taskbox `add`, tuned (`--concurrency {}`) | | {tuned_drain:.0} | {} | {:.0} | | |",
+        options.tuned,
+        range(&mut ours_tuned.iter().map(|d| d.rate)),
+        median(ours_tuned.iter().map(|d| d.wall_rate)),
     ));
     for (name, results) in &theirs {
         let drain_rate = figure(results, "drain_per_s");
@@ -886,7 +955,29 @@ async fn main() -> Result<()> {
         None => say("perf was not available on this machine; no profile was taken.".into()),
     }
     say(String::new());
-    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--rounds N`, `--no-peers`, `--no-profile`).".into());
+    say(format!(
+        "- I/O-bound: {SLEEP_JOBS} tasks that each wait {SLEEP_MS} ms, at concurrency {slots}: taskbox {:.0} jobs/s{} (the ceiling is {:.0} jobs/s)",
+        our_sleep.rate,
+        match &their_sleep {
+            Some((name, result)) => {
+                let theirs = result["drain_per_s"].as_f64();
+                format!(
+                    ", {name} {:.0} jobs/s, taskbox ÷ {name} {}",
+                    theirs.unwrap_or(0.0),
+                    ratio(our_sleep.rate, theirs)
+                )
+            }
+            None => String::new(),
+        },
+        slots as f64 * 1000.0 / SLEEP_MS as f64,
+    ));
+    say(format!(
+        "- defaults ÷ tuned: {} (the worker as a user starts it, against `--concurrency {}`)",
+        ratio(our_drain, Some(tuned_drain)),
+        options.tuned
+    ));
+    say(String::new());
+    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--tuned N`, `--rounds N`, `--no-peers`, `--no-profile`).".into());
 
     std::fs::write(root.join("BENCHMARKS.md"), &report)?;
     println!("{report}");
