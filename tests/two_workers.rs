@@ -5,10 +5,12 @@
 
 use crate::common;
 
+use common::process::PROCESS_WAIT;
 use common::*;
 use serde_json::json;
 use sqlx::PgPool;
 use taskbox::store::{Status, TaskStore};
+use taskbox::worker::{Shutdown, Worker, WorkerConfig};
 
 const TASKS: usize = 5000;
 
@@ -71,37 +73,48 @@ async fn two_workers_run_each_task_once(pool: PgPool) {
 /// Claiming ahead never starves a neighbour: a worker holds no more ahead
 /// than it would start soon at its pace, so with tasks of a second each,
 /// two workers of two slots split eight tasks evenly instead of the first
-/// holding six while the second idles.
+/// to claim holding six while the second idles.
 #[sqlx::test(migrations = false)]
 async fn neither_worker_idles_while_the_other_holds_tasks(pool: PgPool) {
     const SLOTS: usize = 2;
     const TASKS: usize = 4 * SLOTS;
-    let store = store(pool).await;
+    let store = store(pool.clone()).await;
     let plugins = plugins();
     let mut template = task(&plugins, "sleep", json!(1000)).await;
     template.timeout = Some(std::time::Duration::from_secs(30));
-    store.enqueue(&vec![template; TASKS]).await.unwrap();
 
-    let config = || taskbox::worker::WorkerConfig {
-        claim_ahead: TASKS,
-        ..worker_config(SLOTS)
-    };
-    let first = tokio::spawn({
-        let (store, plugins) = (store.clone(), plugins.clone());
-        async move { drain(&store, &plugins, config()).await }
-    });
-    wait::until(
-        "the first worker to start its tasks",
-        std::time::Duration::from_secs(30),
-        || async { store.stats().await.is_ok_and(|s| s.running == SLOTS as i64) },
-    )
+    let shutdown = Shutdown::default();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let config = WorkerConfig {
+                claim_ahead: TASKS,
+                drain: false,
+                ..worker_config(SLOTS)
+            };
+            let worker = Worker::new(store.clone(), plugins.clone(), config);
+            tokio::spawn(worker.run(shutdown.clone()))
+        })
+        .collect();
+    wait::until("both workers to start", PROCESS_WAIT, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM taskbox.workers")
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|n| n == 2)
+    })
     .await;
-    let second = drain(&store, &plugins, config()).await;
-    let first = first.await.unwrap();
+    store.enqueue(&vec![template; TASKS]).await.unwrap();
+    wait::until("every task to end", PROCESS_WAIT, || async {
+        store.stats().await.is_ok_and(|s| s.success == TASKS as i64)
+    })
+    .await;
+    shutdown.stop.cancel();
+    let mut claims = Vec::new();
+    for worker in workers {
+        claims.push(worker.await.unwrap().unwrap().claimed);
+    }
     assert_eq!(
-        (first.claimed, second.claimed),
-        (TASKS as u64 / 2, TASKS as u64 / 2),
-        "claims of the first and second worker"
+        claims,
+        [TASKS as u64 / 2, TASKS as u64 / 2],
+        "claims of the two workers"
     );
-    assert_eq!(store.stats().await.unwrap().success, TASKS as i64);
 }

@@ -260,6 +260,11 @@ fn test(rest: &[String]) -> Result<()> {
             host_build_note("debug")
         ),
     );
+    // The client's example runs as a program in the tests; `cargo test`
+    // builds examples only as test harnesses.
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "-p", "taskbox-client", "--examples"]))?;
     let mut child = cargo()
         .current_dir(root())
         .env("DATABASE_URL", url)
