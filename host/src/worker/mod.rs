@@ -292,7 +292,10 @@ impl<S: TaskStore> Worker<S> {
             host_told: Default::default(),
         });
 
-        let (outcomes, completions) = mpsc::channel(config.concurrency.max(1) * 4);
+        // Room for two outcomes per task the worker may hold: a write in
+        // flight and the next batch gathering.
+        let (outcomes, completions) =
+            mpsc::channel((config.concurrency + config.claim_ahead).max(1) * 2);
         let completer = tokio::spawn(completer::run(
             self.store.clone(),
             config.completer.clone(),

@@ -334,9 +334,9 @@ struct Consumer {
     outcomes: mpsc::Sender<Finished>,
 }
 
-/// One held task: wait for a slot, run the task, hand the outcome to the
-/// completer, and free the slot only once the completer has room
-/// (backpressure). A task cancelled or stopped before it starts is given
+/// One held task: wait for a slot, run the task, free the slot, and hand
+/// the outcome to the completer, holding the task's place among the held
+/// ones until the completer has room (backpressure). A task cancelled or stopped before it starts is given
 /// back, or ended `cancelled`, without running.
 async fn consume(
     consumer: Consumer,
@@ -352,7 +352,7 @@ async fn consume(
         outcomes,
     } = consumer;
     let interrupted_by_shutdown = || shutdown.interrupt.is_cancelled();
-    let (completion, running) = match slots.start(&token, &shutdown.stop).await {
+    let completion = match slots.start(&token, &shutdown.stop).await {
         Start::Run(running) => {
             let cause = || {
                 if interrupted_by_shutdown() {
@@ -362,17 +362,18 @@ async fn consume(
                 }
             };
             let completion = executor.execute(&mut task, &token, cause).await;
-            (completion, Some(running))
+            // The slot is free once the task ran; a consumer waiting for the
+            // completer holds only its place among the held tasks, which is
+            // what stops claiming when the completer falls behind.
+            drop(running);
+            completion
         }
-        Start::Interrupted if !interrupted_by_shutdown() => {
-            let cancelled = Completion {
-                error: Some("cancelled before it ran".to_owned()),
-                spend_attempt: false,
-                ..Completion::new(&task, Status::Cancelled)
-            };
-            (cancelled, None)
-        }
-        Start::Interrupted | Start::Stopped => (Completion::release(&task), None),
+        Start::Interrupted if !interrupted_by_shutdown() => Completion {
+            error: Some("cancelled before it ran".to_owned()),
+            spend_attempt: false,
+            ..Completion::new(&task, Status::Cancelled)
+        },
+        Start::Interrupted | Start::Stopped => Completion::release(&task),
     };
     if outcomes.send(Finished { completion, lease }).await.is_err() {
         tracing::error!(
@@ -380,7 +381,6 @@ async fn consume(
             "the completer stopped; the rescuer will recover this task"
         );
     }
-    drop(running);
     drop(held);
     slots.finished();
 }
