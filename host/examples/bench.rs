@@ -8,7 +8,9 @@
 //! TASKBOX_BIN (the `taskbox` binary of the profiling profile), TASKBOX_ROOT (the checkout).
 //! Args: `--jobs N` (default 20000), `--big N` (default 100000),
 //! `--concurrency N` (default: the worker's own default), `--tuned N`
-//! (default 2048: the tuned drain's concurrency), `--rounds N` (default 3), `--no-peers`,
+//! (default 2048: the tuned drain's concurrency), `--lived N` (default
+//! 1,000,000: tasks drained before the drain on a table that has lived; 0
+//! skips it), `--rounds N` (default 3), `--no-peers`,
 //! `--no-profile`, `--sandbox-only` (print the sandbox's cost per task and
 //! stop: no database, nothing written).
 //!
@@ -26,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
-use taskbox::store::{ClaimRequest, Completion, NewTask, PgStore, Status, TaskStore};
+use taskbox::store::{ClaimRequest, Completion, NewTask, PgStore, SqliteStore, Status, TaskStore};
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_JOBS: usize = 20_000;
@@ -36,6 +38,8 @@ const DEFAULT_BIG: usize = 100_000;
 /// 2048 slots keep a whole claim queued while the next one is in flight.
 const DEFAULT_TUNED_CONCURRENCY: usize = 2048;
 const DEFAULT_ROUNDS: usize = 3;
+/// Tasks a table has seen before the drain on a table that has lived.
+const DEFAULT_LIVED: usize = 1_000_000;
 /// The I/O-bound drain: this many tasks that each wait [`SLEEP_MS`].
 const SLEEP_JOBS: usize = 2_000;
 const SLEEP_MS: u64 = 50;
@@ -60,6 +64,8 @@ struct Options {
     /// `None`: the worker's default.
     concurrency: Option<usize>,
     tuned: usize,
+    /// Tasks drained before the drain on a table that has lived (0: none).
+    lived: usize,
     rounds: usize,
     peers: bool,
     profile: bool,
@@ -72,6 +78,7 @@ fn options() -> Result<Options> {
         big: DEFAULT_BIG,
         concurrency: None,
         tuned: DEFAULT_TUNED_CONCURRENCY,
+        lived: DEFAULT_LIVED,
         rounds: DEFAULT_ROUNDS,
         peers: true,
         profile: true,
@@ -90,6 +97,7 @@ fn options() -> Result<Options> {
             "--big" => options.big = number("--big")?,
             "--concurrency" => options.concurrency = Some(number("--concurrency")?),
             "--tuned" => options.tuned = number("--tuned")?,
+            "--lived" => options.lived = number("--lived")?,
             "--rounds" => options.rounds = number("--rounds")?.max(1),
             "--no-peers" => options.peers = false,
             "--no-profile" => options.profile = false,
@@ -398,8 +406,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Enqueue-to-start latency on an idle worker, one task at a time.
-async fn latency(url: &str, bin: &Path, plugins_dir: &Path, args: &[u8]) -> Result<(f64, f64)> {
-    let store = open_store(url).await?;
+/// Enqueue → start on an idle worker, p50 and p99 in ms: this process
+/// enqueues into `store` (the database at `url`), a worker process runs.
+async fn latency<S: TaskStore>(
+    store: &S,
+    url: &str,
+    bin: &Path,
+    plugins_dir: &Path,
+    args: &[u8],
+) -> Result<(f64, f64)> {
     let mut worker = Command::new(bin)
         .env("DATABASE_URL", url)
         .env("TASKBOX_PLUGINS", plugins_dir)
@@ -436,6 +451,68 @@ async fn latency(url: &str, bin: &Path, plugins_dir: &Path, args: &[u8]) -> Resu
 fn nix_term(pid: u32) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits i32"));
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+/// What the bench measures on SQLite.
+struct SqliteFigures {
+    p50: f64,
+    p99: f64,
+    default_rate: f64,
+    tuned_rate: f64,
+}
+
+/// SQLite in a temporary folder: enqueue → start from this process to a
+/// worker process, and two drains from worker start to exit, at the
+/// defaults and at `--concurrency tuned`.
+async fn sqlite_figures(
+    bin: &Path,
+    plugins_dir: &Path,
+    args: &[u8],
+    jobs: usize,
+    tuned: usize,
+) -> Result<SqliteFigures> {
+    let folder = tempfile::tempdir()?;
+    let url = format!("sqlite:{}", folder.path().join("bench.db").display());
+    let store = SqliteStore::connect_lazy(&url)?;
+    store.migrate().await?;
+    let (p50, p99) = latency(&store, &url, bin, plugins_dir, args).await?;
+    let mut rates = Vec::new();
+    for concurrency in [None, Some(tuned)] {
+        let task = NewTask::new("add", args.to_vec());
+        for chunk in vec![task; jobs].chunks(ENQUEUE_BATCH) {
+            store.enqueue(chunk).await?;
+        }
+        let mut worker = Command::new(bin);
+        worker
+            .env("DATABASE_URL", &url)
+            .env("TASKBOX_PLUGINS", plugins_dir)
+            .env("TASKBOX_LOG", "taskbox=warn")
+            .args(["worker", "--drain"]);
+        if let Some(concurrency) = concurrency {
+            worker.args(["--concurrency", &concurrency.to_string()]);
+        }
+        let started = Instant::now();
+        let status = worker.status()?;
+        if !status.success() {
+            bail!("the SQLite worker failed: {status}");
+        }
+        rates.push(jobs as f64 / started.elapsed().as_secs_f64());
+    }
+    store.close().await;
+    Ok(SqliteFigures {
+        p50,
+        p99,
+        default_rate: rates[0],
+        tuned_rate: rates[1],
+    })
+}
+
+/// The server's `autovacuum` setting.
+async fn autovacuum(base: &str) -> Result<String> {
+    let mut conn = PgConnection::connect(base).await?;
+    Ok(sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(&mut conn)
+        .await?)
 }
 
 /// taskbox's own claim + complete statements, `claim_batch` rows a round,
@@ -775,7 +852,23 @@ async fn main() -> Result<()> {
 
     eprintln!("bench: enqueue-to-start latency");
     let url = fresh_database(&base, "taskbox_bench").await?;
-    let (p50, p99) = latency(&url, &bin, &plugins_dir, &args).await?;
+    let store = open_store(&url).await?;
+    let (p50, p99) = latency(&store, &url, &bin, &plugins_dir, &args).await?;
+    eprintln!("bench: SQLite: enqueue-to-start latency, drains at the defaults and tuned");
+    let sqlite = sqlite_figures(&bin, &plugins_dir, &args, jobs, options.tuned).await?;
+
+    let lived = match options.lived {
+        0 => None,
+        lived => {
+            eprintln!("bench: add: drain {lived}, then {jobs} on the table that has lived");
+            let url = fresh_database(&base, "taskbox_bench").await?;
+            let store = open_store(&url).await?;
+            enqueue(&store, "add", &args, lived).await?;
+            drain(&url, &bin, &plugins_dir, 1, concurrency, lived, None).await?;
+            enqueue(&store, "add", &args, jobs).await?;
+            Some(drain(&url, &bin, &plugins_dir, 1, concurrency, jobs, None).await?)
+        }
+    };
 
     eprintln!("bench: raw SQL ceiling");
     let url = fresh_database(&base, "taskbox_bench").await?;
@@ -908,6 +1001,22 @@ async fn main() -> Result<()> {
         big.rate,
         ratio(big.rate, Some(our_drain))
     ));
+    if let Some(lived) = &lived {
+        say(format!(
+            "- on a table that has lived: {jobs} `add` tasks right after a drain of {} on the same table, at {:.0} jobs/s: {} of the empty table's rate (the server's autovacuum: {})",
+            options.lived,
+            lived.rate,
+            ratio(lived.rate, Some(our_drain)),
+            autovacuum(&base).await?,
+        ));
+    }
+    say(format!(
+        "- SQLite (the embedded default), {jobs} `add` tasks from worker start to exit: {:.0} jobs/s at the defaults, {:.0} jobs/s at `--concurrency {}` ({} of tuned)",
+        sqlite.default_rate,
+        sqlite.tuned_rate,
+        options.tuned,
+        ratio(sqlite.default_rate, Some(sqlite.tuned_rate)),
+    ));
     say(String::new());
     say("## Latency, sandbox cost, memory".into());
     say(String::new());
@@ -918,6 +1027,10 @@ async fn main() -> Result<()> {
     ));
     say(format!(
         "| enqueue → start on an idle worker, p99 | {p99:.2} ms |"
+    ));
+    say(format!(
+        "| SQLite: enqueue (another process) → start, p50 / p99 | {:.2} ms / {:.2} ms |",
+        sqlite.p50, sqlite.p99
     ));
     say(format!(
         "| sandbox per task, `add` (instantiate + call + drop), mean / p50 | {add_mean:.1} µs / {add_p50:.1} µs |"
@@ -977,7 +1090,7 @@ async fn main() -> Result<()> {
         options.tuned
     ));
     say(String::new());
-    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--tuned N`, `--rounds N`, `--no-peers`, `--no-profile`).".into());
+    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--tuned N`, `--lived N`, `--rounds N`, `--no-peers`, `--no-profile`).".into());
 
     std::fs::write(root.join("BENCHMARKS.md"), &report)?;
     println!("{report}");

@@ -15,14 +15,19 @@ use crate::store::{TaskStore, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS};
 /// How often a worker looks at its tables' dead rows.
 pub const DEFAULT_TIDY_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Tidy every `interval` until `stop` fires.
+/// Tidy at once and then every `interval`, until `stop` fires.
 pub(crate) async fn run<S: TaskStore>(store: S, interval: Duration, stop: CancellationToken) {
     let mut told_autovacuum_off = false;
     let mut failing = false;
+    // The first look at once: a worker started on a table that has lived
+    // should not drain it through the dead rows for a whole interval.
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.cancelled() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
         }
         let tidied = tokio::select! {
             tidied = store.tidy() => tidied,
