@@ -319,9 +319,13 @@ async fn drain(
     }
     let worker_cpu = children_cpu_seconds() - cpu_before;
     let machine_cpu = machine_busy_seconds() - machine_before;
+    // This drain's tasks: the last `count` enqueued (a table that has lived
+    // holds earlier ones).
     let (first, done): (Option<chrono::DateTime<chrono::Utc>>, i64) = sqlx::query_as(
-        "SELECT min(started_at), count(*) FILTER (WHERE status = 'success') FROM tasks",
+        "SELECT min(started_at), count(*) FILTER (WHERE status = 'success') FROM tasks
+         WHERE id > (SELECT max(id) FROM tasks) - $1",
     )
+    .bind(count as i64)
     .fetch_one(store.pool())
     .await?;
     if done as usize != count {
