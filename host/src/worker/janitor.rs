@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{TaskStore, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS};
 
-/// How often a worker looks at its tables' dead rows.
-pub const DEFAULT_TIDY_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a worker looks at its tables' dead rows (a cheap read of the
+/// server's statistics): often, so each vacuum has a drain's few seconds of
+/// dead rows to clear, not a long stretch of them.
+pub const DEFAULT_TIDY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Tidy at once and then every `interval`, until `stop` fires.
 pub(crate) async fn run<S: TaskStore>(store: S, interval: Duration, stop: CancellationToken) {
