@@ -6,6 +6,7 @@
 mod common;
 
 mod cancel;
+mod claim_ahead;
 mod cli;
 mod client;
 mod conformance;

@@ -9,6 +9,11 @@
 //! expects to start within `horizon`. A worker running long tasks therefore
 //! holds next to nothing ahead, and another worker that is idle gets the
 //! work; one running tasks of microseconds holds a full claim's worth.
+//!
+//! Each held task waits for a slot on its own, so the tasks of one claim
+//! start in no fixed order among themselves (a claim takes them in priority
+//! order); an earlier claim's tasks wait in the semaphore's queue ahead of
+//! a later one's, and every held task starts within about the horizon.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

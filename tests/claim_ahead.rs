@@ -1,0 +1,87 @@
+//! Claimed tasks a worker holds but has not started (issue 14, item 1) are
+//! treated as running ones are: a cancel ends one at once without running
+//! it, and a shutdown gives them back without spending an attempt, while
+//! the task that runs finishes.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::process::PROCESS_WAIT;
+use common::*;
+use serde_json::json;
+use sqlx::PgPool;
+use taskbox::store::{CancelOutcome, Status, TaskStore};
+use taskbox::worker::{Shutdown, Worker, WorkerConfig};
+
+#[sqlx::test(migrations = false)]
+async fn held_tasks_cancel_at_once_and_go_back_unspent_on_shutdown(pool: PgPool) {
+    const QUICK: usize = 100;
+    const SLOW: usize = 5;
+    let store = store(pool).await;
+    let plugins = plugins();
+    let quick = task(&plugins, "add", json!({"a": 1, "b": 2})).await;
+    store.enqueue(&vec![quick; QUICK]).await.unwrap();
+
+    // One slot, and a horizon so long that any pace fills the claim-ahead.
+    let config = WorkerConfig {
+        claim_ahead: 8,
+        claim_ahead_horizon: Duration::from_secs(3600),
+        drain: false,
+        ..worker_config(1)
+    };
+    let shutdown = Shutdown::default();
+    let worker =
+        tokio::spawn(Worker::new(store.clone(), plugins.clone(), config).run(shutdown.clone()));
+    wait::until(
+        "the quick tasks to set the worker's pace",
+        PROCESS_WAIT,
+        || async { store.stats().await.is_ok_and(|s| s.success == QUICK as i64) },
+    )
+    .await;
+
+    let mut slow = task(&plugins, "sleep", json!(3000)).await;
+    slow.timeout = Some(Duration::from_secs(30));
+    // The first takes the one slot; the rest come after, so they are held.
+    let running = store.enqueue(std::slice::from_ref(&slow)).await.unwrap()[0];
+    wait::until("the first slow task to run", PROCESS_WAIT, || async {
+        store.stats().await.is_ok_and(|s| s.running == 1)
+    })
+    .await;
+    let held = store.enqueue(&vec![slow; SLOW - 1]).await.unwrap();
+    wait::until("the rest to be held", PROCESS_WAIT, || async {
+        store.stats().await.is_ok_and(|s| s.running == SLOW as i64)
+    })
+    .await;
+
+    let cancelled = held[0];
+    assert_eq!(
+        store.cancel(cancelled).await.unwrap(),
+        CancelOutcome::Interrupting
+    );
+    wait::until("the held task to end cancelled", PROCESS_WAIT, || async {
+        record(&store, cancelled).await.status == Status::Cancelled
+    })
+    .await;
+    let row = record(&store, cancelled).await;
+    assert_eq!(row.error.as_deref(), Some("cancelled before it ran"));
+    assert_eq!(row.attempt, 0, "it never ran");
+    assert_eq!(
+        record(&store, running).await.status,
+        Status::Running,
+        "the cancel did not wait for the running task"
+    );
+
+    shutdown.stop.cancel();
+    worker.await.unwrap().unwrap();
+    let ran = record(&store, running).await;
+    assert_eq!((ran.status, ran.attempt), (Status::Success, 1));
+    for &id in &held[1..] {
+        let row = record(&store, id).await;
+        assert_eq!(
+            (row.status, row.attempt),
+            (Status::Waiting, 0),
+            "task {id} was given back unspent"
+        );
+    }
+}
