@@ -12,8 +12,8 @@
 //!
 //! Each held task waits for a slot on its own, so the tasks of one claim
 //! start in no fixed order among themselves (a claim takes them in priority
-//! order); an earlier claim's tasks wait in the semaphore's queue ahead of
-//! a later one's, and every held task starts within about the horizon.
+//! order); an earlier claim's tasks are spawned, and so usually queue for a
+//! slot, before a later one's, and a held task waits about the horizon.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
