@@ -85,3 +85,64 @@ async fn held_tasks_cancel_at_once_and_go_back_unspent_on_shutdown(pool: PgPool)
         );
     }
 }
+
+/// Held tasks start in claim order, which is priority order: with one slot
+/// busy, four tasks claimed together run lowest priority number first.
+#[sqlx::test(migrations = false)]
+async fn held_tasks_start_in_priority_order(pool: PgPool) {
+    const QUICK: usize = 100;
+    let store = store(pool).await;
+    let plugins = plugins();
+    let quick = task(&plugins, "add", json!({"a": 1, "b": 2})).await;
+    store.enqueue(&vec![quick; QUICK]).await.unwrap();
+    let config = WorkerConfig {
+        claim_ahead: 8,
+        claim_ahead_horizon: Duration::from_secs(3600),
+        drain: false,
+        ..worker_config(1)
+    };
+    let shutdown = Shutdown::default();
+    let worker =
+        tokio::spawn(Worker::new(store.clone(), plugins.clone(), config).run(shutdown.clone()));
+    wait::until(
+        "the quick tasks to set the worker's pace",
+        PROCESS_WAIT,
+        || async { store.stats().await.is_ok_and(|s| s.success == QUICK as i64) },
+    )
+    .await;
+
+    let mut blocker = task(&plugins, "sleep", json!(1000)).await;
+    blocker.timeout = Some(Duration::from_secs(30));
+    store.enqueue(&[blocker]).await.unwrap();
+    wait::until("the slot to be taken", PROCESS_WAIT, || async {
+        store.stats().await.is_ok_and(|s| s.running == 1)
+    })
+    .await;
+    // Enqueued from the highest priority number down, so claim order
+    // (priority first) is the reverse of id order.
+    let mut ordered = Vec::new();
+    for priority in (0..4).rev() {
+        let mut next = task(&plugins, "sleep", json!(50)).await;
+        next.priority = priority;
+        ordered.push(next);
+    }
+    let ids = store.enqueue(&ordered).await.unwrap();
+    wait::until("the four to end", PROCESS_WAIT, || async {
+        store
+            .stats()
+            .await
+            .is_ok_and(|s| s.success == QUICK as i64 + 5)
+    })
+    .await;
+    shutdown.stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    let mut finished = Vec::new();
+    for &id in &ids {
+        let row = record(&store, id).await;
+        finished.push((row.finished_at.expect("finished"), row.priority));
+    }
+    finished.sort();
+    let priorities: Vec<i32> = finished.iter().map(|(_, priority)| *priority).collect();
+    assert_eq!(priorities, [0, 1, 2, 3], "started in priority order");
+}

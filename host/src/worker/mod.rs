@@ -11,6 +11,7 @@ mod producer;
 pub mod rescuer;
 pub mod retry;
 pub mod slots;
+mod starter;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,6 +201,7 @@ pub struct Shutdown {
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     tasks: Mutex<HashMap<i64, CancellationToken>>,
+    cancelled: Notify,
 }
 
 impl InFlight {
@@ -226,7 +228,7 @@ impl InFlight {
         }
     }
 
-    /// Interrupt task `id` if it runs here.
+    /// Interrupt task `id` if it runs (or waits to run) here.
     fn cancel(&self, id: i64) {
         if let Some(token) = self
             .tasks
@@ -236,7 +238,14 @@ impl InFlight {
         {
             tracing::info!(task = id, "cancel requested; interrupting");
             token.cancel();
+            self.cancelled.notify_one();
         }
+    }
+
+    /// Resolves after a cancel here, so the starter can end a task that
+    /// had not started.
+    async fn cancelled(&self) {
+        self.cancelled.notified().await;
     }
 }
 
@@ -342,6 +351,25 @@ impl<S: TaskStore> Worker<S> {
         ));
 
         let consumers = tokio_util::task::TaskTracker::new();
+        let queue = Arc::new(starter::StartQueue::default());
+        let claiming_ended = CancellationToken::new();
+        // The starter and the consumers live on the guest runtime, so a busy
+        // guest never delays claiming, the completer or the listener.
+        consumers.spawn_on(
+            starter::run(
+                queue.clone(),
+                Arc::new(starter::Consumers {
+                    executor: executor.clone(),
+                    slots: slots.clone(),
+                    shutdown: shutdown.clone(),
+                    outcomes,
+                    tracker: consumers.clone(),
+                }),
+                in_flight.clone(),
+                claiming_ended.clone(),
+            ),
+            self.plugins.sandbox().guest_runtime(),
+        );
         let producer = Producer {
             store: self.store.clone(),
             config: config.clone(),
@@ -354,11 +382,7 @@ impl<S: TaskStore> Worker<S> {
             flushed,
             in_flight: in_flight.clone(),
             executor,
-            outcomes,
-            // Consumers live on the guest runtime, so a busy guest never
-            // delays claiming, the completer or the listener.
-            guests: self.plugins.sandbox().guest_runtime().clone(),
-            consumers: consumers.clone(),
+            queue,
             shutdown,
             drained: CancellationToken::new(),
             plugins_scanned: plugins_scanned.clone(),
@@ -378,6 +402,7 @@ impl<S: TaskStore> Worker<S> {
         };
         drop(producer);
 
+        claiming_ended.cancel();
         consumers.close();
         consumers.wait().await;
         let _ = completer.await;

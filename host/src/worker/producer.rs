@@ -1,23 +1,22 @@
 //! The producer: claims as many tasks as the worker has room to hold (free
-//! slots, plus what it may claim ahead of them: [`Slots`]) and starts a
-//! consumer for each on the guest runtime, which waits for a slot, runs the
-//! task and hands its outcome to the completer. It wakes on database
-//! notifications and falls back to polling; several claim loops may share
-//! one producer so a batch is claimed while the previous one runs.
+//! slots, plus what it may claim ahead of them: [`Slots`]) and queues them,
+//! in claim order, for the starter. It wakes on database notifications and
+//! falls back to polling; several claim loops may share one producer so a
+//! batch is claimed while the previous one runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::completer::{Finished, Lease};
-use super::executor::{Executor, HOST_FAILURE_BACKOFF, InterruptCause};
-use super::slots::{Slots, Start};
+use super::completer::Lease;
+use super::executor::{Executor, HOST_FAILURE_BACKOFF};
+use super::slots::Slots;
+use super::starter::{Held, StartQueue};
 use super::{InFlight, Shutdown, WorkerConfig};
-use crate::store::{ClaimRequest, ClaimedTask, Completion, Scope, Status, TaskStore};
+use crate::store::{ClaimRequest, ClaimedTask, Scope, TaskStore};
 
 /// Rows the first claim of a burst takes at most; each full claim doubles
 /// the next one's cap up to `max_claim`.
@@ -36,9 +35,8 @@ pub(super) struct Producer<S: TaskStore> {
     pub flushed: Arc<Notify>,
     pub in_flight: Arc<InFlight>,
     pub executor: Arc<Executor>,
-    pub outcomes: mpsc::Sender<Finished>,
-    pub guests: tokio::runtime::Handle,
-    pub consumers: TaskTracker,
+    /// Where claimed tasks wait for the starter.
+    pub queue: Arc<StartQueue>,
     pub shutdown: Shutdown,
     /// Fired by the first claim loop that finds a drained queue.
     pub drained: CancellationToken,
@@ -211,11 +209,8 @@ impl<S: TaskStore> Producer<S> {
         }
     }
 
-    /// Start a consumer for each claimed task, each holding one of `permits`
-    /// and waiting for a slot to run in.
-    /// One launcher crosses to the guest runtime per batch and spawns the
-    /// consumers from there, which costs far less than a cross-runtime spawn
-    /// (and a thread wake-up) per task.
+    /// Queue the claimed tasks for the starter, in claim order, each holding
+    /// one of `permits` (its place among the held tasks).
     fn start(
         &self,
         claimed: Vec<ClaimedTask>,
@@ -223,43 +218,22 @@ impl<S: TaskStore> Producer<S> {
         permits: &mut OwnedSemaphorePermit,
     ) {
         let mut tokens = Vec::with_capacity(claimed.len());
-        let slots: Vec<_> = claimed
+        let held: Vec<Held> = claimed
             .into_iter()
             .map(|task| {
                 let token = self.shutdown.interrupt.child_token();
                 tokens.push((task.id, token.clone()));
-                let permit = permits.split(1).expect("one permit per claimed task");
-                (task, token, permit)
+                Held {
+                    task,
+                    lease: lease.clone(),
+                    token,
+                    place: permits.split(1).expect("one permit per claimed task"),
+                }
             })
             .collect();
         self.in_flight.insert_many(tokens);
-        self.slots.hold(slots.len());
-        let tracker = self.consumers.clone();
-        let executor = self.executor.clone();
-        let shutdown = self.shutdown.clone();
-        let outcomes = self.outcomes.clone();
-        let worker_slots = self.slots.clone();
-        // The consumers' futures are built where they run: every move of a
-        // future is a copy of all of it.
-        self.consumers.spawn_on(
-            async move {
-                for (task, token, held) in slots {
-                    tracker.spawn(consume(
-                        Consumer {
-                            executor: executor.clone(),
-                            slots: worker_slots.clone(),
-                            shutdown: shutdown.clone(),
-                            outcomes: outcomes.clone(),
-                        },
-                        task,
-                        lease.clone(),
-                        token,
-                        held,
-                    ));
-                }
-            },
-            &self.guests,
-        );
+        self.slots.hold(held.len());
+        self.queue.push(held);
     }
 
     async fn has_pending_or_unknown(&self) -> bool {
@@ -324,65 +298,6 @@ fn next_claim_cap(cap: usize, asked: usize, got: usize, max_claim: usize) -> usi
     } else {
         first_claim_cap(max_claim)
     }
-}
-
-/// What every consumer shares.
-struct Consumer {
-    executor: Arc<Executor>,
-    slots: Arc<Slots>,
-    shutdown: Shutdown,
-    outcomes: mpsc::Sender<Finished>,
-}
-
-/// One held task: wait for a slot, run the task, free the slot, and hand
-/// the outcome to the completer, holding the task's place among the held
-/// ones until the completer has room (backpressure). A task cancelled or stopped before it starts is given
-/// back, or ended `cancelled`, without running.
-async fn consume(
-    consumer: Consumer,
-    mut task: ClaimedTask,
-    lease: Option<Arc<Lease>>,
-    token: CancellationToken,
-    held: OwnedSemaphorePermit,
-) {
-    let Consumer {
-        executor,
-        slots,
-        shutdown,
-        outcomes,
-    } = consumer;
-    let interrupted_by_shutdown = || shutdown.interrupt.is_cancelled();
-    let completion = match slots.start(&token, &shutdown.stop).await {
-        Start::Run(running) => {
-            let cause = || {
-                if interrupted_by_shutdown() {
-                    InterruptCause::Shutdown
-                } else {
-                    InterruptCause::Cancelled
-                }
-            };
-            let completion = executor.execute(&mut task, &token, cause).await;
-            // The slot is free once the task ran; a consumer waiting for the
-            // completer holds only its place among the held tasks, which is
-            // what stops claiming when the completer falls behind.
-            drop(running);
-            completion
-        }
-        Start::Interrupted if !interrupted_by_shutdown() => Completion {
-            error: Some("cancelled before it ran".to_owned()),
-            spend_attempt: false,
-            ..Completion::new(&task, Status::Cancelled)
-        },
-        Start::Interrupted | Start::Stopped => Completion::release(&task),
-    };
-    if outcomes.send(Finished { completion, lease }).await.is_err() {
-        tracing::error!(
-            task = task.id,
-            "the completer stopped; the rescuer will recover this task"
-        );
-    }
-    drop(held);
-    slots.finished();
 }
 
 #[cfg(test)]

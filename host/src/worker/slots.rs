@@ -10,17 +10,13 @@
 //! holds next to nothing ahead, and another worker that is idle gets the
 //! work; one running tasks of microseconds holds a full claim's worth.
 //!
-//! Each held task waits for a slot on its own, so the tasks of one claim
-//! start in no fixed order among themselves (a claim takes them in priority
-//! order); an earlier claim's tasks are spawned, and so usually queue for a
-//! slot, before a later one's, and a held task waits about the horizon.
+//! Held tasks start in the order they were claimed (see the starter).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, Semaphore};
 
 /// Claimed tasks a worker may hold beyond those it runs.
 pub const DEFAULT_CLAIM_AHEAD: usize = 512;
@@ -51,15 +47,6 @@ struct Pace {
     at: Instant,
     finished: u64,
     per_second: f64,
-}
-
-/// How a held task's wait for a slot ended.
-pub(super) enum Start {
-    Run(OwnedSemaphorePermit),
-    /// Its token fired first (a cancel, or an interrupt).
-    Interrupted,
-    /// The worker stopped claiming: the task goes back unrun.
-    Stopped,
 }
 
 impl Slots {
@@ -109,21 +96,15 @@ impl Slots {
         self.waiting.fetch_add(count, Ordering::AcqRel);
     }
 
-    /// Wait for a slot for a held task, in claim order (the semaphore is
-    /// fair). A cancel or interrupt (`token`) or the end of claiming
-    /// (`stop`) ends the wait without running it.
-    pub(super) async fn start(&self, token: &CancellationToken, stop: &CancellationToken) -> Start {
-        let start = tokio::select! {
-            biased;
-            _ = token.cancelled() => Start::Interrupted,
-            _ = stop.cancelled() => Start::Stopped,
-            permit = self.run.clone().acquire_owned() => {
-                Start::Run(permit.expect("the semaphore is never closed"))
-            }
-        };
+    /// The semaphore of running tasks, from which held tasks take a slot.
+    pub(super) fn run(&self) -> &Arc<Semaphore> {
+        &self.run
+    }
+
+    /// A held task left the wait: it started, or it ended without running.
+    pub(super) fn left_waiting(&self) {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         self.progress.notify_one();
-        start
     }
 
     /// A held task is done with its slot (run or not).
@@ -171,21 +152,5 @@ mod tests {
             slots.room();
         }
         assert_eq!(slots.room(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_held_task_starts_only_in_a_free_slot_and_stops_at_once() {
-        let slots = Slots::new(1, 2, Duration::from_millis(50));
-        let (token, stop) = (CancellationToken::new(), CancellationToken::new());
-        slots.hold(3);
-        let first = slots.start(&token, &stop).await;
-        assert!(matches!(first, Start::Run(_)));
-        stop.cancel();
-        assert!(matches!(slots.start(&token, &stop).await, Start::Stopped));
-        token.cancel();
-        assert!(matches!(
-            slots.start(&token, &stop).await,
-            Start::Interrupted
-        ));
     }
 }

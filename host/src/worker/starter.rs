@@ -1,0 +1,172 @@
+//! The starter: hands free slots to held tasks in the order they were
+//! claimed (a claim takes them in priority order), and ends those that must
+//! not run: a held task cancelled ends `cancelled` at once, and once the
+//! worker stops claiming every held task goes back unrun, its attempt
+//! unspent. Each task it starts runs in a consumer of its own, which frees
+//! the slot as soon as the task ran and hands the outcome to the completer.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::completer::{Finished, Lease};
+use super::executor::{Executor, InterruptCause};
+use super::slots::Slots;
+use super::{InFlight, Shutdown};
+use crate::store::{ClaimedTask, Completion, Status};
+
+/// A claimed task waiting for a slot.
+pub(super) struct Held {
+    pub task: ClaimedTask,
+    pub lease: Option<Arc<Lease>>,
+    /// Fires on a cancel of this task, or on the worker's interrupt.
+    pub token: CancellationToken,
+    /// Its place among the tasks the worker holds, kept until its outcome
+    /// reaches the completer.
+    pub place: OwnedSemaphorePermit,
+}
+
+/// Held tasks in claim order.
+#[derive(Default)]
+pub(super) struct StartQueue {
+    tasks: Mutex<VecDeque<Held>>,
+    added: Notify,
+}
+
+impl StartQueue {
+    /// Queue a claim's tasks, in its order.
+    pub(super) fn push(&self, held: impl IntoIterator<Item = Held>) {
+        self.lock().extend(held);
+        self.added.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Held>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What every consumer shares.
+pub(super) struct Consumers {
+    pub executor: Arc<Executor>,
+    pub slots: Arc<Slots>,
+    pub shutdown: Shutdown,
+    pub outcomes: mpsc::Sender<Finished>,
+    pub tracker: TaskTracker,
+}
+
+/// How a held task leaves the queue.
+enum Begin {
+    Run(OwnedSemaphorePermit),
+    /// Cancelled before it started.
+    Cancelled,
+    /// The worker stopped claiming (or is interrupting): back unrun.
+    GiveBack,
+}
+
+/// Start held tasks until claiming has `ended` and none is left.
+pub(super) async fn run(
+    queue: Arc<StartQueue>,
+    consumers: Arc<Consumers>,
+    in_flight: Arc<InFlight>,
+    ended: CancellationToken,
+) {
+    let stop = consumers.shutdown.stop.clone();
+    loop {
+        if stop.is_cancelled() {
+            let all: Vec<Held> = queue.lock().drain(..).collect();
+            for held in all {
+                begin(&consumers, held, Begin::GiveBack);
+            }
+        }
+        if queue.lock().is_empty() {
+            // Nothing is pushed once claiming has ended.
+            if ended.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = queue.added.notified() => {}
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                _ = ended.cancelled() => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {}
+            _ = in_flight.cancelled() => {
+                let interrupted: VecDeque<Held> = {
+                    let mut tasks = queue.lock();
+                    let (gone, kept) = tasks.drain(..).partition(|held| held.token.is_cancelled());
+                    *tasks = kept;
+                    gone
+                };
+                for held in interrupted {
+                    begin(&consumers, held, Begin::Cancelled);
+                }
+            }
+            slot = consumers.slots.run().clone().acquire_owned() => {
+                let slot = slot.expect("the semaphore is never closed");
+                let Some(held) = queue.lock().pop_front() else { continue };
+                let how = if held.token.is_cancelled() { Begin::Cancelled } else { Begin::Run(slot) };
+                begin(&consumers, held, how);
+            }
+        }
+    }
+}
+
+/// Take `held` out of the wait and give it to a consumer of its own.
+fn begin(consumers: &Arc<Consumers>, held: Held, how: Begin) {
+    consumers.slots.left_waiting();
+    consumers
+        .tracker
+        .spawn(consume(consumers.clone(), held, how));
+}
+
+/// One task: run it (or end it unrun), free its slot, and hand the outcome
+/// to the completer, keeping its place among the held tasks until the
+/// completer has room (backpressure).
+async fn consume(consumers: Arc<Consumers>, held: Held, how: Begin) {
+    let Held {
+        mut task,
+        lease,
+        token,
+        place,
+    } = held;
+    let interrupting = || consumers.shutdown.interrupt.is_cancelled();
+    let completion = match how {
+        Begin::Run(slot) => {
+            let cause = || {
+                if interrupting() {
+                    InterruptCause::Shutdown
+                } else {
+                    InterruptCause::Cancelled
+                }
+            };
+            let completion = consumers.executor.execute(&mut task, &token, cause).await;
+            drop(slot);
+            completion
+        }
+        Begin::Cancelled if !interrupting() => Completion {
+            error: Some("cancelled before it ran".to_owned()),
+            spend_attempt: false,
+            ..Completion::new(&task, Status::Cancelled)
+        },
+        Begin::Cancelled | Begin::GiveBack => Completion::release(&task),
+    };
+    if consumers
+        .outcomes
+        .send(Finished { completion, lease })
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            task = task.id,
+            "the completer stopped; the rescuer will recover this task"
+        );
+    }
+    drop(place);
+    consumers.slots.finished();
+}
