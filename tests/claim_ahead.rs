@@ -5,25 +5,29 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::process::PROCESS_WAIT;
 use common::*;
 use serde_json::json;
 use sqlx::PgPool;
-use taskbox::store::{CancelOutcome, Status, TaskStore};
-use taskbox::worker::{Shutdown, Worker, WorkerConfig};
+use taskbox::sandbox::Plugins;
+use taskbox::store::{CancelOutcome, PgStore, Status, StoreError, TaskStore};
+use taskbox::worker::{Shutdown, Worker, WorkerConfig, WorkerReport};
+use tokio::task::JoinHandle;
 
-#[sqlx::test(migrations = false)]
-async fn held_tasks_cancel_at_once_and_go_back_unspent_on_shutdown(pool: PgPool) {
-    const QUICK: usize = 100;
-    const SLOW: usize = 5;
-    let store = store(pool).await;
-    let plugins = plugins();
-    let quick = task(&plugins, "add", json!({"a": 1, "b": 2})).await;
+/// Tasks the worker runs first, so it has a pace to claim ahead by.
+const QUICK: usize = 100;
+
+/// A worker of one slot whose claim-ahead is full whatever its pace (the
+/// horizon is an hour), after it has run [`QUICK`] tasks to have a pace.
+async fn paced_worker(
+    store: &PgStore,
+    plugins: &Arc<Plugins>,
+) -> (Shutdown, JoinHandle<Result<WorkerReport, StoreError>>) {
+    let quick = task(plugins, "add", json!({"a": 1, "b": 2})).await;
     store.enqueue(&vec![quick; QUICK]).await.unwrap();
-
-    // One slot, and a horizon so long that any pace fills the claim-ahead.
     let config = WorkerConfig {
         claim_ahead: 8,
         claim_ahead_horizon: Duration::from_secs(3600),
@@ -39,6 +43,15 @@ async fn held_tasks_cancel_at_once_and_go_back_unspent_on_shutdown(pool: PgPool)
         || async { store.stats().await.is_ok_and(|s| s.success == QUICK as i64) },
     )
     .await;
+    (shutdown, worker)
+}
+
+#[sqlx::test(migrations = false)]
+async fn held_tasks_cancel_at_once_and_go_back_unspent_on_shutdown(pool: PgPool) {
+    const SLOW: usize = 5;
+    let store = store(pool).await;
+    let plugins = plugins();
+    let (shutdown, worker) = paced_worker(&store, &plugins).await;
 
     let mut slow = task(&plugins, "sleep", json!(3000)).await;
     slow.timeout = Some(Duration::from_secs(30));
@@ -90,26 +103,9 @@ async fn held_tasks_cancel_at_once_and_go_back_unspent_on_shutdown(pool: PgPool)
 /// busy, four tasks claimed together run lowest priority number first.
 #[sqlx::test(migrations = false)]
 async fn held_tasks_start_in_priority_order(pool: PgPool) {
-    const QUICK: usize = 100;
     let store = store(pool).await;
     let plugins = plugins();
-    let quick = task(&plugins, "add", json!({"a": 1, "b": 2})).await;
-    store.enqueue(&vec![quick; QUICK]).await.unwrap();
-    let config = WorkerConfig {
-        claim_ahead: 8,
-        claim_ahead_horizon: Duration::from_secs(3600),
-        drain: false,
-        ..worker_config(1)
-    };
-    let shutdown = Shutdown::default();
-    let worker =
-        tokio::spawn(Worker::new(store.clone(), plugins.clone(), config).run(shutdown.clone()));
-    wait::until(
-        "the quick tasks to set the worker's pace",
-        PROCESS_WAIT,
-        || async { store.stats().await.is_ok_and(|s| s.success == QUICK as i64) },
-    )
-    .await;
+    let (shutdown, worker) = paced_worker(&store, &plugins).await;
 
     let mut blocker = task(&plugins, "sleep", json!(1000)).await;
     blocker.timeout = Some(Duration::from_secs(30));
