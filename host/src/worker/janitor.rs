@@ -21,15 +21,14 @@ pub const DEFAULT_TIDY_INTERVAL: Duration = Duration::from_secs(2);
 pub(crate) async fn run<S: TaskStore>(store: S, interval: Duration, stop: CancellationToken) {
     let mut told_autovacuum_off = false;
     let mut failing = false;
-    // The first look at once: a worker started on a table that has lived
+    // The first tick is at once: a worker started on a table that has lived
     // should not drain it through the dead rows for a whole interval.
-    let mut first = true;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if !std::mem::take(&mut first) {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stop.cancelled() => return,
-            }
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
         }
         let tidied = tokio::select! {
             tidied = store.tidy() => tidied,

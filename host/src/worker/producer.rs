@@ -80,7 +80,7 @@ impl<S: TaskStore> Producer<S> {
             };
             // As many as the worker may hold now; with nothing to spare, wait
             // for a task to start or end.
-            let room = self.slots.room();
+            let room = self.slots.room(self.queue.len());
             if room == 0 {
                 drop(held);
                 tokio::select! {
@@ -232,7 +232,6 @@ impl<S: TaskStore> Producer<S> {
             })
             .collect();
         self.in_flight.insert_many(tokens);
-        self.slots.hold(held.len());
         self.queue.push(held);
     }
 

@@ -12,7 +12,7 @@
 //!
 //! Held tasks start in the order they were claimed (see the starter).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,6 @@ pub(super) struct Slots {
     capacity: usize,
     ahead: usize,
     horizon: Duration,
-    /// Held but not started.
-    waiting: AtomicUsize,
     finished: AtomicU64,
     pace: Mutex<Pace>,
     /// Told when a waiting task starts or a running one ends.
@@ -57,7 +55,6 @@ impl Slots {
             capacity: concurrency + ahead,
             ahead,
             horizon,
-            waiting: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
             pace: Mutex::new(Pace {
                 at: Instant::now(),
@@ -79,21 +76,15 @@ impl Slots {
     }
 
     /// How many more tasks a claim may take now: the free slots, plus what
-    /// the pace allows ahead of them, less what already waits.
-    pub(super) fn room(&self) -> usize {
+    /// the pace allows ahead of them, less the `waiting` ones already held.
+    pub(super) fn room(&self, waiting: usize) -> usize {
         let ahead = (self.per_second() * self.horizon.as_secs_f64()) as usize;
-        (self.run.available_permits() + ahead.min(self.ahead))
-            .saturating_sub(self.waiting.load(Ordering::Acquire))
+        (self.run.available_permits() + ahead.min(self.ahead)).saturating_sub(waiting)
     }
 
     /// Resolves when a waiting task starts or a running one ends.
     pub(super) async fn progressed(&self) {
         self.progress.notified().await;
-    }
-
-    /// `count` claimed tasks now wait for slots.
-    pub(super) fn hold(&self, count: usize) {
-        self.waiting.fetch_add(count, Ordering::AcqRel);
     }
 
     /// The semaphore of running tasks, from which held tasks take a slot.
@@ -103,7 +94,6 @@ impl Slots {
 
     /// A held task left the wait: it started, or it ended without running.
     pub(super) fn left_waiting(&self) {
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         self.progress.notify_one();
     }
 
@@ -136,21 +126,20 @@ mod tests {
     #[tokio::test]
     async fn holds_ahead_only_what_its_pace_starts_within_the_horizon() {
         let slots = Slots::new(4, 100, Duration::from_millis(50));
-        assert_eq!(slots.room(), 4, "no pace yet: the free slots only");
-        slots.hold(4);
-        assert_eq!(slots.room(), 0);
+        assert_eq!(slots.room(0), 4, "no pace yet: the free slots only");
+        assert_eq!(slots.room(4), 0);
         // 1,000 finishes in a window: 1,000 × 50 ms / window ≥ the cap.
         tokio::time::sleep(PACE_WINDOW).await;
         for _ in 0..1_000 {
             slots.finished();
         }
-        let room = slots.room();
+        let room = slots.room(4);
         assert!(room > 0 && room <= 100, "{room}");
         // Nothing finishes for a while: the pace decays, and so does the room.
         for _ in 0..20 {
             tokio::time::sleep(PACE_WINDOW).await;
-            slots.room();
+            slots.room(4);
         }
-        assert_eq!(slots.room(), 0);
+        assert_eq!(slots.room(4), 0);
     }
 }

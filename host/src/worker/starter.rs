@@ -43,6 +43,11 @@ impl StartQueue {
         self.added.notify_one();
     }
 
+    /// Held tasks not started yet.
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Held>> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
