@@ -161,8 +161,22 @@ async fn args_for(plugins: &Plugins, plugin: &str) -> Result<Vec<u8>> {
     taskbox::schema::encode(&loaded.args_schema, &value).map_err(anyhow::Error::msg)
 }
 
-/// Enqueue `count` tasks in batches; returns tasks per second.
+/// Enqueue `count` tasks in batches, then analyze the table (untimed, as
+/// the peers' scripts do: fresh statistics for the planner); returns tasks
+/// per second.
 async fn enqueue(store: &PgStore, plugin: &str, args: &[u8], count: usize) -> Result<f64> {
+    let rate = enqueue_into(store, plugin, args, count).await?;
+    sqlx::query("ANALYZE tasks").execute(store.pool()).await?;
+    Ok(rate)
+}
+
+/// Enqueue `count` tasks in batches into any store; returns tasks per second.
+async fn enqueue_into<S: TaskStore>(
+    store: &S,
+    plugin: &str,
+    args: &[u8],
+    count: usize,
+) -> Result<f64> {
     let task = NewTask::new(plugin, args.to_vec());
     let batch = vec![task; ENQUEUE_BATCH.min(count)];
     let started = Instant::now();
@@ -172,10 +186,7 @@ async fn enqueue(store: &PgStore, plugin: &str, args: &[u8], count: usize) -> Re
         store.enqueue(&batch[..n]).await?;
         left -= n;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    // Untimed, as the peers' scripts do: fresh statistics for the planner.
-    sqlx::query("ANALYZE tasks").execute(store.pool()).await?;
-    Ok(rate)
+    Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 struct Drain {
@@ -228,6 +239,29 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+/// `taskbox worker` on the database at `url`, draining or serving, at
+/// `concurrency` or the worker's default.
+fn worker_args<'a>(
+    command: &'a mut Command,
+    url: &str,
+    plugins_dir: &Path,
+    drain: bool,
+    concurrency: Option<usize>,
+) -> &'a mut Command {
+    command
+        .env("DATABASE_URL", url)
+        .env("TASKBOX_PLUGINS", plugins_dir)
+        .env("TASKBOX_LOG", "taskbox=warn")
+        .arg("worker");
+    if drain {
+        command.arg("--drain");
+    }
+    if let Some(concurrency) = concurrency {
+        command.args(["--concurrency", &concurrency.to_string()]);
+    }
+    command
+}
+
 /// Drain the queue with `processes` worker processes; optionally profile the
 /// first with perf.
 async fn drain(
@@ -256,14 +290,7 @@ async fn drain(
             }
             None => Command::new(bin),
         };
-        command
-            .env("DATABASE_URL", url)
-            .env("TASKBOX_PLUGINS", plugins_dir)
-            .env("TASKBOX_LOG", "taskbox=warn")
-            .args(["worker", "--drain"]);
-        if let Some(concurrency) = concurrency {
-            command.args(["--concurrency", &concurrency.to_string()]);
-        }
+        worker_args(&mut command, url, plugins_dir, true, concurrency);
         children.push(
             command
                 .stdout(Stdio::null())
@@ -419,12 +446,7 @@ async fn latency<S: TaskStore>(
     plugins_dir: &Path,
     args: &[u8],
 ) -> Result<(f64, f64)> {
-    let mut worker = Command::new(bin)
-        .env("DATABASE_URL", url)
-        .env("TASKBOX_PLUGINS", plugins_dir)
-        .env("TASKBOX_LOG", "taskbox=warn")
-        .args(["worker"])
-        .spawn()?;
+    let mut worker = worker_args(&mut Command::new(bin), url, plugins_dir, false, None).spawn()?;
     // Wait for the worker to be listening: a first task round-trips.
     let mut samples = Vec::new();
     for n in 0..=LATENCY_SAMPLES {
@@ -482,19 +504,9 @@ async fn sqlite_figures(
     let (p50, p99) = latency(&store, &url, bin, plugins_dir, args).await?;
     let mut rates = Vec::new();
     for concurrency in [None, Some(tuned)] {
-        let task = NewTask::new("add", args.to_vec());
-        for chunk in vec![task; jobs].chunks(ENQUEUE_BATCH) {
-            store.enqueue(chunk).await?;
-        }
+        enqueue_into(&store, "add", args, jobs).await?;
         let mut worker = Command::new(bin);
-        worker
-            .env("DATABASE_URL", &url)
-            .env("TASKBOX_PLUGINS", plugins_dir)
-            .env("TASKBOX_LOG", "taskbox=warn")
-            .args(["worker", "--drain"]);
-        if let Some(concurrency) = concurrency {
-            worker.args(["--concurrency", &concurrency.to_string()]);
-        }
+        worker_args(&mut worker, &url, plugins_dir, true, concurrency);
         let started = Instant::now();
         let status = worker.status()?;
         if !status.success() {
@@ -529,14 +541,7 @@ async fn sql_ceiling(
     connections: usize,
 ) -> Result<f64> {
     let store = open_store(url).await?;
-    let task = NewTask::new("add", args.to_vec());
-    let batch = vec![task; ENQUEUE_BATCH.min(count)];
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(batch.len());
-        store.enqueue(&batch[..n]).await?;
-        left -= n;
-    }
+    enqueue_into(&store, "add", args, count).await?;
     let result = postcard::to_stdvec(&3i64)?;
     let started = Instant::now();
     let mut rounds = Vec::new();
