@@ -44,6 +44,23 @@ async fn a_killed_workers_tasks_are_rescued_and_finish_once(pool: PgPool) {
     .await;
     doomed.kill().expect("SIGKILL");
     doomed.wait().unwrap();
+    // A claim the killed worker had sent still commits on the server: count
+    // the stranded rows once no statement of this database is running.
+    wait::until(
+        "the killed worker's last statements to end",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND state = 'active'
+                   AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|active| active == 0)
+        },
+    )
+    .await;
     let stranded = store.stats().await.unwrap().running;
     assert!(stranded > 0, "the kill should strand running tasks");
 
