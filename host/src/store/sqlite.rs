@@ -750,9 +750,7 @@ impl TaskStore for SqliteStore {
         // after this returns is either in that look or a change after it.
         let mut changes = FileChanges::watch(self.database());
         let mut outside = ExternalWatch::default();
-        if let Err(err) = outside.poll(&reader).await {
-            tracing::debug!("cannot look for other processes' changes: {err}");
-        }
+        outside.look(&reader).await;
         let external_poll = self.external_poll;
         tokio::spawn(async move {
             let mut poll = tokio::time::interval_at(
@@ -777,20 +775,8 @@ impl TaskStore for SqliteStore {
                         }
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
-                    _ = FileChanges::next(&mut changes) => match outside.poll(&reader).await {
-                        Ok(events) => events,
-                        Err(err) => {
-                            tracing::debug!("cannot look for other processes' changes: {err}");
-                            continue;
-                        }
-                    },
-                    _ = poll.tick() => match outside.poll(&reader).await {
-                        Ok(events) => events,
-                        Err(err) => {
-                            tracing::debug!("cannot look for other processes' changes: {err}");
-                            continue;
-                        }
-                    },
+                    _ = FileChanges::next(&mut changes) => outside.look(&reader).await,
+                    _ = poll.tick() => outside.look(&reader).await,
                     _ = sender.closed() => break,
                 };
                 for event in events {

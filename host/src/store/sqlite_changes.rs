@@ -96,7 +96,16 @@ pub(super) struct ExternalWatch {
 }
 
 impl ExternalWatch {
-    pub(super) async fn poll(&mut self, reader: &SqlitePool) -> StoreResult<Vec<Notification>> {
+    /// [`ExternalWatch::poll`], nothing when the database cannot be read
+    /// now (the next look tries again).
+    pub(super) async fn look(&mut self, reader: &SqlitePool) -> Vec<Notification> {
+        self.poll(reader).await.unwrap_or_else(|err| {
+            tracing::debug!("cannot look for other processes' changes: {err}");
+            Vec::new()
+        })
+    }
+
+    async fn poll(&mut self, reader: &SqlitePool) -> StoreResult<Vec<Notification>> {
         let mut events = Vec::new();
         let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM tasks")
             .fetch_one(reader)
