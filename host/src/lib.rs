@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod sandbox;
 pub mod schema;
+pub mod size;
 pub mod store;
 pub mod worker;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use crate::size::parse as parse_bytes;
 use crate::store::pg_schema::DEFAULT_SCHEMA;
 use crate::store::{SchemaName, Status};
 
@@ -303,28 +304,6 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     Ok(time)
 }
 
-/// Bytes, optionally with a KiB, MiB or GiB suffix.
-pub fn parse_bytes(text: &str) -> Result<usize, String> {
-    let bad = || format!("`{text}` is not a size; write bytes, or a number with KiB, MiB or GiB");
-    let trimmed = text.trim();
-    let (number, unit) = match trimmed.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => trimmed.split_at(at),
-        None => (trimmed, ""),
-    };
-    let scale: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    let value: usize = number.parse().map_err(|_| bad())?;
-    match value.checked_mul(scale) {
-        Some(0) | None => Err(bad()),
-        Some(bytes) => Ok(bytes),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,14 +325,6 @@ mod tests {
         assert!(parse_backoff("2h").is_err());
         assert!(parse_time("2026-11-24T09:00:00Z").is_ok());
         assert!(parse_time("9999-01-01T00:00:00Z").is_err());
-    }
-
-    #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_bytes("65536").unwrap(), 65536);
-        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("0").is_err());
     }
 
     #[test]

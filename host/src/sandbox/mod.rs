@@ -1,13 +1,16 @@
 //! The narrow wrapper around wasmtime: one [`Sandbox`] owns the engine, the
-//! linker (WASI p2 with no capabilities granted, plus the `host` interface),
+//! linker (WASI p2 with no capabilities granted, the `host` interface, and
+//! `wasi:http` and `wasi:config` answered by each plugin's [`grants`]),
 //! and the epoch ticker that makes deadlines preemptive. Loading plugins
 //! lives in [`plugin`], running one task in [`run`].
 
 mod cache;
 pub mod capture;
 pub mod compile;
+pub mod grants;
 pub mod limits;
 pub mod log;
+mod outbound;
 pub mod plugin;
 pub mod run;
 
@@ -19,13 +22,17 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfig;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use limits::{MAX_CORE_INSTANCES_PER_TASK, MAX_MEMORIES_PER_TASK, MAX_TABLES_PER_TASK};
 
 pub use compile::{Compiler, LoadLimits};
+use grants::Grants;
 use limits::TaskLimiter;
 use log::PluginLog;
 pub use log::{LogLimits, LogTarget};
+use outbound::Outbound;
 pub use plugin::{Plugin, PluginError, PluginListing, Plugins};
 pub use run::{Execution, Outcome};
 
@@ -107,6 +114,11 @@ pub struct TaskState {
     table: ResourceTable,
     limiter: TaskLimiter,
     log: PluginLog,
+    /// The plugin's grants: what `wasi:config` answers.
+    grants: Arc<Grants>,
+    http: WasiHttpCtx,
+    /// Where every outgoing request is checked against the grants.
+    outbound: Outbound,
 }
 
 impl WasiView for TaskState {
@@ -114,6 +126,16 @@ impl WasiView for TaskState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for TaskState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }
@@ -185,6 +207,14 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(PluginError::engine)?;
         bindings::Task::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(PluginError::engine)?;
+        // Linked for every plugin, answered by its grants: with none, every
+        // request is denied and the config store is empty.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(PluginError::engine)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut TaskState| {
+            WasiConfig::from(&state.grants.variables)
+        })
+        .map_err(PluginError::engine)?;
         let guest_runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
             .thread_name("taskbox-guest")

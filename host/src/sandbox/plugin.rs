@@ -6,8 +6,11 @@
 //! lock, so a slow one holds up no other. A file version is told apart by
 //! inode, change time, length and mtime, then by content digest; while a
 //! newer file fails to load, the last version that loaded keeps serving.
-//! Files that are not taskbox components are refused with a reason the
-//! `plugins` command shows; the rest keep working.
+//! `NAME.toml` beside the file holds the plugin's grants (see
+//! [`super::grants`]); it is part of the version, so editing it alone takes
+//! effect without compiling again, and a bad one refuses the plugin the
+//! way a bad wasm file does. Files that are not taskbox components are
+//! refused with a reason the `plugins` command shows; the rest keep working.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -24,6 +27,7 @@ use wasmtime::component::Component;
 use super::bindings::TaskPre;
 use super::cache::ArtifactCache;
 use super::compile;
+use super::grants::{GRANTS_EXTENSION, Grants, MAX_GRANTS_FILE};
 use super::run::{Call, Returned};
 use super::{LogTarget, Sandbox, TaskState};
 
@@ -67,28 +71,20 @@ pub enum PluginError {
     Changing(String),
     #[error("{path} took longer than {} to compile (--compile-timeout)", humantime::format_duration(*.limit))]
     CompileTimeout { path: String, limit: Duration },
-    #[error("{path} needed more than {} of memory to compile (--compile-memory)", show_bytes(*.limit))]
+    #[error("{path} needed more than {} of memory to compile (--compile-memory)", crate::size::show(*.limit))]
     CompileMemory { path: String, limit: u64 },
     #[error(
         "the plugin cache {dir} is {reason}; make it yours and writable by you alone (chmod 700), or set TASKBOX_CACHE to another folder"
     )]
     UnsafeCache { dir: String, reason: String },
+    #[error("{path}: {reason}")]
+    Grants { path: String, reason: String },
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
     /// The host, not the file, failed (it could not reserve memory for an
     /// instance): not remembered against the file, tried again on next use.
     #[error("{path} could not be loaded because {reason}")]
     Host { path: String, reason: String },
-}
-
-/// `48 MiB` when whole mebibytes, otherwise bytes.
-fn show_bytes(bytes: u64) -> String {
-    const MIB: u64 = 1024 * 1024;
-    if bytes >= MIB && bytes.is_multiple_of(MIB) {
-        format!("{} MiB", bytes / MIB)
-    } else {
-        format!("{bytes} bytes")
-    }
 }
 
 impl PluginError {
@@ -111,10 +107,24 @@ pub struct Plugin {
     pub digest: String,
     pub args_schema: OwnedNamedType,
     pub result_schema: OwnedNamedType,
+    /// What `NAME.toml` granted; nothing without one.
+    pub grants: Arc<Grants>,
     pub(crate) pre: TaskPre<TaskState>,
 }
 
 impl Plugin {
+    /// This code under `grants`.
+    fn with_grants(&self, grants: Arc<Grants>) -> Plugin {
+        Plugin {
+            name: self.name.clone(),
+            digest: self.digest.clone(),
+            args_schema: self.args_schema.clone(),
+            result_schema: self.result_schema.clone(),
+            grants,
+            pre: self.pre.clone(),
+        }
+    }
+
     /// This version's schemas as the store keeps them, by digest.
     pub fn schemas(&self) -> crate::store::PluginSchemas {
         // Encoding an owned schema into a Vec cannot fail.
@@ -171,13 +181,22 @@ impl FileStamp {
     }
 }
 
-/// The file version looked at last and what loading it gave.
+/// The files looked at last and what loading them gave.
 struct Seen {
     stamp: FileStamp,
     /// `None` when the file could not be read whole.
     sha256: Option<[u8; 32]>,
+    /// What the wasm file alone gave, kept so a change to the grants file
+    /// alone does not compile it again.
+    code: Result<Arc<Plugin>, PluginError>,
+    /// The grants file's stamp; `None` when there is none.
+    grants_stamp: Option<FileStamp>,
+    /// The code with its grants: what tasks run.
     loaded: Result<Arc<Plugin>, PluginError>,
 }
+
+/// A wasm file's digest and what loading it gave.
+type Loaded = (Option<[u8; 32]>, Result<Arc<Plugin>, PluginError>);
 
 /// What a look at one plugin file found.
 struct Refreshed {
@@ -373,7 +392,7 @@ impl Plugins {
         }
     }
 
-    /// Load `name` if its file is not the version `seen` holds.
+    /// Load `name` if its files are not the versions `seen` holds.
     async fn look(&self, name: &str, seen: &mut Option<Seen>) -> Result<Arc<Plugin>, PluginError> {
         let path = self.dir.join(format!("{name}.{PLUGIN_EXTENSION}"));
         let shown = path.display().to_string();
@@ -389,56 +408,90 @@ impl Plugins {
                 });
             }
         };
+        let grants_path = self.dir.join(format!("{name}.{GRANTS_EXTENSION}"));
+        let grants_stamp = grants_stamp(&grants_path)?;
         if let Some(seen) = seen.as_ref()
             && seen.stamp == stamp
+            && seen.grants_stamp == grants_stamp
         {
             return seen.loaded.clone();
         }
-        let max_size = self.sandbox.config.load.max_file_size;
-        let read = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || read_plugin(&path, max_size))
-                .await
-                .map_err(PluginError::engine)?
+        let (sha256, code) = match seen.as_ref() {
+            Some(old) if old.stamp == stamp => (old.sha256, old.code.clone()),
+            old => match self.code(name, &path, old).await? {
+                Some(read) => read,
+                // Half-written: looked at again on the next scan.
+                None => return Err(PluginError::Changing(shown)),
+            },
         };
-        let (stamp, bytes, sha256) = match read {
-            Ok(read) => read,
-            // Half-written: looked at again on the next scan, not recorded.
-            Err(err @ PluginError::Changing(_)) => return Err(err),
-            Err(err) => {
-                self.record(name, seen, stamp, None, Err(err.clone()));
-                return Err(err);
-            }
-        };
-        if let Some(old) = seen.as_mut()
-            && old.sha256 == Some(sha256)
-        {
-            // The same content under a new stamp (touched, copied back).
-            old.stamp = stamp;
-            return old.loaded.clone();
-        }
-        let loaded = load(&self.sandbox, name, &shown, bytes, sha256)
-            .await
-            .map(Arc::new);
-        if let Err(err) = &loaded
+        let loaded = code.clone().and_then(|code| {
+            let grants = read_grants(&grants_path)?;
+            Ok(Arc::new(code.with_grants(grants)))
+        });
+        if let Err(err) = &code
             && err.is_host_failure()
         {
             // The file may be fine: load it again on the next use, and
             // leave the telling to whoever gives the task back.
             return loaded;
         }
-        self.record(name, seen, stamp, Some(sha256), loaded.clone());
+        self.record(
+            name,
+            seen,
+            stamp,
+            sha256,
+            code,
+            grants_stamp,
+            loaded.clone(),
+        );
         loaded
     }
 
-    /// Remember what loading this file version gave, and log it: once per
-    /// version of the file, however often it is looked at.
+    /// Read and load the wasm file unless its content is what `old` held:
+    /// its digest (`None` when it could not be read whole) and what loading
+    /// gave; `None` while it is being written.
+    async fn code(
+        &self,
+        name: &str,
+        path: &Path,
+        old: Option<&Seen>,
+    ) -> Result<Option<Loaded>, PluginError> {
+        let max_size = self.sandbox.config.load.max_file_size;
+        let read = {
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || read_plugin(&path, max_size))
+                .await
+                .map_err(PluginError::engine)?
+        };
+        let (bytes, sha256) = match read {
+            Ok((_, bytes, sha256)) => (bytes, sha256),
+            Err(PluginError::Changing(_)) => return Ok(None),
+            Err(err) => return Ok(Some((None, Err(err)))),
+        };
+        if let Some(old) = old
+            && old.sha256 == Some(sha256)
+        {
+            // The same content under a new stamp (touched, copied back).
+            return Ok(Some((Some(sha256), old.code.clone())));
+        }
+        let shown = path.display().to_string();
+        let code = load(&self.sandbox, name, &shown, bytes, sha256)
+            .await
+            .map(Arc::new);
+        Ok(Some((Some(sha256), code)))
+    }
+
+    /// Remember what loading these file versions gave, and log it: once
+    /// per version, however often it is looked at.
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         name: &str,
         seen: &mut Option<Seen>,
         stamp: FileStamp,
         sha256: Option<[u8; 32]>,
+        code: Result<Arc<Plugin>, PluginError>,
+        grants_stamp: Option<FileStamp>,
         loaded: Result<Arc<Plugin>, PluginError>,
     ) {
         match &loaded {
@@ -460,9 +513,50 @@ impl Plugins {
         *seen = Some(Seen {
             stamp,
             sha256,
+            code,
+            grants_stamp,
             loaded,
         });
     }
+}
+
+/// The stamp of a grants file; `None` when there is none.
+fn grants_stamp(path: &Path) -> Result<Option<FileStamp>, PluginError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(FileStamp::of(&meta))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(PluginError::Io {
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        }),
+    }
+}
+
+/// The grants in `path`; none when there is no such file.
+fn read_grants(path: &Path) -> Result<Arc<Grants>, PluginError> {
+    let shown = path.display().to_string();
+    let refused = |reason: String| PluginError::Grants {
+        path: shown.clone(),
+        reason,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
+        Err(err) => return Err(refused(err.to_string())),
+    };
+    let mut text = String::new();
+    file.take(MAX_GRANTS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| refused(err.to_string()))?;
+    if text.len() as u64 > MAX_GRANTS_FILE {
+        return Err(refused(format!(
+            "larger than {}, which no grants file needs",
+            crate::size::show(MAX_GRANTS_FILE)
+        )));
+    }
+    Grants::parse(&text, |var| std::env::var(var).ok())
+        .map(Arc::new)
+        .map_err(refused)
 }
 
 /// The file's stamp, bytes and sha256, read without loading more than
@@ -548,7 +642,14 @@ async fn load(
     };
     let never = CancellationToken::new();
     let (returned, _, _) = sandbox
-        .call(&pre, target, Call::Describe, DESCRIBE_TIMEOUT, &never)
+        .call(
+            &pre,
+            &Arc::default(),
+            target,
+            Call::Describe,
+            DESCRIBE_TIMEOUT,
+            &never,
+        )
         .await;
     let describe_error = |reason: String| PluginError::Describe {
         path: shown.clone(),
@@ -574,6 +675,7 @@ async fn load(
         digest,
         args_schema,
         result_schema,
+        grants: Arc::default(),
         pre,
     })
 }

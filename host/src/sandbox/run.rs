@@ -13,8 +13,12 @@ use wasmtime_wasi::WasiCtx;
 
 use super::bindings::{TaskPre, exports::taskbox::plugin::describe::Signature};
 use super::capture::CappedOutput;
+use super::grants::Grants;
 use super::limits::{Refusal, TaskLimiter};
+use super::outbound::Outbound;
 use super::{LogTarget, PluginLog, Sandbox, TaskState};
+use crate::size::show;
+use wasmtime_wasi_http::WasiHttpCtx;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,7 @@ impl Sandbox {
     pub(crate) async fn call(
         self: &Arc<Self>,
         pre: &TaskPre<TaskState>,
+        grants: &Arc<Grants>,
         log_target: LogTarget,
         call: Call,
         timeout: Duration,
@@ -73,16 +78,17 @@ impl Sandbox {
         {
             // Already on the guest runtime (the worker's consumers are).
             return self
-                .call_here(pre, log_target, call, timeout, interrupt)
+                .call_here(pre, grants, log_target, call, timeout, interrupt)
                 .await;
         }
         let this = self.clone();
         let pre = pre.clone();
+        let grants = grants.clone();
         let interrupt = interrupt.clone();
         let joined = self
             .guest_runtime()
             .spawn(async move {
-                this.call_here(&pre, log_target, call, timeout, &interrupt)
+                this.call_here(&pre, &grants, log_target, call, timeout, &interrupt)
                     .await
             })
             .await;
@@ -96,6 +102,7 @@ impl Sandbox {
     async fn call_here(
         &self,
         pre: &TaskPre<TaskState>,
+        grants: &Arc<Grants>,
         log_target: LogTarget,
         call: Call,
         timeout: Duration,
@@ -119,6 +126,9 @@ impl Sandbox {
                 table: ResourceTable::new(),
                 limiter: TaskLimiter::new(self.config.memory_limit),
                 log: PluginLog::new(log_target, self.config.log),
+                grants: grants.clone(),
+                http: WasiHttpCtx::new(),
+                outbound: Outbound::new(grants.clone(), deadline),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -163,12 +173,18 @@ impl Sandbox {
             _ = tokio::time::sleep_until(deadline.into()) => None,
             _ = interrupt.cancelled() => None,
         };
-        let outcome = match finished {
+        let mut outcome = match finished {
             Some(Ok(returned)) => Ok(returned),
             Some(Err(err)) => Err(self.classify(&err, store.data(), &stderr, timeout, interrupt)),
             None if interrupt.is_cancelled() => Err(Outcome::Interrupted),
             None => Err(timeout_outcome(timeout)),
         };
+        // A plugin failing after a denial names what was denied.
+        if let Some(denied) = store.data().outbound.denials()
+            && let Ok(Returned::Run(Err(message))) | Err(Outcome::Error(message)) = &mut outcome
+        {
+            message.push_str(&format!(" ({denied})"));
+        }
         store.data_mut().log.finish();
         (outcome, stdout, stderr)
     }
@@ -188,7 +204,14 @@ impl Sandbox {
             plugin: plugin.name.clone(),
         };
         let (returned, stdout, stderr) = self
-            .call(&plugin.pre, target, Call::Run(args), timeout, interrupt)
+            .call(
+                &plugin.pre,
+                &plugin.grants,
+                target,
+                Call::Run(args),
+                timeout,
+                interrupt,
+            )
             .await;
         let outcome = match returned {
             Ok(Returned::Run(Ok(result))) => Outcome::Success(result),
@@ -225,8 +248,8 @@ impl Sandbox {
         if let Some(Refusal::Budget { desired_total }) = state.limiter.refused {
             return Outcome::Error(format!(
                 "memory limit: the task's memories and tables would have taken {} in all, past its limit of {}",
-                bytes(desired_total),
-                bytes(state.limiter.budget())
+                show(desired_total as u64),
+                show(state.limiter.budget() as u64)
             ));
         }
         // Matched on text where wasmtime gives no type; formatted once.
@@ -252,7 +275,7 @@ impl Sandbox {
             )),
             Some(Trap::StackOverflow) => Outcome::Error(format!(
                 "stack limit: the plugin overflowed its {} call stack",
-                bytes(self.config.max_wasm_stack)
+                show(self.config.max_wasm_stack as u64)
             )),
             Some(Trap::UnreachableCodeReached) => match panic_message(&stderr.peek()) {
                 Some(message) => Outcome::Error(format!("the plugin panicked: {message}")),
@@ -349,19 +372,6 @@ fn panic_message(stderr: &[u8]) -> Option<String> {
     })
 }
 
-/// Sizes in the unit people set them in.
-fn bytes(n: usize) -> String {
-    const MIB: usize = 1024 * 1024;
-    const KIB: usize = 1024;
-    if n >= MIB && n.is_multiple_of(MIB) {
-        format!("{} MiB", n / MIB)
-    } else if n >= KIB && n.is_multiple_of(KIB) {
-        format!("{} KiB", n / KIB)
-    } else {
-        format!("{n} bytes")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,12 +381,5 @@ mod tests {
         let stderr = b"\nthread '<unnamed>' panicked at src/lib.rs:9:5:\ndeliberate panic\nnote: run with `RUST_BACKTRACE=1`\n";
         assert_eq!(panic_message(stderr).as_deref(), Some("deliberate panic"));
         assert_eq!(panic_message(b"no panic here"), None);
-    }
-
-    #[test]
-    fn sizes_read_like_settings() {
-        assert_eq!(bytes(64 * 1024 * 1024), "64 MiB");
-        assert_eq!(bytes(512 * 1024), "512 KiB");
-        assert_eq!(bytes(1000), "1000 bytes");
     }
 }
