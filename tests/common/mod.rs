@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod http_server;
 pub mod pg_server;
 pub mod process;
 pub mod wait;
@@ -114,6 +115,12 @@ pub async fn task(plugins: &Plugins, plugin: &str, args: Value) -> NewTask {
     let loaded = plugins.get(plugin).await.expect("the plugin loads");
     let bytes = taskbox::schema::encode(&loaded.args_schema, &args).expect("args fit");
     NewTask::new(plugin, bytes)
+}
+
+/// A task's result as JSON, decoded with its plugin's result schema.
+pub async fn result_json(plugins: &Plugins, plugin: &str, bytes: &[u8]) -> Value {
+    let loaded = plugins.get(plugin).await.expect("loads");
+    taskbox::schema::decode(&loaded.result_schema, bytes).expect("the result decodes")
 }
 
 pub fn worker_config(concurrency: usize) -> WorkerConfig {

@@ -416,6 +416,9 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
         args_schema: Option<String>,
         result_schema: Option<String>,
         error: Option<String>,
+        /// What `NAME.toml` grants, never a secret's value.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        grants: Option<crate::sandbox::grants::GrantsShown>,
         /// While the file fails to load: the digest of the version that
         /// still serves.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -430,6 +433,7 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
                 args_schema: Some(plugin.args_schema.to_pseudocode()),
                 result_schema: Some(plugin.result_schema.to_pseudocode()),
                 error: None,
+                grants: Some(plugin.grants.shown()),
                 serving: None,
             },
             Err(err) => Row {
@@ -438,6 +442,7 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
                 args_schema: None,
                 result_schema: None,
                 error: Some(err.to_string()),
+                grants: None,
                 serving: listing.serving.map(|plugin| plugin.digest.clone()),
             },
         })
@@ -454,13 +459,18 @@ async fn list_plugins(plugins: &Plugins, json: bool) -> Result<(), CliError> {
     let mut out = String::new();
     for row in rows {
         match row.error {
-            None => out.push_str(&format!(
-                "{:<12} {} -> {}  {}\n",
-                row.name,
-                row.args_schema.unwrap_or_default(),
-                row.result_schema.unwrap_or_default(),
-                row.digest.unwrap_or_default()
-            )),
+            None => {
+                out.push_str(&format!(
+                    "{:<12} {} -> {}  {}\n",
+                    row.name,
+                    row.args_schema.unwrap_or_default(),
+                    row.result_schema.unwrap_or_default(),
+                    row.digest.unwrap_or_default()
+                ));
+                if let Some(grants) = row.grants.filter(|grants| !grants.is_empty()) {
+                    out.push_str(&format!("{:<12} grants: {grants}\n", ""));
+                }
+            }
             Some(error) => out.push_str(&format!("{:<12} REFUSED: {error}\n", row.name)),
         }
     }

@@ -1,10 +1,10 @@
 //! A plugin's grants: what `NAME.toml` beside `NAME.wasm` lets it reach.
 //! No file grants nothing. The file is read whole and checked before the
 //! plugin serves: a key this module does not know, an origin that is not
-//! `scheme://host[:port]`, a secret whose variable is unset or whose hosts
-//! are not granted all refuse the plugin with one sentence, as a bad wasm
-//! file does. Secrets are read from the worker's environment here and
-//! leave only as a placeholder (see [`Secret`]).
+//! `scheme://host[:port]`, a secret whose hosts are not granted all refuse
+//! the plugin with one sentence, as a bad wasm file does. Secrets are read
+//! from the worker's environment here and reach the guest only as a
+//! placeholder (see [`Secret`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,9 +50,10 @@ pub struct HttpGrant {
 pub struct Secret {
     pub name: String,
     pub hosts: Vec<Origin>,
-    /// The environment variable the value was read from.
+    /// The environment variable the value is read from.
     pub env: String,
-    pub(crate) value: String,
+    /// `None` when that variable is not set here.
+    pub(crate) value: Option<String>,
     pub(crate) placeholder: String,
 }
 
@@ -175,6 +176,65 @@ impl fmt::Display for Origin {
     }
 }
 
+/// What `taskbox plugins` shows of a plugin's grants: origins, config
+/// keys and secret names, never a value.
+#[derive(Debug, serde::Serialize)]
+pub struct GrantsShown {
+    pub http: Option<HttpShown>,
+    pub config: Vec<String>,
+    pub secrets: Vec<SecretShown>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct HttpShown {
+    pub allow: Vec<String>,
+    pub max_requests: u32,
+    pub max_response_bytes: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SecretShown {
+    pub name: String,
+    pub env: String,
+    pub hosts: Vec<String>,
+    /// Whether `env` is set where this was loaded.
+    pub set: bool,
+}
+
+impl GrantsShown {
+    /// True when nothing was granted.
+    pub fn is_empty(&self) -> bool {
+        self.http.is_none() && self.config.is_empty() && self.secrets.is_empty()
+    }
+}
+
+impl fmt::Display for GrantsShown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(http) = &self.http {
+            parts.push(format!(
+                "http {} ({} requests, {} per response)",
+                http.allow.join(", "),
+                http.max_requests,
+                crate::size::show(http.max_response_bytes)
+            ));
+        }
+        if !self.config.is_empty() {
+            parts.push(format!("config {}", self.config.join(", ")));
+        }
+        for secret in &self.secrets {
+            let unset = if secret.set { "" } else { ", unset here" };
+            parts.push(format!(
+                "secret {} from {} to {}{unset}",
+                secret.name,
+                secret.env,
+                secret.hosts.join(", ")
+            ));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 /// The file as written; every table refuses keys it does not know.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,9 +304,32 @@ impl Grants {
         })
     }
 
-    /// True when the file granted nothing at all.
-    pub fn is_empty(&self) -> bool {
-        self.http.is_none() && self.config.is_empty() && self.secrets.is_empty()
+    /// The secrets whose variable is not set here.
+    pub fn unset_secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.secrets.iter().filter(|secret| secret.value.is_none())
+    }
+
+    /// What may be shown of these grants.
+    pub fn shown(&self) -> GrantsShown {
+        let origins = |list: &[Origin]| list.iter().map(ToString::to_string).collect();
+        GrantsShown {
+            http: self.http.as_ref().map(|http| HttpShown {
+                allow: origins(&http.allow),
+                max_requests: http.max_requests,
+                max_response_bytes: http.max_response_bytes,
+            }),
+            config: self.config.keys().cloned().collect(),
+            secrets: self
+                .secrets
+                .iter()
+                .map(|secret| SecretShown {
+                    name: secret.name.clone(),
+                    env: secret.env.clone(),
+                    hosts: origins(&secret.hosts),
+                    set: secret.value.is_some(),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -305,16 +388,14 @@ impl Secret {
                 "[secrets.{name}] may be sent to {host}, which [http] allow does not grant"
             ));
         }
-        let value = match env(&table.env) {
-            Some(value) if !value.is_empty() => value,
-            _ => {
-                return Err(format!(
-                    "secret `{name}` reads the environment variable {}, which is not set in the worker's environment",
-                    table.env
-                ));
-            }
-        };
-        if http::HeaderValue::from_str(&value).is_err() {
+        // Unset is not a refusal: commands that only enqueue or show need
+        // the plugin but not its secrets. A request that would carry an
+        // unset secret is refused, naming the variable.
+        let value = env(&table.env).filter(|value| !value.is_empty());
+        if value
+            .as_ref()
+            .is_some_and(|value| http::HeaderValue::from_str(value).is_err())
+        {
             return Err(format!(
                 "secret `{name}` (from {}) holds characters a header value cannot carry",
                 table.env
@@ -388,7 +469,7 @@ mod tests {
             (2, 4, 1 << 20)
         );
         let secret = &grants.secrets[0];
-        assert_eq!(secret.value, "s3cret");
+        assert_eq!(secret.value.as_deref(), Some("s3cret"));
         assert!(secret.placeholder.starts_with("taskbox-secret-api_token-"));
         assert!(!format!("{grants:?}").contains("s3cret"));
     }
@@ -399,13 +480,11 @@ mod tests {
         assert!(refused("[htp]\nallow = []").contains("unknown field `htp`"));
         assert!(refused("[http]\nallow = [\"x\"]").contains("is not an origin"));
         assert!(refused("[http]\nallow = []\nmax_respons_bytes = 3").contains("unknown field"));
-        let unset = "[http]\nallow = [\"https://a.b\"]\n[secrets.k]\nenv = \"UNSET\"\nhosts = [\"https://a.b\"]";
-        assert!(refused(unset).contains("UNSET, which is not set"));
         let ungranted =
             "[http]\nallow = []\n[secrets.k]\nenv = \"TOKEN\"\nhosts = [\"https://a.b\"]";
         assert!(refused(ungranted).contains("which [http] allow does not grant"));
         assert!(refused("[config]\nk = 1").starts_with("line 2"));
-        for text in [unset, ungranted, "[config]\nk = 1", "[htp]"] {
+        for text in [ungranted, "[config]\nk = 1", "[htp]"] {
             assert!(!refused(text).contains('\n'), "{text}");
         }
     }

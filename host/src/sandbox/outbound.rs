@@ -123,11 +123,9 @@ impl Outbound {
                 ));
             }
             for value in request.headers_mut().values_mut() {
-                let Some(swapped) =
-                    replace_all(value.as_bytes(), placeholder, secret.value.as_bytes())
-                else {
+                if find(value.as_bytes(), placeholder).is_none() {
                     continue;
-                };
+                }
                 if !secret.hosts.contains(&origin) {
                     return Err(format!(
                         "{origin}: secret `{}` may be sent to {} only",
@@ -135,6 +133,14 @@ impl Outbound {
                         join(&secret.hosts)
                     ));
                 }
+                let Some(real) = &secret.value else {
+                    return Err(format!(
+                        "{origin}: secret `{}` is not set in the worker's environment ({})",
+                        secret.name, secret.env
+                    ));
+                };
+                let swapped = replace_all(value.as_bytes(), placeholder, real.as_bytes())
+                    .expect("the placeholder was found");
                 *value = http::HeaderValue::from_bytes(&swapped).map_err(|_| {
                     format!(
                         "{origin}: a header with secret `{}` is malformed",
@@ -360,19 +366,19 @@ struct Scrub {
 
 impl Scrub {
     fn of(grants: &Grants) -> Option<Arc<Scrub>> {
-        if grants.secrets.is_empty() {
-            return None;
-        }
         let secrets: Vec<_> = grants
             .secrets
             .iter()
-            .map(|s| {
-                (
-                    s.value.clone().into_bytes(),
+            .filter_map(|s| {
+                Some((
+                    s.value.clone()?.into_bytes(),
                     s.placeholder.clone().into_bytes(),
-                )
+                ))
             })
             .collect();
+        if secrets.is_empty() {
+            return None;
+        }
         let hold = secrets
             .iter()
             .map(|(value, _)| value.len())

@@ -25,9 +25,15 @@
 //! and drop `NAME.wasm` into the worker's plugins folder. Args and output
 //! travel as postcard; their schemas (from `#[derive(Schema)]`) let the
 //! `taskbox` CLI check JSON args at enqueue time and print results as JSON.
+//!
+//! Besides [`log`], a plugin the worker grants them to may use [`http`]
+//! (outbound requests) and [`config`] (values from its grants file).
 
 pub use postcard_schema::{self, Schema};
 pub use serde;
+
+pub mod config;
+pub mod http;
 
 /// The bindings generated from `wit/`, the plugin ABI's single source.
 #[doc(hidden)]

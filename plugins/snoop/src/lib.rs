@@ -1,9 +1,10 @@
 //! `snoop` (hostile): reaches for every capability the sandbox withholds
-//! (environment, arguments, files, network) and reports what it got, so a
-//! test can prove each attempt was refused.
+//! (environment, arguments, files, network, outbound HTTP, config) and
+//! reports what it got, so a test can prove each attempt was refused.
 
+use taskbox_sdk::http::{self, Request};
 use taskbox_sdk::serde::{Deserialize, Serialize};
-use taskbox_sdk::{Schema, Task};
+use taskbox_sdk::{Schema, Task, config};
 
 #[derive(Debug, Deserialize, Serialize, Schema)]
 #[serde(crate = "taskbox_sdk::serde")]
@@ -14,12 +15,34 @@ pub struct Findings {
     pub read_file: String,
     pub list_root: String,
     pub connect: String,
+    /// A GET to `http://127.0.0.1:5432/` through wasi:http.
+    pub http: String,
+    /// Whether any config key is readable.
+    pub config: String,
 }
 
 /// `granted: …` when the attempt worked, `denied: …` when it did not.
 fn outcome<T>(attempt: std::io::Result<T>, show: impl FnOnce(T) -> String) -> String {
     match attempt {
         Ok(value) => format!("granted: {}", show(value)),
+        Err(err) => format!("denied: {err}"),
+    }
+}
+
+fn try_http() -> String {
+    let request = Request::get("http://127.0.0.1:5432/")
+        .body(())
+        .expect("a fixed, valid request");
+    match http::send(request, 1024) {
+        Ok(fetched) => format!("granted: status {}", fetched.status),
+        Err(err) => format!("denied: {err}"),
+    }
+}
+
+fn try_config() -> String {
+    match config::all() {
+        Ok(pairs) if !pairs.is_empty() => format!("granted: {} keys", pairs.len()),
+        Ok(_) => "denied: no config".to_owned(),
         Err(err) => format!("denied: {err}"),
     }
 }
@@ -41,6 +64,8 @@ impl Task for Snoop {
             connect: outcome(std::net::TcpStream::connect("127.0.0.1:5432"), |_| {
                 "a connection to 127.0.0.1:5432".to_owned()
             }),
+            http: try_http(),
+            config: try_config(),
         })
     }
 }
