@@ -458,3 +458,62 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
         assert!(!text.contains(&value), "the secret's value is in {place}");
     }
 }
+
+#[test]
+fn a_bad_grants_file_refuses_its_plugin_alone() {
+    let folder = plugins_folder_with(&["fetch", "add"]);
+    grant(folder.path(), "fetch", "[htp]\nallow = []\n");
+    let db = tempfile::tempdir().unwrap();
+    let url = sqlite_url(db.path());
+    let taskbox = || {
+        let mut command = taskbox_at(&url);
+        command.env("TASKBOX_PLUGINS", folder.path());
+        command
+    };
+    let listed: Value =
+        serde_json::from_slice(&run(taskbox().args(["plugins", "--json"])).stdout).unwrap();
+    let row = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let refusal = row("fetch")["error"].as_str().unwrap().to_owned();
+    assert!(
+        refusal.contains("fetch.toml: line 1: unknown field `htp`"),
+        "{refusal}"
+    );
+    assert!(!refusal.contains('\n'), "{refusal}");
+    assert_eq!(row("add")["error"], Value::Null, "{listed}");
+
+    let refused = run(taskbox().args([
+        "enqueue",
+        "fetch",
+        &fetch_args("http://127.0.0.1:9/").to_string(),
+    ]));
+    assert_refused(&refused, "unknown field `htp`");
+    let output = run(taskbox().args(["enqueue", "add", r#"{"a": 1, "b": 2}"#]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let output = run(taskbox().args(["worker", "--drain"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let stats: Value =
+        serde_json::from_slice(&run(taskbox().args(["stats", "--json"])).stdout).unwrap();
+    assert_eq!(stats["success"], json!(1), "{stats}");
+
+    // Mended, it serves, and the listing shows what it grants.
+    grant(
+        folder.path(),
+        "fetch",
+        "[http]\nallow = [\"http://127.0.0.1:9\"]\n[config]\ngreeting = \"hi\"\n",
+    );
+    let listing = stdout_of(&run(taskbox().arg("plugins")));
+    assert!(
+        listing.contains(
+            "grants: http http://127.0.0.1:9 (16 requests, 1 MiB per response); config greeting"
+        ),
+        "{listing}"
+    );
+}

@@ -157,10 +157,12 @@ fn one_sentence(err: &anyhow::Error) -> String {
 }
 
 fn init_logging(worker: bool) {
+    // A short command reports a refused plugin itself, in its one
+    // sentence; the loader's warning would say it twice.
     let default = if worker {
         "taskbox=info"
     } else {
-        "taskbox=warn"
+        "taskbox=warn,taskbox::sandbox::plugin=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TASKBOX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
