@@ -7,6 +7,7 @@ use crate::common;
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::http_server::Loopback;
@@ -20,6 +21,20 @@ fn grant(folder: &Path, plugin: &str, grants: &str) {
     std::fs::write(folder.join(format!("{plugin}.toml")), grants).expect("writes the grants file");
 }
 
+/// `[http]` granting `server`'s origin, then `more`.
+fn allowing(server: &Loopback, more: &str) -> String {
+    format!("[http]\nallow = [\"{}\"]\n{more}", server.origin())
+}
+
+/// A plugins folder holding `plugin` (granted `grants`) and `add`, and a
+/// sandbox loading from it.
+fn granted(plugin: &str, grants: &str) -> (tempfile::TempDir, Arc<Plugins>) {
+    let folder = plugins_folder_with(&[plugin, "add"]);
+    grant(folder.path(), plugin, grants);
+    let plugins = plugins_in(folder.path(), SandboxConfig::default());
+    (folder, plugins)
+}
+
 fn fetch_args(url: &str) -> Value {
     json!({"url": url, "method": null, "headers": [], "body": null, "max_body": null})
 }
@@ -28,7 +43,7 @@ fn fetch_args(url: &str) -> Value {
 /// `tasks`, after checking every `add` succeeded.
 async fn run_beside_others(
     store: &PgStore,
-    plugins: &std::sync::Arc<Plugins>,
+    plugins: &Arc<Plugins>,
     tasks: Vec<NewTask>,
 ) -> Vec<TaskRecord> {
     let ids = store.enqueue(&tasks).await.unwrap();
@@ -61,16 +76,10 @@ fn error_of(row: &TaskRecord) -> &str {
 #[sqlx::test(migrations = false)]
 async fn only_the_granted_origin_is_reached(pool: PgPool) {
     let store = store(pool).await;
-    let granted = Loopback::on_loopback().await;
+    let allowed = Loopback::on_loopback().await;
     let other = Loopback::on_loopback().await;
-    let folder = plugins_folder_with(&["fetch", "add"]);
-    grant(
-        folder.path(),
-        "fetch",
-        &format!("[http]\nallow = [\"{}\"]\n", granted.origin()),
-    );
-    let plugins = plugins_in(folder.path(), SandboxConfig::default());
-    let port = granted.addr.port();
+    let (_folder, plugins) = granted("fetch", &allowing(&allowed, ""));
+    let port = allowed.addr.port();
     let denied = [
         (other.url("/ok"), other.origin()),
         (
@@ -82,7 +91,7 @@ async fn only_the_granted_origin_is_reached(pool: PgPool) {
             format!("https://127.0.0.1:{port}"),
         ),
     ];
-    let mut tasks = vec![task(&plugins, "fetch", fetch_args(&granted.url("/ok"))).await];
+    let mut tasks = vec![task(&plugins, "fetch", fetch_args(&allowed.url("/ok"))).await];
     for (url, _) in &denied {
         tasks.push(task(&plugins, "fetch", fetch_args(url)).await);
     }
@@ -103,10 +112,10 @@ async fn only_the_granted_origin_is_reached(pool: PgPool) {
         );
     }
     assert_eq!(
-        granted.seen().len(),
+        allowed.seen().len(),
         1,
         "the granted server saw {:?}",
-        granted.seen()
+        allowed.seen()
     );
     assert!(
         other.seen().is_empty(),
@@ -118,16 +127,10 @@ async fn only_the_granted_origin_is_reached(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_redirect_to_a_denied_origin_is_not_followed(pool: PgPool) {
     let store = store(pool).await;
-    let granted = Loopback::on_loopback().await;
+    let allowed = Loopback::on_loopback().await;
     let denied = Loopback::on_loopback().await;
-    let folder = plugins_folder_with(&["fetch", "add"]);
-    grant(
-        folder.path(),
-        "fetch",
-        &format!("[http]\nallow = [\"{}\"]\n", granted.origin()),
-    );
-    let plugins = plugins_in(folder.path(), SandboxConfig::default());
-    let url = granted.url(&format!("/redirect?to={}", denied.url("/ok")));
+    let (_folder, plugins) = granted("fetch", &allowing(&allowed, ""));
+    let url = allowed.url(&format!("/redirect?to={}", denied.url("/ok")));
     let rows = run_beside_others(
         &store,
         &plugins,
@@ -222,16 +225,14 @@ async fn a_granted_name_leading_inside_is_refused_unless_the_address_is_granted(
 async fn a_response_past_the_cap_is_cut_there(pool: PgPool) {
     let store = store(pool).await;
     let server = Loopback::on_loopback().await;
-    let folder = plugins_folder_with(&["fetch", "add"]);
-    grant(
-        folder.path(),
+    let (_folder, plugins) = granted(
         "fetch",
-        &format!(
-            "[http]\nallow = [\"{}\"]\nmax_response_bytes = \"256KiB\"\n",
-            server.origin()
+        &allowing(
+            &server,
+            "max_response_bytes = \"256KiB\"
+",
         ),
     );
-    let plugins = plugins_in(folder.path(), SandboxConfig::default());
     let hundred_mb = 100 * 1024 * 1024;
     let mut args = fetch_args(&server.url(&format!("/bytes/{hundred_mb}")));
     // The plugin would keep all of it: the host's cap is what cuts.
@@ -252,13 +253,7 @@ async fn a_server_that_never_answers_ends_the_task_on_its_deadline(pool: PgPool)
     const SLACK: Duration = Duration::from_millis(100);
     let store = store(pool).await;
     let server = Loopback::on_loopback().await;
-    let folder = plugins_folder_with(&["fetch", "add"]);
-    grant(
-        folder.path(),
-        "fetch",
-        &format!("[http]\nallow = [\"{}\"]\n", server.origin()),
-    );
-    let plugins = plugins_in(folder.path(), SandboxConfig::default());
+    let (_folder, plugins) = granted("fetch", &allowing(&server, ""));
     let mut fetch = task(&plugins, "fetch", fetch_args(&server.url("/never"))).await;
     fetch.timeout = Some(DEADLINE);
     let rows = run_beside_others(&store, &plugins, vec![fetch]).await;
@@ -278,16 +273,7 @@ async fn a_server_that_never_answers_ends_the_task_on_its_deadline(pool: PgPool)
 async fn requests_past_the_limit_are_denied(pool: PgPool) {
     let store = store(pool).await;
     let server = Loopback::on_loopback().await;
-    let folder = plugins_folder_with(&["barrage", "add"]);
-    grant(
-        folder.path(),
-        "barrage",
-        &format!(
-            "[http]\nallow = [\"{}\"]\nmax_requests = 3\n",
-            server.origin()
-        ),
-    );
-    let plugins = plugins_in(folder.path(), SandboxConfig::default());
+    let (_folder, plugins) = granted("barrage", &allowing(&server, "max_requests = 3\n"));
     let within = task(
         &plugins,
         "barrage",
@@ -317,13 +303,12 @@ async fn requests_past_the_limit_are_denied(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn config_is_read_from_the_grants_file(pool: PgPool) {
     let store = store(pool).await;
-    let folder = plugins_folder_with(&["settings", "add"]);
-    grant(
-        folder.path(),
+    let (_folder, plugins) = granted(
         "settings",
-        "[config]\ngreeting = \"hello\"\n",
+        "[config]
+greeting = \"hello\"
+",
     );
-    let plugins = plugins_in(folder.path(), SandboxConfig::default());
     let tasks = vec![
         task(&plugins, "settings", json!("greeting")).await,
         task(&plugins, "settings", json!("missing")).await,
