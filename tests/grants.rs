@@ -69,6 +69,13 @@ async fn run_beside_others(
     rows
 }
 
+/// One `fetch` of `url`, run beside others.
+async fn fetch_beside_others(store: &PgStore, plugins: &Arc<Plugins>, url: &str) -> TaskRecord {
+    let fetch = task(plugins, "fetch", fetch_args(url)).await;
+    let mut rows = run_beside_others(store, plugins, vec![fetch]).await;
+    rows.remove(0)
+}
+
 fn error_of(row: &TaskRecord) -> &str {
     row.error.as_deref().unwrap_or_default()
 }
@@ -131,12 +138,7 @@ async fn a_redirect_to_a_denied_origin_is_not_followed(pool: PgPool) {
     let denied = Loopback::on_loopback().await;
     let (_folder, plugins) = granted("fetch", &allowing(&allowed, ""));
     let url = allowed.url(&format!("/redirect?to={}", denied.url("/ok")));
-    let rows = run_beside_others(
-        &store,
-        &plugins,
-        vec![task(&plugins, "fetch", fetch_args(&url)).await],
-    )
-    .await;
+    let rows = [fetch_beside_others(&store, &plugins, &url).await];
 
     assert_eq!(rows[0].status, Status::Success, "{:?}", rows[0].error);
     let fetched = result_json(&plugins, "fetch", rows[0].result.as_deref().unwrap()).await;
@@ -187,12 +189,7 @@ async fn a_granted_name_leading_inside_is_refused_unless_the_address_is_granted(
     );
     let plugins = plugins_in(folder.path(), SandboxConfig::default());
     let url = format!("{by_name}/ok");
-    let rows = run_beside_others(
-        &store,
-        &plugins,
-        vec![task(&plugins, "fetch", fetch_args(&url)).await],
-    )
-    .await;
+    let rows = [fetch_beside_others(&store, &plugins, &url).await];
     assert_eq!(rows[0].status, Status::Error, "{:?}", rows[0].error);
     assert!(
         error_of(&rows[0]).contains(&format!(
@@ -211,12 +208,7 @@ async fn a_granted_name_leading_inside_is_refused_unless_the_address_is_granted(
         "fetch",
         &format!("[http]\nallow = [\"{by_name}\", \"http://{ip}:{port}\"]\n"),
     );
-    let rows = run_beside_others(
-        &store,
-        &plugins,
-        vec![task(&plugins, "fetch", fetch_args(&url)).await],
-    )
-    .await;
+    let rows = [fetch_beside_others(&store, &plugins, &url).await];
     assert_eq!(rows[0].status, Status::Success, "{:?}", rows[0].error);
     assert_eq!(server.seen().len(), 1);
 }
