@@ -319,6 +319,39 @@ greeting = \"hello\"
     );
 }
 
+/// `taskbox` commands on a SQLite database of the test's own, with a
+/// plugins folder of its own.
+struct Setting {
+    folder: tempfile::TempDir,
+    db: tempfile::TempDir,
+}
+
+impl Setting {
+    fn new(plugins: &[&str]) -> Setting {
+        Setting {
+            folder: plugins_folder_with(plugins),
+            db: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn taskbox(&self) -> std::process::Command {
+        let mut command = taskbox_at(&sqlite_url(self.db.path()));
+        command.env("TASKBOX_PLUGINS", self.folder.path());
+        command
+    }
+
+    fn enqueue(&self, plugin: &str, args: &Value) {
+        let output = run(self.taskbox().args(["enqueue", plugin, &args.to_string()]));
+        assert!(output.status.success(), "{}", stderr_of(&output));
+    }
+
+    fn show(&self, id: i64) -> Value {
+        let output = run(self.taskbox().args(["show", &id.to_string(), "--json"]));
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
 /// Every byte a test's SQLite database left in its folder, as text.
 fn everything_stored(dir: &Path) -> String {
     let mut all = Vec::new();
@@ -337,44 +370,28 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
     let value = format!("sv-{}", hex::encode(rand::random::<[u8; 12]>()));
     let its_host = Loopback::on_loopback().await;
     let other = Loopback::on_loopback().await;
-    let folder = plugins_folder_with(&["fetch", "settings", "add"]);
+    let setting = Setting::new(&["fetch", "settings"]);
     let grants = format!(
         "[http]\nallow = [\"{0}\", \"{1}\"]\n[secrets.api_token]\nenv = \"TEST_API_TOKEN\"\nhosts = [\"{0}\"]\n",
         its_host.origin(),
         other.origin()
     );
-    grant(folder.path(), "fetch", &grants);
-    grant(folder.path(), "settings", &grants);
-    let db = tempfile::tempdir().unwrap();
-    let url = sqlite_url(db.path());
-    let taskbox = || {
-        let mut command = taskbox_at(&url);
-        command.env("TASKBOX_PLUGINS", folder.path());
-        command
-    };
+    grant(setting.folder.path(), "fetch", &grants);
+    grant(setting.folder.path(), "settings", &grants);
     let with_token = |url: &str| {
         let mut args = fetch_args(url);
         args["headers"] = json!([["authorization", "Bearer {{api_token}}"]]);
         args
     };
     // Enqueuing needs the plugin, not its secret: no value here.
-    for (plugin, args) in [
-        ("fetch", with_token(&its_host.url("/echo"))),
-        ("fetch", with_token(&other.url("/echo"))),
-        ("settings", json!("api_token")),
-    ] {
-        let output = run(taskbox().args(["enqueue", plugin, &args.to_string()]));
-        assert!(output.status.success(), "{}", stderr_of(&output));
-    }
-    let mut worker = taskbox();
-    worker
-        .args(["worker", "--drain"])
-        .env("TEST_API_TOKEN", &value)
-        .env("TASKBOX_LOG", "trace");
-    // The servers answer on this runtime while the worker runs.
-    let worker = tokio::task::spawn_blocking(move || run(&mut worker));
-    let output = worker.await.unwrap();
-    assert!(output.status.success(), "{}", stderr_of(&output));
+    setting.enqueue("fetch", &with_token(&its_host.url("/echo")));
+    setting.enqueue("fetch", &with_token(&other.url("/echo")));
+    setting.enqueue("settings", &json!("api_token"));
+    let output = drain_in_a_process(
+        &setting,
+        &[("TEST_API_TOKEN", &value), ("TASKBOX_LOG", "trace")],
+    )
+    .await;
     let sent = its_host.seen();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(
@@ -387,19 +404,14 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
         other.seen()
     );
 
-    let shown = |id: &str| {
-        let output = run(taskbox().args(["show", id, "--json"]));
-        assert!(output.status.success(), "{}", stderr_of(&output));
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
-    };
-    let echoed = shown("1");
+    let echoed = setting.show(1);
     assert_eq!(echoed["status"], json!("success"), "{echoed}");
     let placeholder = echoed["result"]["body"].as_str().unwrap();
     assert!(
         placeholder.contains("authorization: Bearer taskbox-secret-api_token-"),
         "{placeholder}"
     );
-    let refused = shown("2");
+    let refused = setting.show(2);
     assert_eq!(refused["status"], json!("error"), "{refused}");
     assert!(
         refused["error"].as_str().unwrap().contains(&format!(
@@ -409,7 +421,7 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
         )),
         "{refused}"
     );
-    let read = shown("3");
+    let read = setting.show(3);
     assert!(
         read["result"]
             .as_str()
@@ -418,7 +430,8 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
         "{read}"
     );
 
-    let listed = run(taskbox()
+    let listed = run(setting
+        .taskbox()
         .args(["plugins", "--json"])
         .env("TEST_API_TOKEN", &value));
     let listed = stdout_of(&listed);
@@ -428,7 +441,7 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
     );
     for (place, text) in [
         ("the worker's log", stderr_of(&output)),
-        ("the database", everything_stored(db.path())),
+        ("the database", everything_stored(setting.db.path())),
         ("`plugins --json`", listed),
         ("`show`", format!("{echoed}{refused}{read}")),
     ] {
@@ -436,19 +449,63 @@ async fn a_secret_reaches_its_host_and_nothing_else() {
     }
 }
 
+/// `taskbox worker --drain` in a process of its own with `env` added,
+/// while the test's servers answer on this runtime.
+async fn drain_in_a_process(setting: &Setting, env: &[(&str, &str)]) -> std::process::Output {
+    let mut worker = setting.taskbox();
+    worker.args(["worker", "--drain"]).envs(env.iter().copied());
+    let output = tokio::task::spawn_blocking(move || run(&mut worker))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    output
+}
+
+/// https is verified: a certificate from a CA the system does not trust is
+/// refused before any request is sent; one the system store holds (added
+/// with `SSL_CERT_FILE`) lets the request through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_is_verified_against_the_trusted_roots() {
+    let (server, ca_pem) = Loopback::with_tls().await;
+    let setting = Setting::new(&["fetch"]);
+    grant(setting.folder.path(), "fetch", &allowing(&server, ""));
+    let ca_file = setting.db.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+
+    setting.enqueue("fetch", &fetch_args(&server.url("/ok")));
+    drain_in_a_process(&setting, &[]).await;
+    let untrusted = setting.show(1);
+    assert_eq!(untrusted["status"], json!("error"), "{untrusted}");
+    assert!(
+        untrusted["error"].as_str().unwrap().contains("Tls"),
+        "{untrusted}"
+    );
+    assert!(
+        server.seen().is_empty(),
+        "sent over an unverified connection: {:?}",
+        server.seen()
+    );
+
+    setting.enqueue("fetch", &fetch_args(&server.url("/ok")));
+    drain_in_a_process(&setting, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]).await;
+    let trusted = setting.show(2);
+    assert_eq!(trusted["status"], json!("success"), "{trusted}");
+    assert_eq!(
+        (
+            trusted["result"]["status"].clone(),
+            trusted["result"]["body"].clone()
+        ),
+        (json!(200), json!("ok"))
+    );
+    assert_eq!(server.seen().len(), 1);
+}
+
 #[test]
 fn a_bad_grants_file_refuses_its_plugin_alone() {
-    let folder = plugins_folder_with(&["fetch", "add"]);
-    grant(folder.path(), "fetch", "[htp]\nallow = []\n");
-    let db = tempfile::tempdir().unwrap();
-    let url = sqlite_url(db.path());
-    let taskbox = || {
-        let mut command = taskbox_at(&url);
-        command.env("TASKBOX_PLUGINS", folder.path());
-        command
-    };
+    let setting = Setting::new(&["fetch", "add"]);
+    grant(setting.folder.path(), "fetch", "[htp]\nallow = []\n");
     let listed: Value =
-        serde_json::from_slice(&run(taskbox().args(["plugins", "--json"])).stdout).unwrap();
+        serde_json::from_slice(&run(setting.taskbox().args(["plugins", "--json"])).stdout).unwrap();
     let row = |name: &str| {
         listed
             .as_array()
@@ -466,27 +523,23 @@ fn a_bad_grants_file_refuses_its_plugin_alone() {
     assert!(!refusal.contains('\n'), "{refusal}");
     assert_eq!(row("add")["error"], Value::Null, "{listed}");
 
-    let refused = run(taskbox().args([
-        "enqueue",
-        "fetch",
-        &fetch_args("http://127.0.0.1:9/").to_string(),
-    ]));
-    assert_refused(&refused, "unknown field `htp`");
-    let output = run(taskbox().args(["enqueue", "add", r#"{"a": 1, "b": 2}"#]));
+    let args = fetch_args("http://127.0.0.1:9/").to_string();
+    assert_refused(
+        &run(setting.taskbox().args(["enqueue", "fetch", &args])),
+        "unknown field `htp`",
+    );
+    setting.enqueue("add", &json!({"a": 1, "b": 2}));
+    let output = run(setting.taskbox().args(["worker", "--drain"]));
     assert!(output.status.success(), "{}", stderr_of(&output));
-    let output = run(taskbox().args(["worker", "--drain"]));
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let stats: Value =
-        serde_json::from_slice(&run(taskbox().args(["stats", "--json"])).stdout).unwrap();
-    assert_eq!(stats["success"], json!(1), "{stats}");
+    assert_eq!(setting.show(1)["status"], json!("success"));
 
     // Mended, it serves, and the listing shows what it grants.
     grant(
-        folder.path(),
+        setting.folder.path(),
         "fetch",
         "[http]\nallow = [\"http://127.0.0.1:9\"]\n[config]\ngreeting = \"hi\"\n",
     );
-    let listing = stdout_of(&run(taskbox().arg("plugins")));
+    let listing = stdout_of(&run(setting.taskbox().arg("plugins")));
     assert!(
         listing.contains(
             "grants: http http://127.0.0.1:9 (16 requests, 1 MiB per response); config greeting"

@@ -1,4 +1,5 @@
-//! A real HTTP/1.1 server on loopback for the grants tests, answering by
+//! A real HTTP/1.1 server on loopback for the grants tests (plain, or TLS
+//! with a certificate from a CA of the test's own), answering by
 //! path: `/ok` says `ok`; `/echo` sends back the request's headers;
 //! `/redirect?to=URL` answers 302 to that URL; `/bytes/N` streams N bytes;
 //! `/never` accepts and never answers. It records every request it reads.
@@ -23,6 +24,7 @@ pub struct Seen {
 
 pub struct Loopback {
     pub addr: SocketAddr,
+    scheme: &'static str,
     seen: Arc<Mutex<Vec<Seen>>>,
     accepting: tokio::task::JoinHandle<()>,
 }
@@ -38,29 +40,73 @@ const CHUNK: usize = 64 * 1024;
 impl Loopback {
     /// A server on `ip` at a free port, on the current runtime.
     pub async fn start(ip: IpAddr) -> Loopback {
+        Loopback::serve(ip, None).await
+    }
+
+    /// A TLS server on 127.0.0.1 and the PEM of the CA its certificate
+    /// comes from, which no system trusts.
+    pub async fn with_tls() -> (Loopback, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let server = Loopback::serve(IpAddr::from([127, 0, 0, 1]), Some(acceptor)).await;
+        (server, ca_pem)
+    }
+
+    async fn serve(ip: IpAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Loopback {
         let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .expect("binds a loopback port");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let accepting = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let log = log.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |request| answer(request, log.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
         Loopback {
             addr,
+            scheme,
             seen,
             accepting,
         }
@@ -70,9 +116,9 @@ impl Loopback {
         Loopback::start(IpAddr::from([127, 0, 0, 1])).await
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https` with TLS).
     pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn url(&self, path: &str) -> String {

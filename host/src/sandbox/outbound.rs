@@ -328,14 +328,17 @@ trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// TLS to `host` over `stream`, verified against the web's root
-/// certificates.
+/// certificates and the system's (`SSL_CERT_FILE`, `SSL_CERT_DIR`, where a
+/// private CA is added).
 async fn tls(host: &Host, stream: TcpStream) -> Result<impl Stream, Error> {
     use rustls::pki_types::ServerName;
     static CONNECTOR: std::sync::LazyLock<tokio_rustls::TlsConnector> =
         std::sync::LazyLock::new(|| {
-            let roots = rustls::RootCertStore {
+            let mut roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.into(),
             };
+            // A system store that cannot be read leaves the web's roots.
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             let config = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
