@@ -14,7 +14,7 @@ use common::*;
 use taskbox::store::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
     NewTask, Notification, Refused, RescueRequest, Rescued, Scope, Stats, Status, StoreError,
-    TaskStore,
+    TaskStore, Transition,
 };
 use tokio::sync::mpsc;
 
@@ -109,17 +109,24 @@ fn claimed_ids(claimed: &[ClaimedTask]) -> Vec<i64> {
 }
 
 fn success(task: &ClaimedTask) -> Completion {
-    Completion {
-        result: Some(b"done".to_vec()),
-        ..Completion::new(task, Status::Success)
-    }
+    Completion::new(
+        task,
+        Transition::Succeeded {
+            result: b"done".to_vec(),
+        },
+    )
 }
 
-fn failure(task: &ClaimedTask, status: Status, error: &str) -> Completion {
-    Completion {
-        error: Some(error.to_owned()),
-        ..Completion::new(task, status)
-    }
+/// A last attempt failing: `error`, or `timeout` when `timed_out`.
+fn failure(task: &ClaimedTask, timed_out: bool, error: &str) -> Completion {
+    let error = error.to_owned();
+    Completion::new(task, Transition::Failed { timed_out, error })
+}
+
+/// A failed attempt retried `after` the database's clock.
+fn retry(task: &ClaimedTask, after: Duration, error: &str) -> Completion {
+    let error = error.to_owned();
+    Completion::new(task, Transition::Retry { after, error })
 }
 
 fn everything() -> ListFilter {
@@ -458,11 +465,8 @@ async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) 
 
     let first = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
     let before = now();
-    let retry = Completion {
-        retry_in: Some(Duration::ZERO),
-        ..failure(&first, Status::Waiting, errors[0])
-    };
-    assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
+    let retried = retry(&first, Duration::ZERO, errors[0]);
+    assert_eq!(store.complete(&[retried]).await.unwrap(), 1);
     let row = record(&store, id).await;
     assert_eq!(row.status, Status::Waiting);
     assert_eq!(row.attempt, 1, "the attempt is spent");
@@ -474,11 +478,8 @@ async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) 
     let second = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
     assert_eq!((second.id, second.attempt), (id, 2));
     let later = now() + TimeDelta::hours(1);
-    let retry = Completion {
-        retry_in: Some(Duration::from_secs(3600)),
-        ..failure(&second, Status::Waiting, errors[1])
-    };
-    store.complete(&[retry]).await.unwrap();
+    let retried = retry(&second, Duration::from_secs(3600), errors[1]);
+    store.complete(&[retried]).await.unwrap();
     assert_near(record(&store, id).await.run_at, later, "run_at of a retry");
     assert!(
         store.claim(&claim_by("w", 1)).await.unwrap().is_empty(),
@@ -495,15 +496,12 @@ async fn a_failed_attempt_retries_and_keeps_its_history<S: TaskStore>(store: S) 
         .unwrap()[0];
     let attempt = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
     assert_eq!(attempt.id, other);
-    let retry = Completion {
-        retry_in: Some(Duration::ZERO),
-        ..failure(&attempt, Status::Waiting, errors[1])
-    };
-    store.complete(&[retry]).await.unwrap();
+    let retried = retry(&attempt, Duration::ZERO, errors[1]);
+    store.complete(&[retried]).await.unwrap();
     let last = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
     assert_eq!((last.id, last.attempt), (other, 2));
     store
-        .complete(&[failure(&last, Status::Timeout, errors[2])])
+        .complete(&[failure(&last, true, errors[2])])
         .await
         .unwrap();
     let row = record(&store, other).await;
@@ -557,7 +555,7 @@ async fn a_run_whose_claim_was_lost_shows_beside_the_newer_claim<S: TaskStore>(s
         token: newer.token.wrapping_add(1),
         ..newer.clone()
     };
-    let lost_failure = failure(&lost, Status::Error, "boom");
+    let lost_failure = failure(&lost, false, "boom");
     assert_eq!(store.complete(&[lost_failure]).await.unwrap(), 0);
     let row = record(&store, id).await;
     assert_eq!(row.status, Status::Running, "the newer claim still runs");
@@ -733,11 +731,8 @@ async fn cancel_reports_what_it_found_and_did<S: TaskStore>(store: S) {
     expect_notification(&mut notifications, Notification::Cancel(ids[0])).await;
     assert_eq!(record(&store, ids[0]).await.status, Status::Running);
     // The interrupted attempt asks for a retry; the cancel turns it final.
-    let retry = Completion {
-        retry_in: Some(Duration::ZERO),
-        ..failure(&running, Status::Waiting, "interrupted")
-    };
-    assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
+    let retried = retry(&running, Duration::ZERO, "interrupted");
+    assert_eq!(store.complete(&[retried]).await.unwrap(), 1);
     let row = record(&store, ids[0]).await;
     assert_eq!(row.status, Status::Cancelled);
     assert!(row.finished_at.is_some());
@@ -779,8 +774,8 @@ async fn stats_count_every_status<S: TaskStore>(store: S) {
     store
         .complete(&[
             success(&claimed[0]),
-            failure(&claimed[1], Status::Error, "no"),
-            failure(&claimed[2], Status::Timeout, "slow"),
+            failure(&claimed[1], false, "no"),
+            failure(&claimed[2], true, "slow"),
         ])
         .await
         .unwrap();
@@ -906,10 +901,7 @@ async fn has_pending_counts_backoff_but_not_scheduled_tasks<S: TaskStore>(store:
         "a running task"
     );
 
-    let backoff = Completion {
-        retry_in: Some(Duration::from_secs(3600)),
-        ..failure(&claimed, Status::Waiting, "again later")
-    };
+    let backoff = retry(&claimed, Duration::from_secs(3600), "again later");
     store.complete(&[backoff]).await.unwrap();
     assert!(
         store.has_pending(&Scope::default()).await.unwrap(),
@@ -1247,11 +1239,8 @@ async fn a_retry_waits_its_delay_on_the_databases_clock<S: Backdoor>(store: S) {
         .unwrap()[0];
     let first = store.claim(&claim_by("w", 1)).await.unwrap().remove(0);
     let delay = Duration::from_secs(600);
-    let retry = Completion {
-        retry_in: Some(delay),
-        ..failure(&first, Status::Waiting, "again")
-    };
-    assert_eq!(store.complete(&[retry]).await.unwrap(), 1);
+    let retried = retry(&first, delay, "again");
+    assert_eq!(store.complete(&[retried]).await.unwrap(), 1);
     let run_at = record(&store, id).await.run_at;
     let ahead = run_at - store.db_now().await;
     let expected = TimeDelta::from_std(delay).unwrap();

@@ -28,7 +28,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
-use taskbox::store::{ClaimRequest, Completion, NewTask, PgStore, SqliteStore, Status, TaskStore};
+use taskbox::store::{
+    ClaimRequest, Completion, NewTask, PgStore, SqliteStore, Status, TaskStore, Transition,
+};
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_JOBS: usize = 20_000;
@@ -564,9 +566,9 @@ async fn sql_ceiling(
                 }
                 let completions: Vec<Completion> = claimed
                     .iter()
-                    .map(|task| Completion {
-                        result: Some(result.clone()),
-                        ..Completion::new(task, Status::Success)
+                    .map(|task| {
+                        let result = result.clone();
+                        Completion::new(task, Transition::Succeeded { result })
                     })
                     .collect();
                 store.complete(&completions).await?;

@@ -6,6 +6,7 @@ pub mod pg_schema;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_changes;
+mod transition;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use serde::Serialize;
 pub use pg_schema::SchemaName;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use transition::{Ending, Transition};
 
 pub use taskbox_client::task::{
     DEFAULT_MAX_ARGS_BYTES, DEFAULT_QUEUE, MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT, NewTask, Refused,
@@ -85,74 +87,48 @@ pub struct Completion {
     /// The claim's token: the fence. The attempt number is no fence, since a
     /// claim the database lost in a crash is made again under the same one.
     pub token: i64,
-    /// `Waiting` means "run again `retry_in` after the database's `now()`"
-    /// (at once when `None`); anything else is final.
-    pub status: Status,
-    /// False when the attempt was interrupted by a shutdown before it could
-    /// finish: it does not count against `max_attempts`.
-    pub spend_attempt: bool,
-    pub result: Option<Vec<u8>>,
+    /// Where the task goes.
+    pub transition: Transition,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    pub error: Option<String>,
     pub plugin_digest: Option<String>,
-    /// How long after the database's clock a retry (or a task given back)
-    /// becomes runnable: a delay, not an instant, so that a worker whose
-    /// clock is off cannot move it (cut to [`MAX_RETRY_DELAY`]).
-    pub retry_in: Option<Duration>,
     /// Set on the last completion of a claim: its lease ends with the write.
     pub ends_lease: Option<i64>,
 }
 
 impl Completion {
-    /// The claimed attempt ends (or retries) with `status`, nothing else set.
-    pub fn new(task: &ClaimedTask, status: Status) -> Self {
+    /// The claimed attempt takes `transition`, with no output.
+    pub fn new(task: &ClaimedTask, transition: Transition) -> Self {
         Completion {
             id: task.id,
             attempt: task.attempt,
             token: task.token,
-            status,
-            spend_attempt: true,
-            result: None,
+            transition,
             stdout: Vec::new(),
             stderr: Vec::new(),
-            error: None,
             plugin_digest: None,
-            retry_in: None,
             ends_lease: None,
         }
     }
 
     /// Give the task back unrun: waiting again, the attempt not spent.
     pub fn release(task: &ClaimedTask) -> Self {
-        Completion {
-            spend_attempt: false,
-            ..Completion::new(task, Status::Waiting)
-        }
-    }
-
-    /// Refuse the task's input: `error` at once with `why`, whatever
-    /// attempts remain, since no attempt could run it (args that do not
-    /// fit the plugin's schema). The attempt that found it is spent.
-    pub fn refuse(task: &ClaimedTask, why: String) -> Self {
-        Completion {
-            error: Some(why),
-            ..Completion::new(task, Status::Error)
-        }
+        Completion::new(task, Transition::Released)
     }
 
     /// The history line for this run when its claim was lost and the task
     /// went on without it: another claim holds the row, or it ended. The
     /// run still shows, but never as the task's outcome.
     pub(crate) fn lost_run_note(&self) -> String {
-        let ending = if !self.spend_attempt {
-            "was interrupted and given back".to_owned()
-        } else {
-            match (self.status, self.error.as_deref()) {
-                (Status::Waiting, Some(error)) => format!("failed ({error})"),
-                (status, Some(error)) => format!("ended {} ({error})", status.as_str()),
-                (status, None) => format!("ended {}", status.as_str()),
+        let ending = match &self.transition {
+            Transition::Released | Transition::Cancelled { ran: false } => {
+                "was interrupted and given back".to_owned()
             }
+            Transition::Retry { error, .. } => format!("failed ({error})"),
+            other => match other.error() {
+                Some(error) => format!("ended {} ({error})", other.status().as_str()),
+                None => format!("ended {}", other.status().as_str()),
+            },
         };
         format!(
             "claim lost: a run of attempt {} {ending} under a claim the database no longer \
@@ -458,14 +434,6 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// A retry's delay as the stores bind it: microseconds, cut to
-/// [`MAX_RETRY_DELAY`].
-pub(crate) fn retry_micros(completion: &Completion) -> Option<i64> {
-    completion
-        .retry_in
-        .map(|delay| delay.min(MAX_RETRY_DELAY).as_micros() as i64)
-}
 
 /// The reason a claim gives for ending a row it cannot run: a timeout past
 /// [`MAX_TASK_TIMEOUT`] (written before the schema's bound existed).

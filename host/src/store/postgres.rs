@@ -23,7 +23,7 @@ use super::{
     LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
     RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError,
     StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
-    new_claim_token, refused_timeout_reason, retry_micros,
+    new_claim_token, refused_timeout_reason,
 };
 
 pub use taskbox_client::postgres::WAIT_RECHECK;
@@ -582,19 +582,28 @@ impl TaskStore for PgStore {
         self.explain(async {
             let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
             let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
-            let statuses: Vec<&str> = completions.iter().map(|c| c.status.as_str()).collect();
+            let statuses: Vec<&str> = completions
+                .iter()
+                .map(|c| c.transition.status().as_str())
+                .collect();
             let results: Vec<Option<&[u8]>> =
-                completions.iter().map(|c| c.result.as_deref()).collect();
+                completions.iter().map(|c| c.transition.result()).collect();
             let stdouts: Vec<&[u8]> = completions.iter().map(|c| c.stdout.as_slice()).collect();
             let stderrs: Vec<&[u8]> = completions.iter().map(|c| c.stderr.as_slice()).collect();
             let errors: Vec<Option<&str>> =
-                completions.iter().map(|c| c.error.as_deref()).collect();
+                completions.iter().map(|c| c.transition.error()).collect();
             let digests: Vec<Option<&str>> = completions
                 .iter()
                 .map(|c| c.plugin_digest.as_deref())
                 .collect();
-            let retry_ins: Vec<Option<i64>> = completions.iter().map(retry_micros).collect();
-            let spends: Vec<bool> = completions.iter().map(|c| c.spend_attempt).collect();
+            let retry_ins: Vec<Option<i64>> = completions
+                .iter()
+                .map(|c| c.transition.retry_micros())
+                .collect();
+            let spends: Vec<bool> = completions
+                .iter()
+                .map(|c| c.transition.spends_attempt())
+                .collect();
             let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
             let tokens: Vec<i64> = completions.iter().map(|c| c.token).collect();
             let (written, _told): (i64, i64) = sqlx::query_as(COMPLETE)

@@ -40,7 +40,7 @@ use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
     LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
     RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason, retry_micros,
+    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -544,14 +544,14 @@ impl TaskStore for SqliteStore {
             let recorded = sqlx::query(COMPLETE)
                 .bind(completion.id)
                 .bind(completion.attempt)
-                .bind(completion.status.as_str())
-                .bind(completion.result.as_deref())
+                .bind(completion.transition.status().as_str())
+                .bind(completion.transition.result())
                 .bind(completion.stdout.as_slice())
                 .bind(completion.stderr.as_slice())
-                .bind(completion.error.as_deref())
+                .bind(completion.transition.error())
                 .bind(completion.plugin_digest.as_deref())
-                .bind(retry_micros(completion))
-                .bind(completion.spend_attempt)
+                .bind(completion.transition.retry_micros())
+                .bind(completion.transition.spends_attempt())
                 .bind(now)
                 .bind(completion.token)
                 .bind(ADOPTED_RUN_NOTE)

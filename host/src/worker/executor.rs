@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::Backoff;
 use crate::sandbox::{Execution, Outcome, Plugin, Plugins};
-use crate::store::{ClaimedTask, Completion, Status};
+use crate::store::{ClaimedTask, Completion, Ending, Transition};
 
 /// Why a running task was interrupted from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Executor {
                             tracing::debug!(task = task.id, plugin = %task.plugin, "args refused: {why}");
                             return Completion {
                                 plugin_digest: Some(plugin.digest.clone()),
-                                ..Completion::refuse(task, why)
+                                ..self.decided(task, Ending::Refused(why))
                             };
                         }
                     },
@@ -108,26 +108,21 @@ impl Executor {
         {
             tracing::debug!("the host ran a task again");
         }
-        let mut completion = match execution.outcome {
+        let ending = match execution.outcome {
             Outcome::HostFailure(message) => {
                 self.host_failing.store(true, Ordering::Release);
                 self.tell_host_failure(&message);
-                Completion::release(task)
+                Ending::GivenBack
             }
-            Outcome::Success(result) => Completion {
-                result: Some(result),
-                ..Completion::new(task, Status::Success)
-            },
-            Outcome::Error(message) => self.failed(task, Status::Error, message),
-            Outcome::Timeout(message) => self.failed(task, Status::Timeout, message),
+            Outcome::Success(result) => Ending::Returned(result),
+            Outcome::Error(message) => Ending::Failed(message),
+            Outcome::Timeout(message) => Ending::TimedOut(message),
             Outcome::Interrupted => match cause() {
-                InterruptCause::Cancelled => Completion {
-                    error: Some("cancelled while running".to_owned()),
-                    ..Completion::new(task, Status::Cancelled)
-                },
-                InterruptCause::Shutdown => Completion::release(task),
+                InterruptCause::Cancelled => Ending::Cancelled { ran: true },
+                InterruptCause::Shutdown => Ending::GivenBack,
             },
         };
+        let mut completion = self.decided(task, ending);
         completion.stdout = execution.stdout;
         completion.stderr = execution.stderr;
         completion.plugin_digest = digest;
@@ -157,22 +152,15 @@ impl Executor {
         }
     }
 
-    /// A failed attempt: retried after a backoff while attempts remain,
-    /// otherwise final with `status`. Either way the message joins the
-    /// row's error history.
-    fn failed(&self, task: &ClaimedTask, status: Status, message: String) -> Completion {
-        // The delay, not an instant: the database adds it to its own clock,
-        // the one claims compare `run_at` with.
-        let (status, retry_in) = if task.attempt < task.max_attempts {
-            (Status::Waiting, Some(self.backoff.delay(task.attempt)))
-        } else {
-            (status, None)
-        };
-        Completion {
-            error: Some(message),
-            retry_in,
-            ..Completion::new(task, status)
-        }
+    /// Where `ending` leaves `task`: a failure is retried after the
+    /// backoff while attempts remain. The delay, not an instant: the
+    /// database adds it to its own clock, the one claims compare `run_at`
+    /// with.
+    fn decided(&self, task: &ClaimedTask, ending: Ending) -> Completion {
+        let transition = Transition::decide(ending, task.attempt, task.max_attempts, |attempt| {
+            self.backoff.delay(attempt)
+        });
+        Completion::new(task, transition)
     }
 }
 

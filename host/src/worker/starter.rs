@@ -16,7 +16,7 @@ use super::completer::{Finished, Lease};
 use super::executor::{Executor, InterruptCause};
 use super::slots::Slots;
 use super::{InFlight, Shutdown};
-use crate::store::{ClaimedTask, Completion, Status};
+use crate::store::{ClaimedTask, Completion, Transition};
 
 /// A claimed task waiting for a slot.
 pub(super) struct Held {
@@ -154,11 +154,9 @@ async fn consume(consumers: Arc<Consumers>, held: Held, how: Begin) {
             drop(slot);
             completion
         }
-        Begin::Cancelled if !interrupting() => Completion {
-            error: Some("cancelled before it ran".to_owned()),
-            spend_attempt: false,
-            ..Completion::new(&task, Status::Cancelled)
-        },
+        Begin::Cancelled if !interrupting() => {
+            Completion::new(&task, Transition::Cancelled { ran: false })
+        }
         Begin::Cancelled | Begin::GiveBack => Completion::release(&task),
     };
     if consumers
