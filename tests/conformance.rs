@@ -72,6 +72,7 @@ conformance!(
     enqueue_refuses_timeouts_and_run_at_past_the_bounds,
     a_row_the_claim_cannot_run_ends_error_and_the_queue_moves,
     a_retry_waits_its_delay_on_the_databases_clock,
+    a_paused_queue_is_not_claimed_until_resumed,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1287,4 +1288,47 @@ async fn sqlite_admits_one_worker_per_file() {
         .lock_worker()
         .expect("the lock goes with the first store");
     assert_eq!(second.claim(&claim_by("second", 1)).await.unwrap().len(), 1);
+}
+
+async fn a_paused_queue_is_not_claimed_until_resumed<S: TaskStore>(store: S) {
+    let held = |plugin: &str| NewTask {
+        queue: "held".to_owned(),
+        ..new_task(plugin)
+    };
+    let ids = store
+        .enqueue(&[held("a"), held("b"), new_task("c")])
+        .await
+        .unwrap();
+    assert!(
+        !store.set_paused("nowhere", true).await.unwrap(),
+        "an unknown queue"
+    );
+    assert!(store.set_paused("held", true).await.unwrap());
+    assert!(
+        store.set_paused("held", true).await.unwrap(),
+        "pausing twice"
+    );
+
+    let claimed = store.claim(&claim_by("w", 10)).await.unwrap();
+    assert_eq!(
+        claimed_ids(&claimed),
+        [ids[2]],
+        "only the queue that serves"
+    );
+    let queues = store.queues().await.unwrap();
+    let shown: Vec<_> = queues
+        .iter()
+        .map(|q| (q.name.as_str(), q.waiting, q.running, q.paused))
+        .collect();
+    assert_eq!(shown, [("default", 0, 1, false), ("held", 2, 0, true)]);
+    store.complete(&[success(&claimed[0])]).await.unwrap();
+    assert!(
+        !store.has_pending(&Scope::default()).await.unwrap(),
+        "a drain waits for no paused task"
+    );
+
+    assert!(store.set_paused("held", false).await.unwrap());
+    let claimed = store.claim(&claim_by("w", 10)).await.unwrap();
+    assert_eq!(claimed_ids(&claimed), ids[..2]);
+    assert!(!store.queues().await.unwrap()[1].paused);
 }

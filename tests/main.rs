@@ -21,6 +21,7 @@ mod loading;
 mod outage;
 mod plugin_sets;
 mod plugins_run;
+mod queues;
 mod recovery;
 mod schema;
 mod sql_enqueue;

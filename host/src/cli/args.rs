@@ -119,11 +119,37 @@ pub enum Command {
         /// The id `enqueue` printed.
         id: i64,
     },
+    /// Pause, resume and list queues.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Enqueue N `puts` tasks and run them, with a progress bar.
     Demo {
         /// Tasks to enqueue and run.
         #[arg(long, default_value_t = DEFAULT_DEMO_COUNT)]
         count: usize,
+    },
+}
+
+/// What `taskbox queue` does.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Stop every worker claiming the queue's tasks; running ones finish.
+    Pause {
+        #[arg(value_parser = parse_queue)]
+        name: String,
+    },
+    /// Let workers claim the queue's tasks again.
+    Resume {
+        #[arg(value_parser = parse_queue)]
+        name: String,
+    },
+    /// Every queue that holds tasks or has settings: waiting, running, paused.
+    List {
+        /// Print a JSON array, one object per queue.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -5,6 +5,7 @@
 pub mod args;
 mod demo;
 mod enqueue;
+mod queue;
 mod serve;
 mod view;
 mod wait;
@@ -331,6 +332,7 @@ async fn run_with<S: TaskStore>(store: S, cli: Cli) -> Result<(), CliError> {
         }
         Command::Plugins { json } => list_plugins(&cli_plugins()?, json).await,
         Command::Cancel { id } => cancel(&store, id).await,
+        Command::Queue { action } => queue::queue(&store, action).await,
         Command::Wait { id, timeout } => {
             wait::wait(&store, &cli_plugins()?, id, timeout, "--timeout").await
         }

@@ -220,6 +220,30 @@ pub(crate) const RECORD_SCHEMAS: &str =
 pub(crate) const SCHEMAS_OF: &str =
     "SELECT args_schema, result_schema FROM plugin_schemas WHERE digest = $1";
 
+/// A queue as `taskbox queue list` shows it: every queue that holds tasks
+/// or has settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct QueueInfo {
+    pub name: String,
+    pub waiting: i64,
+    pub running: i64,
+    /// No worker claims its tasks.
+    pub paused: bool,
+}
+
+/// Every queue with tasks or settings, counted: one statement for both
+/// backends (`paused_at` is a time in one and microseconds in the other).
+pub(crate) const QUEUES: &str = "
+SELECT name, sum(waiting) AS waiting, sum(running) AS running, max(paused) AS paused FROM (
+    SELECT queue AS name,
+           CASE WHEN status = 'waiting' THEN 1 ELSE 0 END AS waiting,
+           CASE WHEN status = 'running' THEN 1 ELSE 0 END AS running,
+           0 AS paused
+    FROM tasks
+    UNION ALL
+    SELECT name, 0, 0, CASE WHEN paused_at IS NULL THEN 0 ELSE 1 END FROM queues
+) q GROUP BY name ORDER BY name";
+
 /// Counts per status (every status is present), and the plugins that have
 /// waiting tasks while no live worker serves them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -572,6 +596,18 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
         &self,
         request: &RescueRequest<'_>,
     ) -> impl Future<Output = StoreResult<Vec<Rescued>>> + Send;
+
+    /// Stop (`paused`) or start again claiming `queue`'s tasks, on every
+    /// worker; running tasks finish either way. `false` when there is no
+    /// such queue (no task was ever in it and nothing was set on it).
+    fn set_paused(
+        &self,
+        queue: &str,
+        paused: bool,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Every queue that holds tasks or has settings, by name.
+    fn queues(&self) -> impl Future<Output = StoreResult<Vec<QueueInfo>>> + Send;
 
     /// Cancel a waiting task at once, or ask whichever worker runs it to
     /// interrupt it.

@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use super::pg_schema::{self, SchemaName};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
-    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
-    RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
+    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, QUEUES,
+    QueueInfo, RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status,
+    StoreError, StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
     new_claim_token, refused_timeout_reason,
 };
 
@@ -85,6 +85,7 @@ WITH picked AS (
     WHERE is_waiting AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
       AND ($7::text[] IS NULL OR plugin = ANY($7))
+      AND queue <> ALL (ARRAY(SELECT name FROM queues WHERE paused_at IS NOT NULL))
     ORDER BY priority, run_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -240,6 +241,14 @@ WHERE l.id = ANY($1)
   AND NOT EXISTS (
       SELECT 1 FROM tasks t
       WHERE t.id = ANY(l.task_ids) AND t.status = 'running' AND t.worker_id = l.worker_id)";
+
+/// Pause (`$2`) or resume queue `$1`, if it holds tasks or has a row.
+const SET_PAUSED: &str = "
+INSERT INTO queues (name, paused_at)
+SELECT $1, CASE WHEN $2 THEN now() END
+WHERE EXISTS (SELECT 1 FROM tasks WHERE queue = $1) OR EXISTS (SELECT 1 FROM queues WHERE name = $1)
+ON CONFLICT (name) DO UPDATE
+SET paused_at = CASE WHEN $2 THEN coalesce(queues.paused_at, now()) END";
 
 /// `$2` is the schema's ended channel, told when someone waits for it.
 const CANCEL_WAITING: &str = "
@@ -701,7 +710,9 @@ impl TaskStore for PgStore {
                  OR EXISTS (SELECT 1 FROM tasks WHERE is_waiting
                             AND (run_at <= now() OR attempt > 0)
                             AND ($1::text[] IS NULL OR queue = ANY($1))
-                            AND ($2::text[] IS NULL OR plugin = ANY($2)))",
+                            AND ($2::text[] IS NULL OR plugin = ANY($2))
+                            AND queue <> ALL (ARRAY(SELECT name FROM queues
+                                                    WHERE paused_at IS NOT NULL)))",
             )
             .bind((!scope.queues.is_empty()).then_some(scope.queues))
             .bind(scope.plugins)
@@ -847,6 +858,39 @@ impl TaskStore for PgStore {
                 .await?;
             tx.commit().await?;
             Ok(rescued)
+        })
+        .await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<bool> {
+        self.explain(async {
+            let found = sqlx::query(SET_PAUSED)
+                .bind(queue)
+                .bind(paused)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0;
+            if found && !paused {
+                // Idle workers claim the queue's tasks at once.
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(self.schema.tasks_channel())
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn queues(&self) -> StoreResult<Vec<QueueInfo>> {
+        self.explain(async {
+            Ok(sqlx::query_as(&format!(
+                "SELECT name, waiting::bigint, running::bigint, paused = 1 AS paused
+                 FROM ({QUEUES}) counted"
+            ))
+            .fetch_all(&self.pool)
+            .await?)
         })
         .await
     }

@@ -38,9 +38,9 @@ use tokio::sync::{broadcast, mpsc};
 use super::sqlite_changes::{ExternalWatch, FileChanges};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
-    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
-    RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
+    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, QUEUES,
+    QueueInfo, RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status,
+    StoreError, StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -103,6 +103,7 @@ WHERE id IN (
     WHERE status = 'waiting' AND run_at <= ?1
       AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
       AND (?8 IS NULL OR plugin IN (SELECT value FROM json_each(?8)))
+      AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL)
     ORDER BY priority, run_at, id
     LIMIT ?3)
 RETURNING id, plugin, args, attempt, max_attempts, coalesce(timeout_ms, ?5) AS timeout_ms,
@@ -163,6 +164,15 @@ WHERE status = 'running'
            SELECT 1 FROM workers w
            WHERE w.id = tasks.worker_id AND w.heartbeat_at > ?5)))
 RETURNING id, status";
+
+/// Pause (`?2` not NULL: the time) or resume queue `?1`, if it holds
+/// tasks or has a row.
+const SET_PAUSED: &str = "
+INSERT INTO queues (name, paused_at)
+SELECT ?1, ?2
+WHERE EXISTS (SELECT 1 FROM tasks WHERE queue = ?1) OR EXISTS (SELECT 1 FROM queues WHERE name = ?1)
+ON CONFLICT (name) DO UPDATE SET paused_at = CASE WHEN ?2 IS NULL THEN NULL
+                                                  ELSE coalesce(paused_at, ?2) END";
 
 const CANCEL_WAITING: &str = "
 UPDATE tasks
@@ -625,7 +635,8 @@ impl TaskStore for SqliteStore {
                  OR EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting'
                             AND (run_at <= ?1 OR attempt > 0)
                             AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
-                            AND (?3 IS NULL OR plugin IN (SELECT value FROM json_each(?3))))",
+                            AND (?3 IS NULL OR plugin IN (SELECT value FROM json_each(?3)))
+                            AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL))",
         )
         .bind(now_micros())
         .bind(queues)
@@ -705,6 +716,24 @@ impl TaskStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<bool> {
+        Ok(sqlx::query(SET_PAUSED)
+            .bind(queue)
+            .bind(paused.then(now_micros))
+            .execute(&self.writer)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    async fn queues(&self) -> StoreResult<Vec<QueueInfo>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT name, waiting, running, paused = 1 AS paused FROM ({QUEUES})"
+        ))
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
