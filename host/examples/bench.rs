@@ -12,16 +12,22 @@
 //! 1,000,000: tasks drained before the drain on a table that has lived; 0
 //! skips it), `--rounds N` (default 3), `--no-peers`,
 //! `--no-profile`, `--sandbox-only` (print the sandbox's cost per task and
-//! stop: no database, nothing written).
+//! stop: no database, nothing written), `--fetch N` (default 2,000: `fetch`
+//! tasks drained against a loopback HTTP server, each round beside as many
+//! `add` tasks; 0 skips it), `--fetch-only` (print that stage's figures and
+//! stop: nothing written).
 //!
 //! The one-process `add` drain and the peers' drains run in interleaved
 //! rounds and are compared by their medians, so a slow stretch of a noisy
 //! machine weighs on every queue alike. Each drain starts right after a
 //! CHECKPOINT, so none of them pays for full-page writes that another did not.
 
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -32,6 +38,7 @@ use taskbox::store::{
     ClaimRequest, Completion, NewTask, PgStore, SqliteStore, Status, TaskStore, Transition,
 };
 use tokio_util::sync::CancellationToken;
+use wasmtime_wasi_http::io::TokioIo;
 
 const DEFAULT_JOBS: usize = 20_000;
 const DEFAULT_BIG: usize = 100_000;
@@ -45,6 +52,13 @@ const DEFAULT_LIVED: usize = 1_000_000;
 /// The I/O-bound drain: this many tasks that each wait [`SLEEP_MS`].
 const SLEEP_JOBS: usize = 2_000;
 const SLEEP_MS: u64 = 50;
+/// The outbound HTTP stage: this many `fetch` tasks, each one request to a
+/// loopback server in the bench process.
+const DEFAULT_FETCH: usize = 2_000;
+/// The database the outbound HTTP stage drains in.
+const FETCH_DATABASE: &str = "taskbox_bench_fetch";
+/// What the loopback server answers at `/ok`.
+const FETCH_BODY: &str = "ok";
 /// The peer queues: display name and script in `bench/peers`.
 const PEERS: [(&str, &str); 2] = [
     ("graphile-worker", "graphile.mjs"),
@@ -72,6 +86,9 @@ struct Options {
     peers: bool,
     profile: bool,
     sandbox_only: bool,
+    /// `fetch` tasks per round of the outbound HTTP stage (0: none).
+    fetch: usize,
+    fetch_only: bool,
 }
 
 fn options() -> Result<Options> {
@@ -85,6 +102,8 @@ fn options() -> Result<Options> {
         peers: true,
         profile: true,
         sandbox_only: false,
+        fetch: DEFAULT_FETCH,
+        fetch_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -104,6 +123,8 @@ fn options() -> Result<Options> {
             "--no-peers" => options.peers = false,
             "--no-profile" => options.profile = false,
             "--sandbox-only" => options.sandbox_only = true,
+            "--fetch" => options.fetch = number("--fetch")?,
+            "--fetch-only" => options.fetch_only = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -153,14 +174,19 @@ async fn open_store(url: &str) -> Result<PgStore> {
 }
 
 async fn args_for(plugins: &Plugins, plugin: &str) -> Result<Vec<u8>> {
-    let loaded = plugins.get(plugin).await?;
     let value = match plugin {
         "add" => json!({"a": 1, "b": 2}),
         "puts" => json!("a small line of output from a benchmark task"),
         "sleep" => json!(SLEEP_MS),
         other => bail!("no bench args for {other}"),
     };
-    taskbox::schema::encode(&loaded.args_schema, &value).map_err(anyhow::Error::msg)
+    encode_args(plugins, plugin, &value).await
+}
+
+/// `value` encoded as `plugin`'s args.
+async fn encode_args(plugins: &Plugins, plugin: &str, value: &Value) -> Result<Vec<u8>> {
+    let loaded = plugins.get(plugin).await?;
+    taskbox::schema::encode(&loaded.args_schema, value).map_err(anyhow::Error::msg)
 }
 
 /// Enqueue `count` tasks in batches, then analyze the table (untimed, as
@@ -393,6 +419,156 @@ async fn drained_by_now(store: &PgStore) -> Result<Option<chrono::DateTime<chron
     .fetch_one(store.pool())
     .await?;
     Ok(done.then_some(at))
+}
+
+/// An HTTP/1.1 server on loopback, in this process: answers `GET /ok` with
+/// [`FETCH_BODY`] and counts those answers; anything else gets a 404.
+struct OkServer {
+    origin: String,
+    answered: Arc<AtomicUsize>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OkServer {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl OkServer {
+    async fn start() -> Result<OkServer> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let origin = format!("http://{}", listener.local_addr()?);
+        let answered = Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let count = count.clone();
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let ok =
+                            request.method() == hyper::Method::GET && request.uri().path() == "/ok";
+                        let mut response = hyper::Response::new(String::new());
+                        if ok {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            *response.body_mut() = FETCH_BODY.to_owned();
+                        } else {
+                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        }
+                        std::future::ready(Ok::<_, Infallible>(response))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Ok(OkServer {
+            origin,
+            answered,
+            accepting,
+        })
+    }
+
+    /// `GET /ok` requests answered so far.
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+/// One round of the outbound HTTP stage: tasks per second of the `fetch`
+/// drain and of an `add` drain of as many tasks right after it.
+struct FetchRound {
+    fetch: f64,
+    add: f64,
+}
+
+/// The outbound HTTP stage: each round, `count` `fetch` tasks that each GET
+/// `/ok` from an [`OkServer`], drained by one worker from a plugins folder
+/// holding `fetch.wasm` (copied from `plugins`' folder) and a `fetch.toml`
+/// granting the server's origin; then `count` `add` tasks drained the same
+/// way from `plugins`' folder. Fails unless every task succeeded and the
+/// server answered every `fetch`.
+async fn fetch_drains(
+    plugins: &Plugins,
+    base: &str,
+    bin: &Path,
+    concurrency: Option<usize>,
+    count: usize,
+    rounds: usize,
+) -> Result<Vec<FetchRound>> {
+    let server = OkServer::start().await?;
+    let folder = tempfile::tempdir()?;
+    std::fs::copy(
+        plugins.dir().join("fetch.wasm"),
+        folder.path().join("fetch.wasm"),
+    )
+    .context("copying fetch.wasm (built by `cargo xtask plugins`)")?;
+    std::fs::write(
+        folder.path().join("fetch.toml"),
+        format!("[http]\nallow = [\"{}\"]\n", server.origin),
+    )?;
+    let fetch_args = encode_args(
+        plugins,
+        "fetch",
+        &json!({
+            "url": format!("{}/ok", server.origin),
+            "method": null,
+            "headers": [],
+            "body": null,
+            "max_body": null,
+        }),
+    )
+    .await?;
+    let add_args = args_for(plugins, "add").await?;
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let mut rates = Vec::new();
+        for (plugin, args, dir) in [
+            ("fetch", &fetch_args, folder.path()),
+            ("add", &add_args, plugins.dir()),
+        ] {
+            eprintln!("bench: round {round}: {plugin}, enqueue {count} and drain with one worker");
+            let url = fresh_database(base, FETCH_DATABASE).await?;
+            let store = open_store(&url).await?;
+            enqueue(&store, plugin, args, count).await?;
+            rates.push(
+                drain(&url, bin, dir, 1, concurrency, count, None)
+                    .await?
+                    .rate,
+            );
+        }
+        let answered = server.answered() - (round - 1) * count;
+        if answered != count {
+            bail!("the loopback server answered {answered} of {count} `fetch` requests");
+        }
+        results.push(FetchRound {
+            fetch: rates[0],
+            add: rates[1],
+        });
+    }
+    drop_database(base, FETCH_DATABASE).await?;
+    Ok(results)
+}
+
+/// The outbound HTTP stage's figures in one line.
+fn fetch_figures(rounds: &[FetchRound], count: usize) -> String {
+    let per_round: Vec<String> = rounds
+        .iter()
+        .map(|round| ratio(round.fetch, Some(round.add)))
+        .collect();
+    let fetch = median(rounds.iter().map(|round| round.fetch));
+    let add = median(rounds.iter().map(|round| round.add));
+    format!(
+        "{count} `fetch` tasks, one worker: **{fetch:.0} tasks/s** (median of {} round{}, range {}); {count} `add` tasks in the same rounds: {add:.0} tasks/s (range {}); `fetch` ÷ `add`: **{}** (round by round: {})",
+        rounds.len(),
+        if rounds.len() == 1 { "" } else { "s" },
+        range(rounds.iter().map(|round| round.fetch)),
+        range(rounds.iter().map(|round| round.add)),
+        ratio(fetch, Some(add)),
+        per_round.join(", "),
+    )
 }
 
 /// Per-task cost of instantiate + call + drop, sequential, in this process,
@@ -696,6 +872,14 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// `low–high` of `rates`.
+fn range(rates: impl Iterator<Item = f64>) -> String {
+    let (low, high) = rates.fold((f64::INFINITY, 0.0_f64), |(low, high), x| {
+        (low.min(x), high.max(x))
+    });
+    format!("{low:.0}–{high:.0}")
+}
+
 fn ratio(ours: f64, theirs: Option<f64>) -> String {
     theirs.map_or("–".into(), |theirs| format!("{:.2}×", ours / theirs))
 }
@@ -703,12 +887,12 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = options()?;
+    let plugins_dir = env_path("TASKBOX_PLUGINS")?;
+    let plugins = Arc::new(Plugins::new(
+        Sandbox::new(SandboxConfig::default())?,
+        &plugins_dir,
+    ));
     if options.sandbox_only {
-        let plugins_dir = env_path("TASKBOX_PLUGINS")?;
-        let plugins = Arc::new(Plugins::new(
-            Sandbox::new(SandboxConfig::default())?,
-            &plugins_dir,
-        ));
         for plugin in ["add", "puts"] {
             let (mean, p50) = sandbox_overhead(&plugins, plugin).await?;
             println!("sandbox per task, `{plugin}`, mean / p50: {mean:.1} µs / {p50:.1} µs");
@@ -717,16 +901,29 @@ async fn main() -> Result<()> {
     }
     let base = std::env::var("DATABASE_URL")
         .context("DATABASE_URL is not set; run `cargo xtask bench`")?;
-    let plugins_dir = env_path("TASKBOX_PLUGINS")?;
     let bin = env_path("TASKBOX_BIN")?;
+    let concurrency = options.concurrency;
+    if options.fetch_only {
+        if options.fetch == 0 {
+            bail!("--fetch-only with --fetch 0 has nothing to measure");
+        }
+        let rounds = fetch_drains(
+            &plugins,
+            &base,
+            &bin,
+            concurrency,
+            options.fetch,
+            options.rounds,
+        )
+        .await?;
+        println!("{}", fetch_figures(&rounds, options.fetch));
+        return Ok(());
+    }
     let root = env_path("TASKBOX_ROOT")?;
     let jobs = options.jobs;
-    let concurrency = options.concurrency;
     let tuned = Some(options.tuned);
     // The peers run at the concurrency taskbox's headline drain uses.
     let slots = concurrency.unwrap_or_else(taskbox::worker::default_concurrency);
-    let sandbox = Sandbox::new(SandboxConfig::default())?;
-    let plugins = Arc::new(Plugins::new(sandbox, &plugins_dir));
     let mut report = String::new();
     let mut say = |line: String| {
         eprintln!("{line}");
@@ -815,6 +1012,14 @@ async fn main() -> Result<()> {
         let drained = drain(&url, &bin, &plugins_dir, processes, concurrency, jobs, None).await?;
         others.push((plugin, processes, enqueue_rate, drained));
     }
+
+    // Outbound HTTP: `fetch` against a loopback server, beside `add`.
+    let fetch = match options.fetch {
+        0 => None,
+        count => {
+            Some(fetch_drains(&plugins, &base, &bin, concurrency, count, options.rounds).await?)
+        }
+    };
 
     if profiling {
         // A drain of its own, so perf's overhead touches no reported rate.
@@ -912,12 +1117,6 @@ async fn main() -> Result<()> {
             Some(ratio(ours[round].1.rate, Some(fastest)))
         })
         .collect();
-    let range = |rates: &mut dyn Iterator<Item = f64>| {
-        let (low, high) = rates.fold((f64::INFINITY, 0.0_f64), |(low, high), x| {
-            (low.min(x), high.max(x))
-        });
-        format!("{low:.0}–{high:.0}")
-    };
 
     say("# Benchmarks".into());
     say(String::new());
@@ -954,13 +1153,13 @@ async fn main() -> Result<()> {
     say("| --- | ---: | ---: | ---: | ---: | ---: | ---: |".into());
     say(format!(
         "| taskbox `add` | {our_enqueue:.0} | {our_drain:.0} | {} | {our_wall:.0} | | |",
-        range(&mut ours.iter().map(|(_, d)| d.rate)),
+        range(ours.iter().map(|(_, d)| d.rate)),
     ));
     let tuned_drain = median(ours_tuned.iter().map(|d| d.rate));
     say(format!(
         "| taskbox `add`, tuned (`--concurrency {}`) | | {tuned_drain:.0} | {} | {:.0} | | |",
         options.tuned,
-        range(&mut ours_tuned.iter().map(|d| d.rate)),
+        range(ours_tuned.iter().map(|d| d.rate)),
         median(ours_tuned.iter().map(|d| d.wall_rate)),
     ));
     for (name, results) in &theirs {
@@ -969,7 +1168,7 @@ async fn main() -> Result<()> {
         say(format!(
             "| {name} {} | {enqueue_rate:.0} | {drain_rate:.0} | {} | {:.0} | {} | {} |",
             results[0]["version"].as_str().unwrap_or(""),
-            range(&mut results.iter().filter_map(|v| v["drain_per_s"].as_f64())),
+            range(results.iter().filter_map(|v| v["drain_per_s"].as_f64())),
             figure(results, "drain_wall_per_s"),
             ratio(our_drain, Some(drain_rate)),
             ratio(our_enqueue, Some(enqueue_rate)),
@@ -1053,6 +1252,13 @@ async fn main() -> Result<()> {
         "| worker peak RSS at concurrency {RSS_CONCURRENCY} (`add` drain) | {:.1} MiB |",
         rss as f64 / 1024.0
     ));
+    if let Some(rounds) = &fetch {
+        say(String::new());
+        say("## Outbound HTTP: `fetch` against a loopback server".into());
+        say(String::new());
+        say(format!("- {}", fetch_figures(rounds, options.fetch)));
+        say("- Each `fetch` task makes one `GET` through wasi:http, on a new connection, to an HTTP/1.1 server in the bench process on loopback that its `fetch.toml` grants; the `add` drains run at the same count in the same rounds. The gap is what one outbound request costs a task here (the grant's checks, connecting, both HTTP ends on the same two cores as Postgres), not any network's latency.".into());
+    }
     say(String::new());
     say("## Where the hot path spends its time".into());
     say(String::new());
@@ -1101,7 +1307,7 @@ async fn main() -> Result<()> {
         options.tuned
     ));
     say(String::new());
-    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--tuned N`, `--lived N`, `--rounds N`, `--no-peers`, `--no-profile`).".into());
+    say("Reproduce: `cargo xtask bench` (options after `--`: `--jobs N`, `--big N`, `--concurrency N`, `--tuned N`, `--lived N`, `--rounds N`, `--fetch N`, `--no-peers`, `--no-profile`).".into());
 
     std::fs::write(root.join("BENCHMARKS.md"), &report)?;
     println!("{report}");
