@@ -137,11 +137,13 @@ pub enum Command {
 pub enum QueueAction {
     /// Stop every worker claiming the queue's tasks; running ones finish.
     Pause {
+        /// The queue's name.
         #[arg(value_parser = parse_queue)]
         name: String,
     },
     /// Let workers claim the queue's tasks again.
     Resume {
+        /// The queue's name.
         #[arg(value_parser = parse_queue)]
         name: String,
     },

@@ -2,6 +2,7 @@
 //! database, behind one trait so that Postgres (production) and SQLite (the
 //! embedded default) are interchangeable. All SQL lives in the submodules.
 
+mod pg_leases;
 pub mod pg_schema;
 pub mod postgres;
 pub mod sqlite;
@@ -67,10 +68,6 @@ pub struct ClaimedTask {
     /// The claim's fencing token ([`new_claim_token`]): only a completion
     /// that carries it writes the attempt's outcome.
     pub token: i64,
-    /// The claim's lease, where the store keeps them (Postgres): the worker
-    /// hands it back with the batch's last completion.
-    #[sqlx(default)]
-    pub lease: Option<i64>,
 }
 
 impl ClaimedTask {
@@ -92,8 +89,6 @@ pub struct Completion {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub plugin_digest: Option<String>,
-    /// Set on the last completion of a claim: its lease ends with the write.
-    pub ends_lease: Option<i64>,
 }
 
 impl Completion {
@@ -107,7 +102,6 @@ impl Completion {
             stdout: Vec::new(),
             stderr: Vec::new(),
             plugin_digest: None,
-            ends_lease: None,
         }
     }
 

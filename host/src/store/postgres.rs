@@ -11,12 +11,14 @@
 //! `public`) into it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
+use super::pg_leases::LeaseBook;
 use super::pg_schema::{self, SchemaName};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
@@ -74,6 +76,11 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, args_json::text AS args_jso
 /// The batch comes back in claim order (RETURNING has none of its own), so
 /// a worker starts its tasks by priority.
 ///
+/// Paused queues are left out with `(queue || '')`, an expression without
+/// statistics: on `queue` itself, where one queue holds nearly every row,
+/// the planner took "not that queue" to match nothing and swapped the index
+/// walk for a sequential scan and a sort.
+///
 /// A row whose own timeout is over `$5` (the bound, written before the schema
 /// held it) could not be given a deadline: instead of failing the whole claim
 /// it ends `error` with the reason `$6` and the timeout it had (the refusal
@@ -85,7 +92,7 @@ WITH picked AS (
     WHERE is_waiting AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
       AND ($7::text[] IS NULL OR plugin = ANY($7))
-      AND queue <> ALL (ARRAY(SELECT name FROM queues WHERE paused_at IS NOT NULL))
+      AND (queue || '') <> ALL (ARRAY(SELECT name FROM queues WHERE paused_at IS NOT NULL))
     ORDER BY priority, run_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -271,6 +278,14 @@ WITH asked AS (
 )
 SELECT pg_notify($2, id::text) FROM asked";
 
+/// A claimed row and the lease its claim recorded.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    task: ClaimedTask,
+    lease: i64,
+}
+
 /// Postgres-backed [`TaskStore`].
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -297,6 +312,8 @@ pub struct PgStore {
     max_args_bytes: usize,
     /// Where every table lives; the pools' search path.
     schema: SchemaName,
+    /// Each claim's lease and its tasks not written yet.
+    leases: Arc<LeaseBook>,
 }
 
 impl PgStore {
@@ -343,6 +360,7 @@ impl PgStore {
             options,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             schema: schema.clone(),
+            leases: Arc::default(),
         })
     }
 
@@ -376,6 +394,7 @@ impl PgStore {
             pool,
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             schema: schema.clone(),
+            leases: Arc::default(),
         }
     }
 
@@ -573,7 +592,7 @@ impl TaskStore for PgStore {
             let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
             let scope = &request.scope;
             let queues = (!scope.queues.is_empty()).then_some(scope.queues);
-            let query = sqlx::query_as(CLAIM)
+            let query = sqlx::query_as::<_, ClaimedRow>(CLAIM)
                 .bind(limit)
                 .bind(request.worker_id)
                 .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
@@ -582,7 +601,13 @@ impl TaskStore for PgStore {
                 .bind(refused_timeout_reason())
                 .bind(scope.plugins)
                 .bind(new_claim_token());
-            Ok(query.fetch_all(&self.claims).await?)
+            let rows = query.fetch_all(&self.claims).await?;
+            // One claim, one lease: every row of the batch carries it.
+            if let Some(first) = rows.first() {
+                let ids: Vec<i64> = rows.iter().map(|row| row.task.id).collect();
+                self.leases.opened(first.lease, &ids);
+            }
+            Ok(rows.into_iter().map(|row| row.task).collect())
         })
         .await
     }
@@ -613,9 +638,9 @@ impl TaskStore for PgStore {
                 .iter()
                 .map(|c| c.transition.spends_attempt())
                 .collect();
-            let ended_leases: Vec<i64> = completions.iter().filter_map(|c| c.ends_lease).collect();
+            let taken = self.leases.take(completions.iter().map(|c| c.id));
             let tokens: Vec<i64> = completions.iter().map(|c| c.token).collect();
-            let (written, _told): (i64, i64) = sqlx::query_as(COMPLETE)
+            let written = sqlx::query_as(COMPLETE)
                 .bind(&ids)
                 .bind(attempts)
                 .bind(statuses)
@@ -626,12 +651,19 @@ impl TaskStore for PgStore {
                 .bind(digests)
                 .bind(retry_ins)
                 .bind(spends)
-                .bind(ended_leases)
+                .bind(&taken.ends)
                 .bind(self.schema.ended_channel())
                 .bind(&tokens)
                 .bind(ADOPTED_RUN_NOTE)
                 .fetch_one(&self.completions)
-                .await?;
+                .await;
+            let (written, _told): (i64, i64) = match written {
+                Ok(counts) => counts,
+                Err(err) => {
+                    self.leases.restore(taken);
+                    return Err(err.into());
+                }
+            };
             if (written as usize) < completions.len() {
                 let notes: Vec<String> =
                     completions.iter().map(Completion::lost_run_note).collect();
@@ -711,8 +743,8 @@ impl TaskStore for PgStore {
                             AND (run_at <= now() OR attempt > 0)
                             AND ($1::text[] IS NULL OR queue = ANY($1))
                             AND ($2::text[] IS NULL OR plugin = ANY($2))
-                            AND queue <> ALL (ARRAY(SELECT name FROM queues
-                                                    WHERE paused_at IS NOT NULL)))",
+                            AND (queue || '') <> ALL (ARRAY(SELECT name FROM queues
+                                                          WHERE paused_at IS NOT NULL)))",
             )
             .bind((!scope.queues.is_empty()).then_some(scope.queues))
             .bind(scope.plugins)

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use super::completer::Lease;
 use super::executor::{Executor, HOST_FAILURE_BACKOFF};
 use super::slots::Slots;
 use super::starter::{Held, StartQueue};
@@ -139,12 +138,7 @@ impl<S: TaskStore> Producer<S> {
             let got = claimed.len();
             self.claimed.fetch_add(got as u64, Ordering::Relaxed);
             cap = next_claim_cap(cap, asked, got, config.max_claim);
-            // One claim, one lease: every task of the batch carries it.
-            let lease = claimed
-                .first()
-                .and_then(|task| task.lease)
-                .map(|id| Lease::new(id, got));
-            self.start(claimed, lease, &mut permits);
+            self.start(claimed, &mut permits);
             drop(permits);
             if got > 0 {
                 continue;
@@ -211,12 +205,7 @@ impl<S: TaskStore> Producer<S> {
 
     /// Queue the claimed tasks for the starter, in claim order, each holding
     /// one of `permits` (its place among the held tasks).
-    fn start(
-        &self,
-        claimed: Vec<ClaimedTask>,
-        lease: Option<Arc<Lease>>,
-        permits: &mut OwnedSemaphorePermit,
-    ) {
+    fn start(&self, claimed: Vec<ClaimedTask>, permits: &mut OwnedSemaphorePermit) {
         let mut tokens = Vec::with_capacity(claimed.len());
         let held: Vec<Held> = claimed
             .into_iter()
@@ -225,7 +214,6 @@ impl<S: TaskStore> Producer<S> {
                 tokens.push((task.id, token.clone()));
                 Held {
                     task,
-                    lease: lease.clone(),
                     token,
                     place: permits.split(1).expect("one permit per claimed task"),
                 }

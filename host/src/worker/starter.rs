@@ -12,7 +12,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::completer::{Finished, Lease};
 use super::executor::{Executor, InterruptCause};
 use super::slots::Slots;
 use super::{InFlight, Shutdown};
@@ -21,7 +20,6 @@ use crate::store::{ClaimedTask, Completion, Transition};
 /// A claimed task waiting for a slot.
 pub(super) struct Held {
     pub task: ClaimedTask,
-    pub lease: Option<Arc<Lease>>,
     /// Fires on a cancel of this task, or on the worker's interrupt.
     pub token: CancellationToken,
     /// Its place among the tasks the worker holds, kept until its outcome
@@ -58,7 +56,7 @@ pub(super) struct Consumers {
     pub executor: Arc<Executor>,
     pub slots: Arc<Slots>,
     pub shutdown: Shutdown,
-    pub outcomes: mpsc::Sender<Finished>,
+    pub outcomes: mpsc::Sender<Completion>,
     pub tracker: TaskTracker,
 }
 
@@ -136,7 +134,6 @@ fn begin(consumers: &Arc<Consumers>, held: Held, how: Begin) {
 async fn consume(consumers: Arc<Consumers>, held: Held, how: Begin) {
     let Held {
         mut task,
-        lease,
         token,
         place,
     } = held;
@@ -159,12 +156,7 @@ async fn consume(consumers: Arc<Consumers>, held: Held, how: Begin) {
         }
         Begin::Cancelled | Begin::GiveBack => Completion::release(&task),
     };
-    if consumers
-        .outcomes
-        .send(Finished { completion, lease })
-        .await
-        .is_err()
-    {
+    if consumers.outcomes.send(completion).await.is_err() {
         tracing::error!(
             task = task.id,
             "the completer stopped; the rescuer will recover this task"
