@@ -73,6 +73,7 @@ conformance!(
     a_row_the_claim_cannot_run_ends_error_and_the_queue_moves,
     a_retry_waits_its_delay_on_the_databases_clock,
     a_paused_queue_is_not_claimed_until_resumed,
+    two_rescuers_of_one_row_write_it_once,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -634,7 +635,9 @@ async fn rescue_takes_back_only_dead_workers_tasks<S: TaskStore>(store: S) {
         Duration::from_secs(10),
         || async {
             store.heartbeat("alive", &[]).await.unwrap();
-            let round = store.rescue(&rescue).await.unwrap();
+            let round = taskbox::worker::rescuer::rescue_once(&store, &rescue)
+                .await
+                .unwrap();
             assert!(
                 round.iter().all(|r| r.id != ids[3]),
                 "rescued a live worker's task"
@@ -699,7 +702,9 @@ async fn a_claim_whose_reply_was_lost_is_rescued<S: TaskStore>(store: S) {
         "the orphan to pass its deadline",
         Duration::from_secs(10),
         || async {
-            let rescued = store.rescue(&rescue).await.unwrap();
+            let rescued = taskbox::worker::rescuer::rescue_once(&store, &rescue)
+                .await
+                .unwrap();
             assert!(
                 rescued.iter().all(|r| r.id != known),
                 "rescued a task its worker holds"
@@ -1331,4 +1336,38 @@ async fn a_paused_queue_is_not_claimed_until_resumed<S: TaskStore>(store: S) {
     let claimed = store.claim(&claim_by("w", 10)).await.unwrap();
     assert_eq!(claimed_ids(&claimed), ids[..2]);
     assert!(!store.queues().await.unwrap()[1].paused);
+}
+
+async fn two_rescuers_of_one_row_write_it_once<S: TaskStore>(store: S) {
+    use taskbox::worker::rescuer::rescue_of;
+    let retryable = NewTask {
+        max_attempts: 2,
+        ..new_task("lost")
+    };
+    let id = store.enqueue(&[retryable]).await.unwrap()[0];
+    store.heartbeat("dead", &[]).await.unwrap();
+    store.claim(&claim_expiring("dead", 1)).await.unwrap();
+    let rescue = RescueRequest {
+        grace: Duration::ZERO,
+        worker_ttl: Duration::from_millis(200),
+        worker_id: "observer",
+        in_flight: &[],
+    };
+    let first: std::sync::Mutex<Vec<_>> = Default::default();
+    wait::until("the row to be lost", Duration::from_secs(10), || async {
+        let found = store.lost(&rescue).await.unwrap();
+        let seen = !found.is_empty();
+        *first.lock().unwrap() = found;
+        seen
+    })
+    .await;
+    // A second rescuer finds the same row before the first writes it.
+    let second = store.lost(&rescue).await.unwrap();
+    let first = first.into_inner().unwrap();
+    assert_eq!((first.len(), second.len()), (1, 1));
+    assert_eq!(store.complete(&[rescue_of(&first[0])]).await.unwrap(), 1);
+    assert_eq!(store.complete(&[rescue_of(&second[0])]).await.unwrap(), 0);
+    let row = record(&store, id).await;
+    assert_eq!(row.status, Status::Waiting);
+    assert_eq!(row.errors, ["worker lost: dead stopped during attempt 1"]);
 }

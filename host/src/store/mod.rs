@@ -94,10 +94,16 @@ pub struct Completion {
 impl Completion {
     /// The claimed attempt takes `transition`, with no output.
     pub fn new(task: &ClaimedTask, transition: Transition) -> Self {
+        Completion::of(task.id, task.attempt, task.token, transition)
+    }
+
+    /// Attempt `attempt` of task `id`, claimed under `token`, takes
+    /// `transition`.
+    pub fn of(id: i64, attempt: i32, token: i64, transition: Transition) -> Self {
         Completion {
-            id: task.id,
-            attempt: task.attempt,
-            token: task.token,
+            id,
+            attempt,
+            token,
             transition,
             stdout: Vec::new(),
             stderr: Vec::new(),
@@ -310,8 +316,23 @@ pub struct RescueRequest<'a> {
     pub in_flight: &'a [i64],
 }
 
-/// A running row the rescuer took back from a dead worker.
+/// A running row whose worker is gone (or, for the asking worker, whose
+/// claim reply was lost): the rescuer decides where it goes.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LostRun {
+    pub id: i64,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// The token the row holds: the rescue's completion is fenced on it,
+    /// so of two rescuers, or a rescuer and a late worker, one writes.
+    pub token: i64,
+    /// The worker that ran it.
+    pub worker_id: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// A task the rescuer took back, and where it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rescued {
     pub id: i64,
     /// `waiting` (attempts remain), `error` ("worker lost") or `cancelled`.
@@ -580,16 +601,16 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     /// Forget a worker that stopped cleanly.
     fn deregister(&self, worker_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Take back rows still `running` more than `grace` past their deadline
-    /// that no live worker holds: their worker sent no heartbeat for
-    /// `worker_ttl`, or it is the asking worker and the row is not among its
-    /// `in_flight` tasks (a claim whose reply was lost). Back to `waiting`
-    /// while attempts remain, else `error` ("worker lost"); `cancelled` when
-    /// a cancel was asked for. Safe to run concurrently.
-    fn rescue(
+    /// Rows still `running` more than `grace` past their deadline that no
+    /// live worker holds: their worker sent no heartbeat for `worker_ttl`,
+    /// or it is the asking worker and the row is not among its `in_flight`
+    /// tasks (a claim whose reply was lost). Only found: the rescuer decides
+    /// where each goes and writes it through [`TaskStore::complete`]. Safe
+    /// to run concurrently.
+    fn lost(
         &self,
         request: &RescueRequest<'_>,
-    ) -> impl Future<Output = StoreResult<Vec<Rescued>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<LostRun>>> + Send;
 
     /// Stop (`paused`) or start again claiming `queue`'s tasks, on every
     /// worker; running tasks finish either way. `false` when there is no

@@ -22,9 +22,9 @@ use super::pg_leases::LeaseBook;
 use super::pg_schema::{self, SchemaName};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
-    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, QUEUES,
-    QueueInfo, RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status,
-    StoreError, StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
+    LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
+    QUEUES, QueueInfo, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
+    StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
     new_claim_token, refused_timeout_reason,
 };
 
@@ -200,10 +200,12 @@ WHERE l.expires_at < now() - make_interval(secs => $1)
         AND w.heartbeat_at > now() - make_interval(secs => $2)))
 FOR UPDATE SKIP LOCKED";
 
-/// Take back the running tasks of the lapsed leases `$4`, except those the
-/// asking worker `$2` holds (`$3`); `$1` is the grace in seconds. A waited
-/// task that ends here is told on the ended channel `$5`.
-const RESCUE: &str = "
+/// The running tasks of the lapsed leases `$4` past their deadline by the
+/// grace `$1` (seconds), except those the asking worker `$2` holds (`$3`),
+/// each with the token a completion must carry (`$5` for a row claimed
+/// before claims had tokens). Locked, so concurrent rescuers split them;
+/// the rescuer decides where each goes and writes it as any completion.
+const LOST: &str = "
 WITH candidates AS (
     SELECT DISTINCT l.worker_id, unnest(l.task_ids) AS id FROM leases l
     WHERE l.id = ANY($4)
@@ -214,34 +216,14 @@ WITH candidates AS (
       AND t.deadline_at < now() - make_interval(secs => $1)
       AND (t.worker_id <> $2 OR NOT (t.id = ANY($3)))
     FOR UPDATE OF t SKIP LOCKED
-), decided AS (
-    SELECT t.id,
-           CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                WHEN t.attempt < t.max_attempts THEN 'waiting'
-                ELSE 'error' END AS status,
-           'worker lost: ' || coalesce(t.worker_id, 'an unknown worker')
-               || ' stopped during attempt ' || t.attempt AS error
-    FROM tasks t JOIN lost USING (id)
-), rescued AS (
-UPDATE tasks t
-SET status = d.status,
-    is_waiting = (d.status = 'waiting'),
-    error = d.error,
-    errors = array_append(t.errors, d.error),
-    finished_at = CASE WHEN d.status = 'waiting' THEN NULL ELSE now() END,
-    run_at = now()
-FROM decided d
-WHERE t.id = d.id
-RETURNING t.id, t.status, t.waited
 )
-SELECT id, status,
-       (SELECT count(pg_notify($5, id::text)) FROM rescued
-        WHERE waited AND status <> 'waiting') AS told
-FROM rescued";
+UPDATE tasks t SET claim_token = coalesce(t.claim_token, $5)
+FROM lost WHERE t.id = lost.id
+RETURNING t.id, t.attempt, t.max_attempts, t.claim_token AS token, t.worker_id,
+          t.cancel_requested_at IS NOT NULL AS cancel_requested";
 
 /// Drop those of the leases `$1` none of whose tasks still runs under the
-/// lease's worker. Run after [`RESCUE`] in its transaction, so rows it took
-/// back no longer count.
+/// lease's worker: their lost tasks were written in an earlier round.
 const DROP_SPENT_LEASES: &str = "
 DELETE FROM leases l
 WHERE l.id = ANY($1)
@@ -863,7 +845,7 @@ impl TaskStore for PgStore {
         tidied
     }
 
-    async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {
+    async fn lost(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<LostRun>> {
         self.explain(async {
             let grace = request.grace.as_secs_f64();
             let mut tx = self.pool.begin().await?;
@@ -876,20 +858,20 @@ impl TaskStore for PgStore {
             if lapsed.is_empty() {
                 return Ok(Vec::new());
             }
-            let rescued = sqlx::query_as(RESCUE)
-                .bind(grace)
-                .bind(request.worker_id)
-                .bind(request.in_flight)
-                .bind(&lapsed)
-                .bind(self.schema.ended_channel())
-                .fetch_all(&mut *tx)
-                .await?;
             sqlx::query(DROP_SPENT_LEASES)
                 .bind(&lapsed)
                 .execute(&mut *tx)
                 .await?;
+            let lost = sqlx::query_as(LOST)
+                .bind(grace)
+                .bind(request.worker_id)
+                .bind(request.in_flight)
+                .bind(&lapsed)
+                .bind(new_claim_token())
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
-            Ok(rescued)
+            Ok(lost)
         })
         .await
     }

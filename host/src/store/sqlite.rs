@@ -38,9 +38,9 @@ use tokio::sync::{broadcast, mpsc};
 use super::sqlite_changes::{ExternalWatch, FileChanges};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
-    LIVE_WORKER_TTL, ListFilter, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas, QUEUES,
-    QueueInfo, RECORD_SCHEMAS, RescueRequest, Rescued, SCHEMAS_OF, Scope, Stats, Status,
-    StoreError, StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
+    LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
+    QUEUES, QueueInfo, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
+    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -142,28 +142,20 @@ const NOTE_LOST_RUN: &str = "
 UPDATE tasks SET errors = json_insert(errors, '$[#]', ?3)
 WHERE id = ?1 AND claim_token IS NOT ?2";
 
-// ?1 now, ?2 deadline cut-off (now - grace), ?3 asking worker, ?4 its
-// in-flight ids as a JSON array, ?5 heartbeat cut-off (now - ttl).
-// SQLite evaluates every SET expression on the row as it was.
-const RESCUE: &str = "
-UPDATE tasks
-SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
-                  WHEN attempt < max_attempts THEN 'waiting'
-                  ELSE 'error' END,
-    error = 'worker lost: ' || coalesce(worker_id, 'an unknown worker')
-            || ' stopped during attempt ' || attempt,
-    errors = json_insert(errors, '$[#]', 'worker lost: '
-            || coalesce(worker_id, 'an unknown worker') || ' stopped during attempt ' || attempt),
-    finished_at = CASE WHEN cancel_requested_at IS NULL AND attempt < max_attempts
-                       THEN NULL ELSE ?1 END,
-    run_at = ?1
+// ?1 a token for a row claimed before claims had tokens, ?2 deadline
+// cut-off (now - grace), ?3 asking worker, ?4 its in-flight ids as a JSON
+// array, ?5 heartbeat cut-off (now - ttl). The rescuer decides where each
+// row goes and writes it as any completion.
+const LOST: &str = "
+UPDATE tasks SET claim_token = coalesce(claim_token, ?1)
 WHERE status = 'running'
   AND deadline_at < ?2
   AND ((worker_id = ?3 AND id NOT IN (SELECT value FROM json_each(?4)))
        OR (worker_id <> ?3 AND NOT EXISTS (
            SELECT 1 FROM workers w
            WHERE w.id = tasks.worker_id AND w.heartbeat_at > ?5)))
-RETURNING id, status";
+RETURNING id, attempt, max_attempts, claim_token AS token, worker_id,
+          cancel_requested_at IS NOT NULL AS cancel_requested";
 
 /// Pause (`?2` not NULL: the time) or resume queue `?1`, if it holds
 /// tasks or has a row.
@@ -696,26 +688,16 @@ impl TaskStore for SqliteStore {
         Ok(())
     }
 
-    async fn rescue(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<Rescued>> {
+    async fn lost(&self, request: &RescueRequest<'_>) -> StoreResult<Vec<LostRun>> {
         let now = now_micros();
-        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
-        let rows: Vec<(i64, String)> = sqlx::query_as(RESCUE)
-            .bind(now)
+        Ok(sqlx::query_as(LOST)
+            .bind(new_claim_token())
             .bind(now.saturating_sub(micros(request.grace)))
             .bind(request.worker_id)
             .bind(json_array(request.in_flight))
             .bind(now.saturating_sub(micros(request.worker_ttl)))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        rows.into_iter()
-            .map(|(id, name)| {
-                Ok(Rescued {
-                    id,
-                    status: status(&name)?,
-                })
-            })
-            .collect()
+            .fetch_all(&self.writer)
+            .await?)
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> StoreResult<bool> {

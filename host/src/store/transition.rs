@@ -25,6 +25,9 @@ pub enum Ending {
     Cancelled { ran: bool },
     /// Handed back unrun (shutdown, or a host that cannot run tasks now).
     GivenBack,
+    /// Its worker was lost while it ran: not the task's fault, so it runs
+    /// again at once while attempts remain.
+    WorkerLost(String),
 }
 
 /// Where a task goes after one attempt.
@@ -73,6 +76,14 @@ impl Transition {
             },
             Ending::Cancelled { ran } => Transition::Cancelled { ran },
             Ending::GivenBack => Transition::Released,
+            Ending::WorkerLost(error) if attempt < max_attempts => Transition::Retry {
+                after: Duration::ZERO,
+                error,
+            },
+            Ending::WorkerLost(error) => Transition::Failed {
+                timed_out: false,
+                error,
+            },
         }
     }
 
@@ -211,6 +222,24 @@ mod tests {
                 Transition::Cancelled { ran: false },
             ),
             (Ending::GivenBack, 3, 3, Transition::Released),
+            (
+                Ending::WorkerLost(error()),
+                1,
+                2,
+                Transition::Retry {
+                    after: Duration::ZERO,
+                    error: error(),
+                },
+            ),
+            (
+                Ending::WorkerLost(error()),
+                2,
+                2,
+                Transition::Failed {
+                    timed_out: false,
+                    error: error(),
+                },
+            ),
         ];
         for (ending, attempt, max, expected) in cases {
             let shown = format!("{ending:?} on {attempt}/{max}");

@@ -2,9 +2,10 @@
 //! and takes back rows that dead workers left `running`. Every task has a
 //! hard deadline enforced in the sandbox, so a row well past its deadline
 //! whose worker has also gone silent cannot still be running anywhere.
-//! Completion is fenced on the claim's token, so even a late write from a
-//! rescued attempt never overwrites a newer one; many rescuers may run at
-//! once.
+//! The store only finds such rows; where each goes is decided here, once,
+//! by [`Transition::decide`], and written as any completion: fenced on the
+//! row's token, so of two rescuers, or a rescuer and a late write from the
+//! lost attempt, exactly one writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::InFlight;
-use crate::store::{RescueRequest, Status, TaskStore};
+use crate::store::{
+    Completion, Ending, LostRun, RescueRequest, Rescued, Status, StoreResult, TaskStore, Transition,
+};
 
 /// How often a worker beats and looks for lost rows.
 pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(1);
@@ -105,7 +108,7 @@ async fn rescue<S: TaskStore>(
             worker_id,
             in_flight: &held,
         };
-        match store.rescue(&request).await {
+        match rescue_once(store, &request).await {
             Ok(rescued) => {
                 if failing {
                     tracing::info!("rescue working again");
@@ -135,4 +138,41 @@ async fn rescue<S: TaskStore>(
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Find the rows `request` may take back and write where each goes: a
+/// cancelled one ends `cancelled`; otherwise it runs again at once while
+/// attempts remain, else ends `error`, "worker lost" joining its history.
+pub async fn rescue_once<S: TaskStore>(
+    store: &S,
+    request: &RescueRequest<'_>,
+) -> StoreResult<Vec<Rescued>> {
+    let lost = store.lost(request).await?;
+    if lost.is_empty() {
+        return Ok(Vec::new());
+    }
+    let completions: Vec<Completion> = lost.iter().map(rescue_of).collect();
+    store.complete(&completions).await?;
+    Ok(completions
+        .iter()
+        .map(|completion| Rescued {
+            id: completion.id,
+            status: completion.transition.status(),
+        })
+        .collect())
+}
+
+/// Where a lost run goes, as the completion that writes it.
+pub fn rescue_of(run: &LostRun) -> Completion {
+    let ending = if run.cancel_requested {
+        Ending::Cancelled { ran: true }
+    } else {
+        Ending::WorkerLost(format!(
+            "worker lost: {} stopped during attempt {}",
+            run.worker_id.as_deref().unwrap_or("an unknown worker"),
+            run.attempt
+        ))
+    };
+    let transition = Transition::decide(ending, run.attempt, run.max_attempts, |_| Duration::ZERO);
+    Completion::of(run.id, run.attempt, run.token, transition)
 }
