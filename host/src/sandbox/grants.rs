@@ -9,8 +9,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Deserialize;
+
+use super::outbound::Scrub;
 use wasmtime_wasi_config::WasiConfigVariables;
 
 /// The extension of grants files.
@@ -32,6 +35,9 @@ pub struct Grants {
     pub secrets: Vec<Secret>,
     /// `config` and each secret's placeholder, as the guest reads them.
     pub(crate) variables: WasiConfigVariables,
+    /// What takes the secrets' values out of responses; `None` without a
+    /// secret set here.
+    pub(crate) scrub: Option<Arc<Scrub>>,
 }
 
 /// `[http]`: the origins a plugin may send requests to, and how much.
@@ -299,6 +305,7 @@ impl Grants {
         Ok(Grants {
             http,
             config: file.config,
+            scrub: Scrub::of(&secrets),
             secrets,
             variables,
         })

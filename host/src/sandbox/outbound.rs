@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::grants::{Grants, Host, HttpGrant, Origin, Scheme};
+use super::grants::{Grants, Host, HttpGrant, Origin, Scheme, Secret};
 
 /// Reasons for denials kept per attempt; the rest are counted.
 const KEPT_DENIALS: usize = 4;
@@ -98,13 +98,12 @@ impl Outbound {
         mut request: http::Request<WasiBody>,
     ) -> Result<(http::Request<WasiBody>, Origin), String> {
         self.asked = self.asked.saturating_add(1);
-        let Some(http) = &self.grants.http else {
-            let shown = Origin::of_uri(request.uri())
-                .map_or_else(|| "a request".to_owned(), |o| o.to_string());
-            return Err(format!("{shown}: the plugin has no [http] grant"));
-        };
+        let uri = request.uri().to_string();
         let origin = Origin::of_uri(request.uri())
-            .ok_or_else(|| format!("`{}`: not an http or https URL with a host", request.uri()))?;
+            .ok_or_else(|| format!("`{uri}`: not an http or https URL with a host"))?;
+        let Some(http) = &self.grants.http else {
+            return Err(format!("{origin}: the plugin has no [http] grant"));
+        };
         if !http.allows(&origin) {
             return Err(format!("{origin}: not granted"));
         }
@@ -116,7 +115,7 @@ impl Outbound {
         }
         for secret in &self.grants.secrets {
             let placeholder = secret.placeholder.as_bytes();
-            if find(request.uri().to_string().as_bytes(), placeholder).is_some() {
+            if find(uri.as_bytes(), placeholder).is_some() {
                 return Err(format!(
                     "{origin}: secret `{}` in the URL (secrets travel in headers only)",
                     secret.name
@@ -167,15 +166,9 @@ impl WasiHttpHooks for Outbound {
         let denials = self.denials_handle();
         match self.admit(request) {
             Ok((request, origin)) => {
-                let http = self
-                    .grants
-                    .http
-                    .clone()
-                    .expect("admitted under an [http] grant");
                 let exchange = Exchange {
                     origin,
-                    http,
-                    scrub: Scrub::of(&self.grants),
+                    grants: self.grants.clone(),
                     denials,
                 };
                 let deadline = self.deadline;
@@ -199,12 +192,18 @@ impl WasiHttpHooks for Outbound {
 /// One admitted request on its way.
 struct Exchange {
     origin: Origin,
-    http: HttpGrant,
-    scrub: Option<Arc<Scrub>>,
+    grants: Arc<Grants>,
     denials: Arc<Mutex<Denials>>,
 }
 
 impl Exchange {
+    fn http(&self) -> &HttpGrant {
+        self.grants
+            .http
+            .as_ref()
+            .expect("admitted under an [http] grant")
+    }
+
     async fn run(
         self,
         mut request: http::Request<WasiBody>,
@@ -232,19 +231,20 @@ impl Exchange {
             .map_err(|_| Error::HttpRequestUriInvalid)?;
         let response = sender.send_request(request).await?;
         let (mut head, body) = response.into_parts();
-        if let Some(scrub) = &self.scrub {
+        if let Some(scrub) = &self.grants.scrub {
             for value in head.headers.values_mut() {
-                if let Some(clean) = scrub.headers(value.as_bytes()) {
+                if let Some(clean) = scrub.scrubbed(value.as_bytes()) {
                     *value = http::HeaderValue::from_bytes(&clean)
                         .map_err(|_| Error::HttpProtocolError)?;
                 }
             }
         }
+        let cap = self.http().max_response_bytes;
         let body = CappedBody {
             incoming: body,
-            left: self.http.max_response_bytes,
-            cap: self.http.max_response_bytes,
-            scrub: self.scrub.map(|scrub| (scrub, Vec::new())),
+            left: cap,
+            cap,
+            scrub: self.grants.scrub.clone().map(|scrub| (scrub, Vec::new())),
             state: BodyState::Open,
         };
         let connection: Connection = Box::new(async move { connection.await.map_err(Error::from) });
@@ -290,7 +290,7 @@ impl Exchange {
     fn may_reach(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         !is_internal(ip)
-            || self.http.allow.iter().any(|origin| match &origin.host {
+            || self.http().allow.iter().any(|origin| match &origin.host {
                 Host::Ip(granted) => granted.to_canonical() == ip,
                 Host::Name(name) => name == "localhost" && ip.is_loopback(),
             })
@@ -359,8 +359,8 @@ async fn tls(host: &Host, stream: TcpStream) -> Result<impl Stream, Error> {
 
 /// Each secret's value and placeholder, to take values out of what comes
 /// back: a granted host that echoes a header must not hand the guest the
-/// value.
-struct Scrub {
+/// value. Made once per plugin load, with its grants.
+pub(crate) struct Scrub {
     secrets: Vec<(Vec<u8>, Vec<u8>)>,
     /// Bytes held back between frames, so a value split across two is
     /// still found: the longest value but one.
@@ -368,9 +368,8 @@ struct Scrub {
 }
 
 impl Scrub {
-    fn of(grants: &Grants) -> Option<Arc<Scrub>> {
-        let secrets: Vec<_> = grants
-            .secrets
+    pub(crate) fn of(secrets: &[Secret]) -> Option<Arc<Scrub>> {
+        let secrets: Vec<_> = secrets
             .iter()
             .filter_map(|s| {
                 Some((
@@ -391,11 +390,11 @@ impl Scrub {
         Some(Arc::new(Scrub { secrets, hold }))
     }
 
-    /// A header value with every secret replaced, if it held one.
-    fn headers(&self, value: &[u8]) -> Option<Vec<u8>> {
+    /// `bytes` with every secret's value replaced, if they held one.
+    fn scrubbed(&self, bytes: &[u8]) -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
         for (secret, placeholder) in &self.secrets {
-            let current = out.as_deref().unwrap_or(value);
+            let current = out.as_deref().unwrap_or(bytes);
             if let Some(replaced) = replace_all(current, secret, placeholder) {
                 out = Some(replaced);
             }
@@ -407,7 +406,7 @@ impl Scrub {
     /// of it at the `end`, else all but the held-back tail.
     fn body(&self, pending: &mut Vec<u8>, data: &[u8], end: bool) -> Bytes {
         pending.extend_from_slice(data);
-        if let Some(clean) = self.headers(pending) {
+        if let Some(clean) = self.scrubbed(pending) {
             *pending = clean;
         }
         let ready = if end {
