@@ -435,15 +435,14 @@ impl Plugins {
             // leave the telling to whoever gives the task back.
             return loaded;
         }
-        self.record(
-            name,
-            seen,
+        let found = Seen {
             stamp,
             sha256,
             code,
             grants_stamp,
-            loaded.clone(),
-        );
+            loaded: loaded.clone(),
+        };
+        self.record(name, seen, found);
         loaded
     }
 
@@ -483,18 +482,8 @@ impl Plugins {
 
     /// Remember what loading these file versions gave, and log it: once
     /// per version, however often it is looked at.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        name: &str,
-        seen: &mut Option<Seen>,
-        stamp: FileStamp,
-        sha256: Option<[u8; 32]>,
-        code: Result<Arc<Plugin>, PluginError>,
-        grants_stamp: Option<FileStamp>,
-        loaded: Result<Arc<Plugin>, PluginError>,
-    ) {
-        match &loaded {
+    fn record(&self, name: &str, seen: &mut Option<Seen>, found: Seen) {
+        match &found.loaded {
             Ok(plugin) => {
                 tracing::info!(plugin = name, digest = %plugin.digest, "loaded");
                 let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
@@ -510,13 +499,7 @@ impl Plugins {
                 None => tracing::warn!(plugin = name, "refused: {err}"),
             },
         }
-        *seen = Some(Seen {
-            stamp,
-            sha256,
-            code,
-            grants_stamp,
-            loaded,
-        });
+        *seen = Some(found);
     }
 }
 
