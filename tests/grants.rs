@@ -319,6 +319,40 @@ greeting = \"hello\"
     );
 }
 
+/// A secret whose variable is unset here is sent nowhere, and its
+/// placeholder may not travel in a URL, even to its own host.
+#[sqlx::test(migrations = false)]
+async fn a_secret_that_is_unset_or_in_a_url_is_refused(pool: PgPool) {
+    let store = store(pool).await;
+    let server = Loopback::on_loopback().await;
+    let secret = format!(
+        "[secrets.api_token]\nenv = \"TASKBOX_TEST_NEVER_SET\"\nhosts = [\"{}\"]\n",
+        server.origin()
+    );
+    let (_folder, plugins) = granted("fetch", &allowing(&server, &secret));
+    let fetch = plugins.get("fetch").await.unwrap();
+    let placeholder = &fetch.grants.secrets[0].placeholder;
+    let mut in_a_header = fetch_args(&server.url("/echo"));
+    in_a_header["headers"] = json!([["authorization", "Bearer {{api_token}}"]]);
+    let in_a_url = fetch_args(&server.url(&format!("/echo?token={placeholder}")));
+    let tasks = vec![
+        task(&plugins, "fetch", in_a_header).await,
+        task(&plugins, "fetch", in_a_url).await,
+    ];
+    let rows = run_beside_others(&store, &plugins, tasks).await;
+    let origin = server.origin();
+    for (row, said) in rows.iter().zip([
+        format!(
+            "{origin}: secret `api_token` is not set in the worker's environment (TASKBOX_TEST_NEVER_SET)"
+        ),
+        format!("{origin}: secret `api_token` in the URL (secrets travel in headers only)"),
+    ]) {
+        assert_eq!(row.status, Status::Error, "{:?}", row.error);
+        assert!(error_of(row).contains(&said), "{}", error_of(row));
+    }
+    assert!(server.seen().is_empty(), "sent: {:?}", server.seen());
+}
+
 /// `taskbox` commands on a SQLite database of the test's own, with a
 /// plugins folder of its own.
 struct Setting {

@@ -60,7 +60,8 @@ pub struct Secret {
     pub env: String,
     /// `None` when that variable is not set here.
     pub(crate) value: Option<String>,
-    pub(crate) placeholder: String,
+    /// What the guest reads in its place; not secret itself.
+    pub placeholder: String,
 }
 
 impl fmt::Debug for Secret {
