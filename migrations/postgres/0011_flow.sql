@@ -10,10 +10,10 @@
 ALTER TABLE tasks ADD COLUMN key text;
 ALTER TABLE tasks ADD CONSTRAINT key_named
     CHECK (key IS NULL OR char_length(key) BETWEEN 1 AND 128) NOT VALID;
--- Finds a queue's keys with waiting tasks, one index probe per key, and
--- each key's next tasks in claim order. Rows without a key never enter it.
-CREATE INDEX tasks_keyed_claim ON tasks (queue, key, priority, run_at, id)
-    WHERE is_waiting AND key IS NOT NULL;
+-- A queue's waiting tasks: finds its keys with one probe per key, each
+-- key's next tasks in claim order (those without a key last, as a group of
+-- their own), and whether a queue named by `queue pause` exists.
+CREATE INDEX tasks_queue_claim ON tasks (queue, key, priority, run_at, id) WHERE is_waiting;
 
 -- `max_running`: at most this many of the queue's tasks run at once, on
 -- all workers together. `key_limit`: at most this many per key.

@@ -2,8 +2,8 @@
 -- the Postgres store (its migration 0011 says what each column means).
 -- `starts` is a JSON array of microseconds since the epoch.
 ALTER TABLE tasks ADD COLUMN key TEXT CHECK (key IS NULL OR length(key) BETWEEN 1 AND 128);
-CREATE INDEX tasks_keyed_claim ON tasks (queue, key, priority, run_at, id)
-    WHERE status = 'waiting' AND key IS NOT NULL;
+CREATE INDEX tasks_queue_claim ON tasks (queue, key, priority, run_at, id)
+    WHERE status = 'waiting';
 
 ALTER TABLE queues ADD COLUMN max_running INTEGER CHECK (max_running > 0);
 ALTER TABLE queues ADD COLUMN key_limit INTEGER CHECK (key_limit > 0);

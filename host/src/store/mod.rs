@@ -2,11 +2,14 @@
 //! database, behind one trait so that Postgres (production) and SQLite (the
 //! embedded default) are interchangeable. All SQL lives in the submodules.
 
+pub mod flow;
+mod pg_flow;
 mod pg_leases;
 pub mod pg_schema;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_changes;
+mod sqlite_flow;
 mod transition;
 
 use std::future::Future;
@@ -54,6 +57,9 @@ pub struct ClaimRequest<'a> {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedTask {
     pub id: i64,
+    /// The task's key, for a queue's key limit; `None`: it has none.
+    #[sqlx(default)]
+    pub key: Option<String>,
     pub plugin: String,
     /// Postcard bytes; empty when the args came as JSON.
     pub args: Vec<u8>,
@@ -222,26 +228,72 @@ pub(crate) const SCHEMAS_OF: &str =
 
 /// A queue as `taskbox queue list` shows it: every queue that holds tasks
 /// or has settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueInfo {
     pub name: String,
     pub waiting: i64,
     pub running: i64,
+    /// At most this many run at once, on all workers together.
+    pub limit: Option<u32>,
+    /// At most this many of one key run at once.
+    pub key_limit: Option<u32>,
+    /// At most so many starts per window, e.g. `100/1s`.
+    pub rate: Option<String>,
+    /// The rate holds for each key on its own.
+    pub rate_per_key: bool,
     /// No worker claims its tasks.
     pub paused: bool,
 }
 
+/// A row of [`QUEUES`], as both stores read it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct QueueRow {
+    name: String,
+    waiting: i64,
+    running: i64,
+    paused: bool,
+    max_running: Option<i32>,
+    key_limit: Option<i32>,
+    rate_count: Option<i32>,
+    rate_window_ms: Option<i64>,
+    rate_per_key: bool,
+}
+
+impl From<QueueRow> for QueueInfo {
+    fn from(row: QueueRow) -> Self {
+        QueueInfo {
+            name: row.name,
+            waiting: row.waiting,
+            running: row.running,
+            limit: row.max_running.map(|n| n as u32),
+            key_limit: row.key_limit.map(|n| n as u32),
+            rate: flow::Rate::stored(row.rate_count, row.rate_window_ms).map(|r| r.to_string()),
+            rate_per_key: row.rate_per_key,
+            paused: row.paused,
+        }
+    }
+}
+
 /// Every queue with tasks or settings, counted: one statement for both
-/// backends (`paused_at` is a time in one and microseconds in the other).
+/// backends (`paused_at` is a time in one and microseconds in the other,
+/// `rate_per_key` a boolean in one and 0 or 1 in the other). Each store
+/// casts the columns to [`QueueRow`]'s types.
 pub(crate) const QUEUES: &str = "
-SELECT name, sum(waiting) AS waiting, sum(running) AS running, max(paused) AS paused FROM (
+SELECT name, sum(waiting) AS waiting, sum(running) AS running, max(paused) AS paused,
+       max(max_running) AS max_running, max(key_limit) AS key_limit,
+       max(rate_count) AS rate_count, max(rate_window_ms) AS rate_window_ms,
+       max(rate_per_key) AS rate_per_key
+FROM (
     SELECT queue AS name,
            CASE WHEN status = 'waiting' THEN 1 ELSE 0 END AS waiting,
            CASE WHEN status = 'running' THEN 1 ELSE 0 END AS running,
-           0 AS paused
+           0 AS paused, NULL AS max_running, NULL AS key_limit, NULL AS rate_count,
+           NULL AS rate_window_ms, 0 AS rate_per_key
     FROM tasks
     UNION ALL
-    SELECT name, 0, 0, CASE WHEN paused_at IS NULL THEN 0 ELSE 1 END FROM queues
+    SELECT name, 0, 0, CASE WHEN paused_at IS NULL THEN 0 ELSE 1 END, max_running, key_limit,
+           rate_count, rate_window_ms, CASE WHEN rate_per_key THEN 1 ELSE 0 END
+    FROM queues
 ) q GROUP BY name ORDER BY name";
 
 /// Counts per status (every status is present), and the plugins that have
@@ -620,6 +672,15 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
         queue: &str,
         paused: bool,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Change a queue's limit, key limit or rate, on every worker; the
+    /// queue need not hold tasks yet. Its running tasks count against a
+    /// limit from now on.
+    fn set_flow(
+        &self,
+        queue: &str,
+        change: &flow::FlowChange,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Every queue that holds tasks or has settings, by name.
     fn queues(&self) -> impl Future<Output = StoreResult<Vec<QueueInfo>>> + Send;

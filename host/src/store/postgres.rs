@@ -11,19 +11,21 @@
 //! `public`) into it.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
+use super::flow::{self, ANY_LIMITED, FlowChange, LimitedSeen};
+use super::pg_flow::{self, PgFlow};
 use super::pg_leases::LeaseBook;
 use super::pg_schema::{self, SchemaName};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
     LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
-    QUEUES, QueueInfo, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
+    QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
     StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
     new_claim_token, refused_timeout_reason,
 };
@@ -64,38 +66,105 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, args_json::text AS args_jso
      priority, attempt, max_attempts, timeout_ms, run_at, enqueued_at, started_at, finished_at, \
      plugin_digest, result, stdout, stderr, error, errors, worker_id";
 
-/// `$4` is NULL for every queue, else the queues to serve; `$7` likewise
-/// for the plugins the worker has loaded; `$8` is the claim's fencing
-/// token. The batch is
-/// recorded as one lease in the same statement, so no claimed row is ever
-/// without one. The update finds its rows by `id = ANY(...)`, which is always
-/// a primary-key probe: as a join, a freshly filled queue without statistics
-/// got a hash join over a sequential scan of the whole table (7 ms instead of
-/// 3 ms for 256 rows of 20,000).
+/// The claim of queues without a limit or a rate. `$4` is NULL for every
+/// queue, else the queues to serve; `$7` likewise for the plugins the
+/// worker has loaded; `$8` is the claim's fencing token.
 ///
-/// The batch comes back in claim order (RETURNING has none of its own), so
-/// a worker starts its tasks by priority.
-///
-/// Paused queues are left out with `(queue || '')`, an expression without
-/// statistics: on `queue` itself, where one queue holds nearly every row,
-/// the planner took "not that queue" to match nothing and swapped the index
-/// walk for a sequential scan and a sort.
+/// Paused and limited queues are left out with `(queue || '')`, an
+/// expression without statistics: on `queue` itself, where one queue holds
+/// nearly every row, the planner took "not that queue" to match nothing and
+/// swapped the index walk for a sequential scan and a sort. Limited queues
+/// are claimed by [`super::flow::claim_limited`] alone.
 ///
 /// A row whose own timeout is over `$5` (the bound, written before the schema
 /// held it) could not be given a deadline: instead of failing the whole claim
 /// it ends `error` with the reason `$6` and the timeout it had (the refusal
 /// transition, `waiting -> error`, its attempt counted), its timeout cleared
 /// so that the row satisfies the bound, and is not handed out.
-const CLAIM: &str = "
-WITH picked AS (
-    SELECT id FROM tasks
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    claim_statement(
+        "SELECT id FROM tasks
     WHERE is_waiting AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
       AND ($7::text[] IS NULL OR plugin = ANY($7))
-      AND (queue || '') <> ALL (ARRAY(SELECT name FROM queues WHERE paused_at IS NOT NULL))
+      AND (queue || '') <> ALL (ARRAY(SELECT name FROM queues WHERE paused_at IS NOT NULL
+                                         OR max_running IS NOT NULL OR key_limit IS NOT NULL
+                                         OR rate_count IS NOT NULL))
     ORDER BY priority, run_at, id
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE SKIP LOCKED",
+        "",
+    )
+});
+
+/// The claim of one limited queue `$9` in claim order, its queue row locked
+/// by the caller, recording each run in `counted_runs` when `$10`.
+pub(super) static CLAIM_LIMITED: LazyLock<String> = LazyLock::new(|| {
+    claim_statement(
+        "SELECT id FROM tasks
+    WHERE is_waiting AND queue = $9 AND run_at <= now()
+      AND ($4::text[] IS NULL OR queue = ANY($4))
+      AND ($7::text[] IS NULL OR plugin = ANY($7))
+    ORDER BY priority, run_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED",
+        COUNT_RUNS,
+    )
+});
+
+/// The claim of one limited queue `$9` by keys in turn: the keys `$11`
+/// (NULL: the tasks without one) each give at most their share `$12` in
+/// claim order; the first task of every key is taken, then the second, and
+/// so on, up to `$1` in all. Each key's tasks are one index range.
+pub(super) static CLAIM_KEYED: LazyLock<String> = LazyLock::new(|| {
+    claim_statement(
+        "SELECT p.id FROM unnest($11::text[], $12::bigint[]) WITH ORDINALITY AS k(key, share, turn)
+    CROSS JOIN LATERAL (
+        SELECT x.id, row_number() OVER () AS rank FROM (
+            SELECT id FROM tasks
+            WHERE is_waiting AND queue = $9 AND k.key IS NOT NULL AND key = k.key
+              AND run_at <= now() AND ($7::text[] IS NULL OR plugin = ANY($7))
+            ORDER BY key, priority, run_at, id LIMIT k.share
+        ) x
+        UNION ALL
+        SELECT x.id, row_number() OVER () AS rank FROM (
+            SELECT id FROM tasks
+            WHERE is_waiting AND queue = $9 AND k.key IS NULL AND key IS NULL
+              AND run_at <= now() AND ($7::text[] IS NULL OR plugin = ANY($7))
+            ORDER BY key, priority, run_at, id LIMIT k.share
+        ) x
+    ) p
+    WHERE ($4::text[] IS NULL OR $9 = ANY($4))
+    ORDER BY p.rank, k.turn
+    LIMIT $1",
+        COUNT_RUNS,
+    )
+});
+
+/// Records the claimed runs of a limited queue for its limits to count.
+const COUNT_RUNS: &str = ", counted AS (
+    INSERT INTO counted_runs (task_id, queue, key)
+    SELECT id, queue, key FROM runnable WHERE $10
+)";
+
+/// A claim: the rows `picked` selects (ids, in claim order) become
+/// `running`, and `more` (further CTEs over `runnable`) runs with it.
+///
+/// The batch is recorded as one lease in the same statement, so no claimed
+/// row is ever without one. The update finds its rows by `id = ANY(...)`,
+/// which is always a primary-key probe: as a join, a freshly filled queue
+/// without statistics got a hash join over a sequential scan of the whole
+/// table (7 ms instead of 3 ms for 256 rows of 20,000). It takes only rows
+/// still waiting: a picked row not locked by the pick (the keyed claim's)
+/// may have been cancelled since.
+///
+/// The batch comes back in claim order (RETURNING has none of its own), so
+/// a worker starts its tasks in that order.
+fn claim_statement(picked: &str, more: &str) -> String {
+    format!(
+        "
+WITH picked AS (
+    SELECT id, row_number() OVER () AS place FROM ({picked}) p
 ), claimed AS (
     UPDATE tasks t
     SET status = CASE WHEN t.timeout_ms > $5 THEN 'error' ELSE 'running' END,
@@ -113,22 +182,24 @@ WITH picked AS (
         errors = CASE WHEN t.timeout_ms > $5
                  THEN array_append(t.errors, $6 || ' (it was ' || t.timeout_ms || ' ms)')
                  ELSE t.errors END
-    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING t.id, t.plugin, t.args, t.args_json::text AS args_json, t.attempt, t.max_attempts,
-              coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at, t.status,
-              t.claim_token AS token, t.priority, t.run_at
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked)) AND t.is_waiting
+    RETURNING t.id, t.queue, t.key, t.plugin, t.args, t.args_json::text AS args_json, t.attempt,
+              t.max_attempts, coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at, t.status,
+              t.claim_token AS token
 ), runnable AS (
-    SELECT * FROM claimed WHERE status = 'running'
+    SELECT c.*, p.place FROM claimed c JOIN picked p ON p.id = c.id WHERE c.status = 'running'
 ), lease AS (
     INSERT INTO leases (worker_id, task_ids, expires_at)
     SELECT $2, array_agg(id), max(deadline_at) FROM runnable
     HAVING count(*) > 0
     RETURNING id
-)
-SELECT c.id, c.plugin, c.args, c.args_json, c.attempt, c.max_attempts, c.timeout_ms,
+){more}
+SELECT c.id, c.key, c.plugin, c.args, c.args_json, c.attempt, c.max_attempts, c.timeout_ms,
        c.token, lease.id AS lease
 FROM runnable c CROSS JOIN lease
-ORDER BY c.priority, c.run_at, c.id";
+ORDER BY c.place"
+    )
+}
 
 /// Every column a finished attempt changes is outside all indexes, so the
 /// update stays heap-only; `is_waiting` and `run_at` change for retries only.
@@ -173,6 +244,8 @@ WHERE t.id = c.id
        OR (t.status = 'waiting' AND c.spend_attempt AND t.attempt = c.attempt - 1
            AND t.claim_token IS DISTINCT FROM c.token))
 RETURNING t.id, t.waited, t.status
+), uncounted AS (
+    DELETE FROM counted_runs WHERE task_id IN (SELECT id FROM done)
 )
 SELECT count(*),
        count(pg_notify($12, id::text)) FILTER (WHERE waited AND status <> 'waiting')
@@ -262,10 +335,10 @@ SELECT pg_notify($2, id::text) FROM asked";
 
 /// A claimed row and the lease its claim recorded.
 #[derive(sqlx::FromRow)]
-struct ClaimedRow {
+pub(super) struct ClaimedRow {
     #[sqlx(flatten)]
-    task: ClaimedTask,
-    lease: i64,
+    pub task: ClaimedTask,
+    pub lease: i64,
 }
 
 /// Postgres-backed [`TaskStore`].
@@ -296,6 +369,8 @@ pub struct PgStore {
     schema: SchemaName,
     /// Each claim's lease and its tasks not written yet.
     leases: Arc<LeaseBook>,
+    /// Whether any queue has a limit or a rate, as last looked up.
+    limited: Arc<LimitedSeen>,
 }
 
 impl PgStore {
@@ -343,6 +418,7 @@ impl PgStore {
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             schema: schema.clone(),
             leases: Arc::default(),
+            limited: Arc::default(),
         })
     }
 
@@ -377,6 +453,7 @@ impl PgStore {
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             schema: schema.clone(),
             leases: Arc::default(),
+            limited: Arc::default(),
         }
     }
 
@@ -462,6 +539,37 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Whether any queue has a limit or a rate (looked up at most once per
+    /// [`flow::FLOW_RECHECK`]).
+    async fn any_limited(&self) -> StoreResult<bool> {
+        if let Some(limited) = self.limited.fresh() {
+            return Ok(limited);
+        }
+        let limited: bool = sqlx::query_scalar(ANY_LIMITED)
+            .fetch_one(&self.claims)
+            .await?;
+        self.limited.note(limited);
+        Ok(limited)
+    }
+
+    /// Claim from the limited queues in scope, in one transaction that
+    /// holds their rows; the leases are noted once it commits.
+    async fn claim_limited(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
+        let mut tx = self.claims.begin().await?;
+        let mut flow = PgFlow {
+            conn: &mut tx,
+            token: new_claim_token(),
+            leases: Vec::new(),
+        };
+        let claimed = flow::claim_limited(&mut flow, request).await?;
+        let leases = std::mem::take(&mut flow.leases);
+        tx.commit().await?;
+        for (lease, ids) in leases {
+            self.leases.opened(lease, &ids);
+        }
+        Ok(claimed)
     }
 }
 
@@ -571,11 +679,19 @@ impl TaskStore for PgStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         self.explain(async {
-            let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+            let mut claimed = if self.any_limited().await? {
+                self.claim_limited(request).await?
+            } else {
+                Vec::new()
+            };
+            let limit = request.limit.saturating_sub(claimed.len());
+            if limit == 0 {
+                return Ok(claimed);
+            }
             let scope = &request.scope;
             let queues = (!scope.queues.is_empty()).then_some(scope.queues);
-            let query = sqlx::query_as::<_, ClaimedRow>(CLAIM)
-                .bind(limit)
+            let query = sqlx::query_as::<_, ClaimedRow>(&CLAIM)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .bind(request.worker_id)
                 .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
                 .bind(queues)
@@ -589,7 +705,8 @@ impl TaskStore for PgStore {
                 let ids: Vec<i64> = rows.iter().map(|row| row.task.id).collect();
                 self.leases.opened(first.lease, &ids);
             }
-            Ok(rows.into_iter().map(|row| row.task).collect())
+            claimed.extend(rows.into_iter().map(|row| row.task));
+            Ok(claimed)
         })
         .await
     }
@@ -897,14 +1014,33 @@ impl TaskStore for PgStore {
         .await
     }
 
+    async fn set_flow(&self, queue: &str, change: &FlowChange) -> StoreResult<()> {
+        self.explain(async {
+            let mut tx = self.pool.begin().await?;
+            pg_flow::set_flow(&mut tx, queue, change).await?;
+            tx.commit().await?;
+            self.limited.forget();
+            // Claims may take more now: idle workers look at once.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(self.schema.tasks_channel())
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn queues(&self) -> StoreResult<Vec<QueueInfo>> {
         self.explain(async {
-            Ok(sqlx::query_as(&format!(
-                "SELECT name, waiting::bigint, running::bigint, paused = 1 AS paused
+            let rows: Vec<QueueRow> = sqlx::query_as(&format!(
+                "SELECT name, waiting::bigint, running::bigint, paused = 1 AS paused,
+                        max_running::int4, key_limit::int4, rate_count::int4,
+                        rate_window_ms::int8, rate_per_key = 1 AS rate_per_key
                  FROM ({QUEUES}) counted"
             ))
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+            Ok(rows.into_iter().map(QueueInfo::from).collect())
         })
         .await
     }
@@ -1027,7 +1163,7 @@ mod tests {
             .await
             .unwrap();
         let plugins = vec!["add".to_owned(), "puts".to_owned()];
-        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CLAIM}"))
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", *CLAIM))
             .bind(512i64)
             .bind("w")
             .bind(1000i64)

@@ -26,20 +26,23 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use tokio::sync::{broadcast, mpsc};
 
+use super::flow::{self, FlowChange};
 use super::sqlite_changes::{ExternalWatch, FileChanges};
+use super::sqlite_flow::{self, SqliteFlow};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
     LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
-    QUEUES, QueueInfo, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
+    QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
     StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
 };
 
@@ -81,8 +84,62 @@ const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, 
 // ?1 now, ?2 queues as a JSON array or NULL for all, ?3 limit, ?4 worker id,
 // ?5 default timeout in ms, ?6 the timeout bound in ms, ?7 the reason a row
 // over it ends `error` (see the Postgres CLAIM: the refusal transition), ?8
-// the worker's plugins as a JSON array or NULL for all.
-const CLAIM: &str = "
+// the worker's plugins as a JSON array or NULL for all, ?9 the claim's token.
+// Paused queues and queues with a limit or a rate are left out: those are
+// claimed by `flow::claim_limited` alone.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    claim_statement(
+        "SELECT id FROM tasks
+    WHERE status = 'waiting' AND run_at <= ?1
+      AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
+      AND (?8 IS NULL OR plugin IN (SELECT value FROM json_each(?8)))
+      AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL
+                        OR max_running IS NOT NULL OR key_limit IS NOT NULL
+                        OR rate_count IS NOT NULL)
+    ORDER BY priority, run_at, id
+    LIMIT ?3",
+    )
+});
+
+/// One limited queue `?10`, in claim order.
+pub(super) static CLAIM_LIMITED: LazyLock<String> = LazyLock::new(|| {
+    claim_statement(
+        "SELECT id FROM tasks
+    WHERE status = 'waiting' AND queue = ?10 AND run_at <= ?1
+      AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
+      AND (?8 IS NULL OR plugin IN (SELECT value FROM json_each(?8)))
+    ORDER BY priority, run_at, id
+    LIMIT ?3",
+    )
+});
+
+/// One limited queue `?10` by keys in turn: `?11` is a JSON array of
+/// `{"key": ..., "share": ...}` (a null key: the tasks without one); each
+/// key gives at most its share in claim order, the first task of every key
+/// first, then the second, and so on.
+pub(super) static CLAIM_KEYED: LazyLock<String> = LazyLock::new(|| {
+    claim_statement(
+        "SELECT id FROM (
+        SELECT t.id, k.turn,
+               row_number() OVER (PARTITION BY k.turn ORDER BY t.priority, t.run_at, t.id) AS rank,
+               k.share
+        FROM (SELECT CAST(key AS INTEGER) AS turn, json_extract(value, '$.key') AS key,
+                     json_extract(value, '$.share') AS share
+              FROM json_each(?11)) k
+        JOIN tasks t ON t.queue = ?10 AND t.key IS k.key
+        WHERE t.status = 'waiting' AND t.run_at <= ?1
+          AND (?2 IS NULL OR t.queue IN (SELECT value FROM json_each(?2)))
+          AND (?8 IS NULL OR t.plugin IN (SELECT value FROM json_each(?8)))
+    ) WHERE rank <= share
+    ORDER BY rank, turn
+    LIMIT ?3",
+    )
+});
+
+/// A claim: the rows `picked` selects become `running`.
+fn claim_statement(picked: &str) -> String {
+    format!(
+        "
 UPDATE tasks
 SET status = CASE WHEN timeout_ms > ?6 THEN 'error' ELSE 'running' END,
     attempt = attempt + 1,
@@ -98,16 +155,11 @@ SET status = CASE WHEN timeout_ms > ?6 THEN 'error' ELSE 'running' END,
     errors = CASE WHEN timeout_ms > ?6
              THEN json_insert(errors, '$[#]', ?7 || ' (it was ' || timeout_ms || ' ms)')
              ELSE errors END
-WHERE id IN (
-    SELECT id FROM tasks
-    WHERE status = 'waiting' AND run_at <= ?1
-      AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
-      AND (?8 IS NULL OR plugin IN (SELECT value FROM json_each(?8)))
-      AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL)
-    ORDER BY priority, run_at, id
-    LIMIT ?3)
-RETURNING id, plugin, args, attempt, max_attempts, coalesce(timeout_ms, ?5) AS timeout_ms,
-          claim_token AS token, priority, run_at, status";
+WHERE id IN ({picked})
+RETURNING id, key, plugin, args, attempt, max_attempts, coalesce(timeout_ms, ?5) AS timeout_ms,
+          claim_token AS token, priority, run_at, status"
+    )
+}
 
 // ?1 id, ?2 attempt, ?3 status, ?4 result, ?5 stdout, ?6 stderr, ?7 error,
 // ?8 plugin digest, ?9 retry delay in microseconds, ?10 spend attempt, ?11 now,
@@ -473,12 +525,41 @@ impl TryFrom<TaskRow> for TaskRecord {
 
 /// A claimed row with the columns that order the batch.
 #[derive(sqlx::FromRow)]
-struct ClaimRow {
+pub(super) struct ClaimRow {
     #[sqlx(flatten)]
-    task: ClaimedTask,
+    pub task: ClaimedTask,
     priority: i32,
     run_at: i64,
     status: String,
+}
+
+type SqliteQueryAs<'q> =
+    sqlx::query::QueryAs<'q, Sqlite, ClaimRow, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Run a claim `statement` (its parameters after the ninth bound by
+/// `more`) for up to `limit` tasks: the rows it made `running`. Rows it
+/// refused ended `error` there and are not handed out.
+pub(super) async fn claim_rows<'q>(
+    conn: &mut SqliteConnection,
+    statement: &'q str,
+    request: &'q ClaimRequest<'_>,
+    limit: usize,
+    more: impl FnOnce(SqliteQueryAs<'q>) -> SqliteQueryAs<'q>,
+) -> StoreResult<Vec<ClaimRow>> {
+    let (queues, plugins) = scope_arrays(&request.scope);
+    let query = sqlx::query_as(statement)
+        .bind(now_micros())
+        .bind(queues)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(request.worker_id)
+        .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
+        .bind(millis(MAX_TASK_TIMEOUT))
+        .bind(refused_timeout_reason())
+        .bind(plugins)
+        .bind(new_claim_token());
+    let mut rows: Vec<ClaimRow> = more(query).fetch_all(&mut *conn).await?;
+    rows.retain(|row| row.status == Status::Running.as_str());
+    Ok(rows)
 }
 
 impl TaskStore for SqliteStore {
@@ -512,27 +593,26 @@ impl TaskStore for SqliteStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         self.lock_worker()?;
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let (queues, plugins) = scope_arrays(&request.scope);
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
-        let mut rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
-            .bind(now_micros())
-            .bind(queues)
-            .bind(limit)
-            .bind(request.worker_id)
-            .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
-            .bind(millis(MAX_TASK_TIMEOUT))
-            .bind(refused_timeout_reason())
-            .bind(plugins)
-            .bind(new_claim_token())
-            .fetch_all(&mut *tx)
+        // One writer: the transaction alone makes the limits' counts exact.
+        let any_limited: bool = sqlx::query_scalar(flow::ANY_LIMITED)
+            .fetch_one(&mut *tx)
             .await?;
+        let mut claimed = if any_limited {
+            let mut flow = SqliteFlow { conn: &mut tx };
+            flow::claim_limited(&mut flow, request).await?
+        } else {
+            Vec::new()
+        };
+        let limit = request.limit.saturating_sub(claimed.len());
+        if limit > 0 {
+            let mut rows = claim_rows(&mut tx, &CLAIM, request, limit, |query| query).await?;
+            // RETURNING has no order of its own; hand tasks out in claim order.
+            rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));
+            claimed.extend(rows.into_iter().map(|row| row.task));
+        }
         tx.commit().await?;
-        // Rows the claim refused ended `error` there; hand out the rest.
-        rows.retain(|row| row.status == Status::Running.as_str());
-        // RETURNING has no order of its own; hand tasks out in claim order.
-        rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));
-        Ok(rows.into_iter().map(|row| row.task).collect())
+        Ok(claimed)
     }
 
     async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
@@ -560,7 +640,12 @@ impl TaskStore for SqliteStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            if recorded == 0 {
+            if recorded > 0 {
+                sqlx::query("DELETE FROM counted_runs WHERE task_id = ?1")
+                    .bind(completion.id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
                 sqlx::query(NOTE_LOST_RUN)
                     .bind(completion.id)
                     .bind(completion.token)
@@ -710,12 +795,23 @@ impl TaskStore for SqliteStore {
             > 0)
     }
 
+    async fn set_flow(&self, queue: &str, change: &FlowChange) -> StoreResult<()> {
+        let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
+        sqlite_flow::set_flow(&mut tx, queue, change).await?;
+        tx.commit().await?;
+        self.wake(Notification::TasksAvailable);
+        Ok(())
+    }
+
     async fn queues(&self) -> StoreResult<Vec<QueueInfo>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT name, waiting, running, paused = 1 AS paused FROM ({QUEUES})"
+        let rows: Vec<QueueRow> = sqlx::query_as(&format!(
+            "SELECT name, waiting, running, paused = 1 AS paused, max_running, key_limit,
+                    rate_count, rate_window_ms, rate_per_key = 1 AS rate_per_key
+             FROM ({QUEUES})"
         ))
         .fetch_all(&self.reader)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(QueueInfo::from).collect())
     }
 
     async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {

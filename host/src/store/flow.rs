@@ -1,0 +1,686 @@
+//! Flow control, decided once for both stores: how many of a queue's tasks
+//! a claim may start (its global limit and its rate), which keys get them
+//! (the key limit, a rate per key, and turns), and what the claim records.
+//!
+//! A queue with none of these settings is claimed by the stores' one claim
+//! statement and never comes here. A queue with any is claimed in a
+//! transaction that first locks its `queues` row, so claims of it are taken
+//! one at a time across every worker; each statement after the lock sees
+//! every claim before it, and the counts below are exact. The stores only
+//! run the statements of [`FlowTransaction`]; the numbers are decided here.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{ClaimRequest, ClaimedTask, StoreResult};
+
+/// Most starts a rate may allow per window: its recent starts are kept, one
+/// number each, on the queue's row.
+pub const MAX_RATE_COUNT: u32 = 10_000;
+/// Longest window a rate may have.
+pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Shortest window a rate may have: starts are counted in microseconds, and
+/// a claim takes a few hundred of them.
+pub const MIN_RATE_WINDOW: Duration = Duration::from_millis(10);
+/// Highest global or per-key limit taken.
+pub const MAX_LIMIT: u32 = 1_000_000;
+/// A rate also holds, rounded up, over this fraction of its window, so a
+/// queue idle for a while does not start a whole window's worth at once:
+/// `20/1s` starts at most 2 in any 100 ms.
+pub const RATE_SPREAD: u32 = 10;
+
+/// At most `count` starts in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl Rate {
+    /// How many more may start at `now` (microseconds), given the recent
+    /// starts: the whole window's room and its spread share's, the less.
+    pub fn room(&self, starts: &[i64], now: i64) -> usize {
+        let window = micros(self.window);
+        let spread_window = window / i64::from(RATE_SPREAD);
+        let spread_count = self.count.div_ceil(RATE_SPREAD);
+        // Starts later than `now` count too: another claim's clock read
+        // after ours but its starts were written first.
+        let in_window = starts.iter().filter(|&&at| at > now - window).count();
+        let in_spread = starts.iter().filter(|&&at| at > now - spread_window).count();
+        (self.count as usize)
+            .saturating_sub(in_window)
+            .min((spread_count as usize).saturating_sub(in_spread))
+    }
+
+    /// The recent starts once `started` more started at `now`: those out of
+    /// the window are forgotten.
+    pub fn record(&self, starts: &[i64], now: i64, started: usize) -> Vec<i64> {
+        let window = micros(self.window);
+        let mut kept: Vec<i64> = starts
+            .iter()
+            .copied()
+            .filter(|&at| at > now - window)
+            .collect();
+        kept.extend(std::iter::repeat_n(now, started));
+        kept
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.window)
+        )
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    /// `COUNT/WINDOW`: `100/1s`, `5/1m`, `1000/1h`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let Some((count, window)) = text.split_once('/') else {
+            return Err(format!(
+                "the rate {text:?} is not COUNT/WINDOW, e.g. 100/1s or 5/1m"
+            ));
+        };
+        let count: u32 = count.trim().parse().map_err(|_| {
+            format!("the rate {text:?} does not start with a whole number of starts")
+        })?;
+        if count == 0 || count > MAX_RATE_COUNT {
+            return Err(format!(
+                "a rate allows 1 to {MAX_RATE_COUNT} starts per window (it was {count})"
+            ));
+        }
+        let window = window.trim();
+        if window.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!(
+                "the rate's window {window:?} has no unit; write e.g. 1s, 500ms or 1m"
+            ));
+        }
+        let window = humantime::parse_duration(window)
+            .map_err(|err| format!("the rate's window {window:?} is not a duration: {err}"))?;
+        if !(MIN_RATE_WINDOW..=MAX_RATE_WINDOW).contains(&window) {
+            return Err(format!(
+                "a rate's window is {} to {} (it was {})",
+                humantime::format_duration(MIN_RATE_WINDOW),
+                humantime::format_duration(MAX_RATE_WINDOW),
+                humantime::format_duration(window)
+            ));
+        }
+        Ok(Rate { count, window })
+    }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A limit as `queue limit` and `queue key-limit` take it: a number from 1,
+/// or `none` to clear it.
+pub fn parse_limit(text: &str) -> Result<Option<u32>, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    match text.parse::<i64>() {
+        Ok(n) if (1..=i64::from(MAX_LIMIT)).contains(&n) => Ok(Some(n as u32)),
+        Ok(n) => Err(format!(
+            "a limit is a number from 1 to {MAX_LIMIT}, or none (it was {n})"
+        )),
+        Err(_) => Err(format!(
+            "the limit {text:?} is not a number; give one from 1 to {MAX_LIMIT}, or none"
+        )),
+    }
+}
+
+/// A change to a queue's flow settings, as one command makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowChange {
+    /// At most this many running at once on all workers; `None` clears it.
+    Limit(Option<u32>),
+    /// At most this many running per key; `None` clears it.
+    KeyLimit(Option<u32>),
+    /// At most so many starts per window, per key or for the whole queue;
+    /// `None` clears it.
+    Rate { rate: Option<Rate>, per_key: bool },
+}
+
+/// A queue's flow settings as its locked row holds them, with what the
+/// last claims left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFlow {
+    pub name: String,
+    pub max_running: Option<u32>,
+    pub key_limit: Option<u32>,
+    pub rate: Option<Rate>,
+    pub rate_per_key: bool,
+    /// The queue's recent starts (a rate for the whole queue).
+    pub starts: Vec<i64>,
+    /// The key the last claim ended its turn at.
+    pub key_cursor: Option<String>,
+}
+
+impl QueueFlow {
+    /// Claims take keys in turn, each under its own limit or rate.
+    pub fn keyed(&self) -> bool {
+        self.key_limit.is_some() || (self.rate.is_some() && self.rate_per_key)
+    }
+
+    /// A claim records its runs, for a limit to count.
+    pub fn counts_runs(&self) -> bool {
+        self.max_running.is_some() || self.key_limit.is_some()
+    }
+
+    /// The rate the queue as a whole is held to.
+    fn queue_rate(&self) -> Option<Rate> {
+        self.rate.filter(|_| !self.rate_per_key)
+    }
+
+    /// The rate each key is held to.
+    fn key_rate(&self) -> Option<Rate> {
+        self.rate.filter(|_| self.rate_per_key)
+    }
+
+    /// How many of its tasks may start now, at most `wanted`.
+    pub fn room(&self, running: &Running, now: i64, wanted: usize) -> usize {
+        let mut room = wanted;
+        if let Some(limit) = self.max_running {
+            room = room.min((limit as usize).saturating_sub(running.total));
+        }
+        if let Some(rate) = self.queue_rate() {
+            room = room.min(rate.room(&self.starts, now));
+        }
+        room
+    }
+
+    /// How many of `key`'s tasks may start now.
+    pub fn key_room(&self, key: &WaitingKey, running: &Running, now: i64) -> usize {
+        let mut room = usize::MAX;
+        if let Some(limit) = self.key_limit {
+            let of_key = running.by_key.get(&key.key).copied().unwrap_or(0);
+            room = room.min((limit as usize).saturating_sub(of_key));
+        }
+        if let Some(rate) = self.key_rate() {
+            room = room.min(rate.room(&key.starts, now));
+        }
+        room
+    }
+}
+
+/// A queue's counted runs: all of them, and per key (`None`: no key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Running {
+    pub total: usize,
+    pub by_key: HashMap<Option<String>, usize>,
+}
+
+/// A key with due waiting tasks (`None`: the tasks without a key, which
+/// take turns as one key), and its recent starts under a rate per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingKey {
+    pub key: Option<String>,
+    pub starts: Vec<i64>,
+}
+
+/// How many of each key's tasks a claim takes at most, in the keys' turn
+/// order: the claim takes the first task of each key, then the second, and
+/// so on, until it has `room`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyShares {
+    pub keys: Vec<Option<String>>,
+    pub shares: Vec<i64>,
+}
+
+/// What a claim of one limited queue may take: `room` tasks, from any key
+/// (`shares` is `None`) or from each key at most its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowance {
+    pub room: usize,
+    pub shares: Option<KeyShares>,
+}
+
+/// What the claim records on the queue's row and its keys' rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// The queue's recent starts, when it has a rate for the whole queue.
+    pub starts: Option<Vec<i64>>,
+    /// Where the next claim's turn begins, when keys take turns.
+    pub key_cursor: Option<Option<String>>,
+    /// Each key's recent starts, under a rate per key.
+    pub key_starts: Vec<(String, Vec<i64>)>,
+}
+
+/// The statements one claim of limited queues runs, inside one
+/// transaction. Implemented by each store in its own dialect.
+pub(crate) trait FlowTransaction: Send {
+    /// Lock the `queues` rows with a limit or rate among `scope`'s queues
+    /// (all, when it names none), in name order; with the database's clock
+    /// read after the locks (microseconds since the epoch).
+    fn lock_limited(
+        &mut self,
+        queues: &[String],
+    ) -> impl Future<Output = StoreResult<(Vec<QueueFlow>, i64)>> + Send;
+
+    /// The queue's counted runs.
+    fn running(&mut self, queue: &str) -> impl Future<Output = StoreResult<Running>> + Send;
+
+    /// Up to `count` keys of the queue with waiting tasks, in key order
+    /// after `after` (from the first, when `None`), but not past `until`;
+    /// with each key's recent starts when `with_starts`.
+    fn waiting_keys(
+        &mut self,
+        queue: &str,
+        after: Option<&str>,
+        until: Option<&str>,
+        count: usize,
+        with_starts: bool,
+    ) -> impl Future<Output = StoreResult<Vec<WaitingKey>>> + Send;
+
+    /// Whether the queue has waiting tasks without a key.
+    fn has_keyless(&mut self, queue: &str) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Claim up to `allowance.room` of the queue's due tasks in claim order
+    /// (per key by turns, when it has shares), recording each run for the
+    /// limits to count when `count_runs`.
+    fn claim_queue(
+        &mut self,
+        queue: &str,
+        allowance: &Allowance,
+        count_runs: bool,
+        request: &ClaimRequest<'_>,
+    ) -> impl Future<Output = StoreResult<Vec<ClaimedTask>>> + Send;
+
+    /// Write what the claim leaves for the next one.
+    fn record(
+        &mut self,
+        queue: &str,
+        record: &FlowRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// Claim up to `request.limit` tasks of the limited queues in the request's
+/// scope, each under its settings: the whole decision, for both stores.
+pub(crate) async fn claim_limited<T: FlowTransaction>(
+    tx: &mut T,
+    request: &ClaimRequest<'_>,
+) -> StoreResult<Vec<ClaimedTask>> {
+    let (queues, now) = tx.lock_limited(request.scope.queues).await?;
+    let mut claimed = Vec::new();
+    for flow in &queues {
+        let wanted = request.limit.saturating_sub(claimed.len());
+        if wanted == 0 {
+            break;
+        }
+        let running = if flow.counts_runs() {
+            tx.running(&flow.name).await?
+        } else {
+            Running::default()
+        };
+        let room = flow.room(&running, now, wanted);
+        if room == 0 {
+            continue;
+        }
+        let waiting = if flow.keyed() {
+            turn_of_keys(tx, flow, &running, room).await?
+        } else {
+            Vec::new()
+        };
+        let shares = flow
+            .keyed()
+            .then(|| shares_of(flow, &waiting, &running, now));
+        if shares.as_ref().is_some_and(|s| s.keys.is_empty()) {
+            continue;
+        }
+        let allowance = Allowance { room, shares };
+        let tasks = tx
+            .claim_queue(&flow.name, &allowance, flow.counts_runs(), request)
+            .await?;
+        let record = record_of(flow, &allowance, &waiting, &tasks, now);
+        if record != FlowRecord::default() {
+            tx.record(&flow.name, &record).await?;
+        }
+        claimed.extend(tasks);
+    }
+    Ok(claimed)
+}
+
+/// The keys whose turn it is: after the cursor, wrapping around to the
+/// first, enough that `room` tasks can be found among them even when the
+/// keys at their limit give none; the keyless tasks take the turn after the
+/// last key.
+async fn turn_of_keys<T: FlowTransaction>(
+    tx: &mut T,
+    flow: &QueueFlow,
+    running: &Running,
+    room: usize,
+) -> StoreResult<Vec<WaitingKey>> {
+    let full = match flow.key_limit {
+        Some(limit) => running
+            .by_key
+            .values()
+            .filter(|&&n| n >= limit as usize)
+            .count(),
+        None => 0,
+    };
+    let wanted = room + full;
+    let with_starts = flow.key_rate().is_some();
+    let cursor = flow.key_cursor.as_deref();
+    let mut keys = tx
+        .waiting_keys(&flow.name, cursor, None, wanted, with_starts)
+        .await?;
+    if keys.len() < wanted && cursor.is_some() {
+        let wrapped = tx
+            .waiting_keys(&flow.name, None, cursor, wanted - keys.len(), with_starts)
+            .await?;
+        keys.extend(wrapped);
+    }
+    if keys.len() < wanted && tx.has_keyless(&flow.name).await? {
+        keys.push(WaitingKey {
+            key: None,
+            starts: Vec::new(),
+        });
+    }
+    Ok(keys)
+}
+
+/// Each key's share: its room, in turn order; keys with none are left out.
+fn shares_of(flow: &QueueFlow, keys: &[WaitingKey], running: &Running, now: i64) -> KeyShares {
+    let mut shares = KeyShares {
+        keys: Vec::new(),
+        shares: Vec::new(),
+    };
+    for key in keys {
+        let room = flow.key_room(key, running, now);
+        if room > 0 {
+            shares.keys.push(key.key.clone());
+            shares
+                .shares
+                .push(i64::try_from(room).unwrap_or(i64::MAX));
+        }
+    }
+    shares
+}
+
+/// What the claim of `tasks` leaves on the queue's and its keys' rows.
+fn record_of(
+    flow: &QueueFlow,
+    allowance: &Allowance,
+    waiting: &[WaitingKey],
+    tasks: &[ClaimedTask],
+    now: i64,
+) -> FlowRecord {
+    let mut record = FlowRecord::default();
+    if let Some(rate) = flow.queue_rate()
+        && !tasks.is_empty()
+    {
+        record.starts = Some(rate.record(&flow.starts, now, tasks.len()));
+    }
+    let Some(shares) = &allowance.shares else {
+        return record;
+    };
+    // The turn ends at the last key in turn order that got a task; with
+    // none taken it moves past the keys looked at, so that keys with
+    // nothing to give do not hold up the rest. The keyless tasks sort after
+    // every key, so after their turn it wraps around.
+    let served = shares
+        .keys
+        .iter()
+        .rposition(|key| tasks.iter().any(|task| task.key == *key));
+    let end = match served {
+        Some(at) => shares.keys[at].clone(),
+        None => shares.keys.last().cloned().flatten(),
+    };
+    if end != flow.key_cursor {
+        record.key_cursor = Some(end);
+    }
+    if let Some(rate) = flow.key_rate() {
+        for key in waiting {
+            let Some(name) = &key.key else { continue };
+            let started = tasks.iter().filter(|t| t.key.as_ref() == Some(name)).count();
+            if started > 0 {
+                record
+                    .key_starts
+                    .push((name.clone(), rate.record(&key.starts, now, started)));
+            }
+        }
+    }
+    record
+}
+
+/// A queue as `taskbox queue list` shows its settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FlowSettings {
+    pub limit: Option<u32>,
+    pub key_limit: Option<u32>,
+    pub rate: Option<String>,
+    pub rate_per_key: bool,
+}
+
+impl Rate {
+    /// From the columns a store keeps it in.
+    pub fn stored(count: Option<i32>, window_ms: Option<i64>) -> Option<Rate> {
+        match (count, window_ms) {
+            (Some(count), Some(ms)) if count > 0 && ms > 0 => Some(Rate {
+                count: count as u32,
+                window: Duration::from_millis(ms as u64),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl FlowChange {
+    /// The change sets a limit or a rate (rather than clearing one).
+    pub fn limits(&self) -> bool {
+        match self {
+            FlowChange::Limit(limit) | FlowChange::KeyLimit(limit) => limit.is_some(),
+            FlowChange::Rate { rate, .. } => rate.is_some(),
+        }
+    }
+
+    /// The values the stores write: the limit or the rate's count, the
+    /// rate's window in milliseconds, and whether it is per key.
+    pub fn columns(&self) -> (Option<i32>, Option<i64>, bool) {
+        match self {
+            FlowChange::Limit(limit) | FlowChange::KeyLimit(limit) => {
+                (limit.map(|n| n as i32), None, false)
+            }
+            FlowChange::Rate { rate, per_key } => (
+                rate.map(|r| r.count as i32),
+                rate.map(|r| i64::try_from(r.window.as_millis()).unwrap_or(i64::MAX)),
+                *per_key && rate.is_some(),
+            ),
+        }
+    }
+}
+
+/// How long a store trusts its last look at whether any queue is limited.
+/// The plain claim leaves limited queues out by itself, exactly; this only
+/// decides whether a claim also takes the limited path, so a queue limited
+/// since is claimed again within this long.
+pub const FLOW_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether any queue has a limit or a rate, as last looked up.
+#[derive(Debug, Default)]
+pub(crate) struct LimitedSeen {
+    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+impl LimitedSeen {
+    /// The last answer, while it is younger than [`FLOW_RECHECK`].
+    pub fn fresh(&self) -> Option<bool> {
+        let last = *self.last.lock().expect("not poisoned");
+        last.filter(|(at, _)| at.elapsed() < FLOW_RECHECK)
+            .map(|(_, limited)| limited)
+    }
+
+    pub fn note(&self, limited: bool) {
+        *self.last.lock().expect("not poisoned") = Some((std::time::Instant::now(), limited));
+    }
+
+    /// Look again on the next claim (this process changed a setting).
+    pub fn forget(&self) {
+        *self.last.lock().expect("not poisoned") = None;
+    }
+}
+
+/// Up to `$4` keys of queue `$1` with waiting tasks after `$2` (from the
+/// first when NULL) and up to `$3` (NULL: no bound), in key order, one
+/// index probe each (a loose index scan): one statement for both stores,
+/// `{waiting}` being each one's test for a waiting row of `t`.
+pub(crate) const WAITING_KEYS: &str = "
+WITH RECURSIVE keys(key) AS (
+    SELECT (SELECT min(t.key) FROM tasks t
+            WHERE {waiting} AND t.queue = $1 AND t.key > coalesce($2, '')
+              AND (CAST($3 AS text) IS NULL OR t.key <= $3))
+    UNION ALL
+    SELECT (SELECT min(t.key) FROM tasks t
+            WHERE {waiting} AND t.queue = $1 AND t.key > k.key
+              AND (CAST($3 AS text) IS NULL OR t.key <= $3))
+    FROM keys k WHERE k.key IS NOT NULL
+)
+SELECT key FROM keys WHERE key IS NOT NULL LIMIT $4";
+
+/// A queue's counted runs per key: one statement for both stores.
+pub(crate) const RUNNING: &str =
+    "SELECT key, count(*) FROM counted_runs WHERE queue = $1 GROUP BY key";
+
+/// Any queue with a limit or a rate: one statement for both stores.
+pub(crate) const ANY_LIMITED: &str = "SELECT EXISTS (SELECT 1 FROM queues
+    WHERE max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1_000_000;
+
+    fn rate(text: &str) -> Rate {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn rates_parse_with_a_unit_and_refuse_without_one() {
+        assert_eq!(
+            rate("100/1s"),
+            Rate {
+                count: 100,
+                window: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(rate("5/1m").window, Duration::from_secs(60));
+        assert_eq!(rate("20/500ms").to_string(), "20/500ms");
+        for bad in ["100", "100/1", "0/1s", "-1/1s", "x/1s", "10/0s", "10/2days", "10/soon"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad} was taken");
+        }
+        assert!(
+            "100/1".parse::<Rate>().unwrap_err().contains("no unit"),
+            "says what is missing"
+        );
+    }
+
+    #[test]
+    fn limits_are_whole_and_positive_or_none() {
+        assert_eq!(parse_limit("5"), Ok(Some(5)));
+        assert_eq!(parse_limit("none"), Ok(None));
+        for bad in ["0", "-1", "x", "", "1.5"] {
+            assert!(parse_limit(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn a_rate_allows_its_count_per_window_spread_over_tenths() {
+        let r = rate("20/1s");
+        // Idle: a tenth of the count at once.
+        assert_eq!(r.room(&[], 10 * SECOND), 2);
+        let starts = r.record(&[], 10 * SECOND, 2);
+        assert_eq!(r.room(&starts, 10 * SECOND), 0);
+        // A tenth of the window later, two more.
+        assert_eq!(r.room(&starts, 10 * SECOND + SECOND / 10), 0, "the edge is out");
+        assert_eq!(r.room(&starts, 10 * SECOND + SECOND / 10 + 1), 2);
+        // Twenty in the last second: none, whatever the tenth says.
+        let full: Vec<i64> = (0..10)
+            .flat_map(|i| [i * SECOND / 10 + 1, i * SECOND / 10 + 1])
+            .collect();
+        assert_eq!(r.room(&full, SECOND - 1), 0);
+        assert_eq!(r.room(&full, SECOND + 2), 2, "the first two left the window");
+        // Starts stamped later than the clock (another claim's) count.
+        assert_eq!(r.room(&[11 * SECOND, 11 * SECOND], 10 * SECOND), 0);
+        // Old starts are forgotten when recording.
+        assert_eq!(r.record(&[1, 2, 5 * SECOND], 5 * SECOND + 1, 1), vec![
+            5 * SECOND,
+            5 * SECOND + 1
+        ]);
+    }
+
+    fn flow() -> QueueFlow {
+        QueueFlow {
+            name: "q".into(),
+            ..QueueFlow::default()
+        }
+    }
+
+    fn running(pairs: &[(Option<&str>, usize)]) -> Running {
+        let by_key: HashMap<Option<String>, usize> = pairs
+            .iter()
+            .map(|(k, n)| (k.map(str::to_owned), *n))
+            .collect();
+        Running {
+            total: by_key.values().sum(),
+            by_key,
+        }
+    }
+
+    #[test]
+    fn room_is_the_least_of_the_limit_the_rate_and_the_demand() {
+        let mut q = flow();
+        assert_eq!(q.room(&running(&[]), 0, 64), 64, "no settings: the demand");
+        q.max_running = Some(5);
+        assert_eq!(q.room(&running(&[(None, 3)]), 0, 64), 2);
+        assert_eq!(q.room(&running(&[(None, 7)]), 0, 64), 0, "over: none");
+        q.rate = Some(rate("10/1s"));
+        assert_eq!(q.room(&running(&[]), 0, 64), 1, "the rate's tenth");
+        q.rate_per_key = true;
+        assert_eq!(
+            q.room(&running(&[]), 0, 64),
+            5,
+            "a rate per key does not bound the queue"
+        );
+    }
+
+    #[test]
+    fn a_keys_room_is_its_limit_less_its_running_and_its_own_rate() {
+        let mut q = flow();
+        q.key_limit = Some(3);
+        let busy = WaitingKey {
+            key: Some("a".into()),
+            starts: vec![],
+        };
+        let idle = WaitingKey {
+            key: Some("b".into()),
+            starts: vec![],
+        };
+        let now = running(&[(Some("a"), 2)]);
+        assert_eq!(q.key_room(&busy, &now, 0), 1);
+        assert_eq!(q.key_room(&idle, &now, 0), 3);
+        q.rate = Some(rate("10/1s"));
+        q.rate_per_key = true;
+        assert_eq!(q.key_room(&idle, &now, 0), 1);
+        let started = WaitingKey {
+            key: Some("b".into()),
+            starts: vec![0],
+        };
+        assert_eq!(q.key_room(&started, &now, 1), 0);
+        let shares = shares_of(&q, &[busy.clone(), started, idle.clone()], &now, 1);
+        assert_eq!(shares.keys, vec![Some("a".to_owned()), Some("b".to_owned())]);
+        assert_eq!(shares.shares, vec![1, 1]);
+    }
+}

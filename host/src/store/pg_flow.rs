@@ -1,0 +1,313 @@
+//! The Postgres statements of a claim of limited queues
+//! ([`super::flow::FlowTransaction`]), one method per statement, and of the
+//! commands that change a queue's flow settings. What to claim is decided
+//! in [`super::flow`].
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use sqlx::PgConnection;
+
+use super::flow::{
+    self,     Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Rate, Running, WaitingKey,
+};
+use super::postgres::{CLAIM_KEYED, CLAIM_LIMITED, ClaimedRow};
+use super::{ClaimRequest, ClaimedTask, MAX_TASK_TIMEOUT, StoreResult, refused_timeout_reason};
+
+/// The settings of the limited queues among `$1` (NULL: all), locked in
+/// name order so that two claims never wait on each other in a circle.
+/// Paused ones are left alone.
+const LOCK_LIMITED: &str = "
+SELECT name, max_running, key_limit, rate_count, rate_window_ms, rate_per_key, starts, key_cursor
+FROM queues
+WHERE (max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)
+  AND paused_at IS NULL
+  AND ($1::text[] IS NULL OR name = ANY($1))
+ORDER BY name
+FOR UPDATE";
+
+/// The clock after the locks (the transaction's `now()` is from before
+/// them), in microseconds since the epoch.
+const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+
+static WAITING_KEYS: LazyLock<String> =
+    LazyLock::new(|| flow::WAITING_KEYS.replace("{waiting}", "t.is_waiting"));
+
+/// The recent starts of the keys `$2` of queue `$1`.
+const KEY_STARTS: &str = "SELECT key, starts FROM queue_keys WHERE queue = $1 AND key = ANY($2)";
+
+const HAS_KEYLESS: &str = "
+SELECT EXISTS (SELECT 1 FROM tasks WHERE is_waiting AND queue = $1 AND key IS NULL
+               AND run_at <= now())";
+
+const RECORD_QUEUE: &str = "
+UPDATE queues SET starts = coalesce($2, starts),
+                  key_cursor = CASE WHEN $3 THEN $4 ELSE key_cursor END
+WHERE name = $1";
+
+const RECORD_KEYS: &str = "
+INSERT INTO queue_keys (queue, key, starts)
+SELECT $1, k.key, string_to_array(k.starts, ',')::bigint[]
+FROM unnest($2::text[], $3::text[]) AS k(key, starts)
+ON CONFLICT (queue, key) DO UPDATE SET starts = excluded.starts";
+
+/// One claim of limited queues, in its transaction.
+pub(super) struct PgFlow<'c> {
+    pub conn: &'c mut PgConnection,
+    pub token: i64,
+    /// The lease each queue's claim recorded, with its tasks: noted in the
+    /// store's lease book once the transaction commits.
+    pub leases: Vec<(i64, Vec<i64>)>,
+}
+
+impl FlowTransaction for PgFlow<'_> {
+    async fn lock_limited(&mut self, queues: &[String]) -> StoreResult<(Vec<QueueFlow>, i64)> {
+        type Row = (
+            String,
+            Option<i32>,
+            Option<i32>,
+            Option<i32>,
+            Option<i64>,
+            bool,
+            Vec<i64>,
+            Option<String>,
+        );
+        let scope = (!queues.is_empty()).then_some(queues);
+        let rows: Vec<Row> = sqlx::query_as(LOCK_LIMITED)
+            .bind(scope)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let now: i64 = sqlx::query_scalar(CLOCK).fetch_one(&mut *self.conn).await?;
+        let flows = rows
+            .into_iter()
+            .map(
+                |(name, max_running, key_limit, count, window, per_key, starts, cursor)| {
+                    QueueFlow {
+                        name,
+                        max_running: max_running.map(|n| n as u32),
+                        key_limit: key_limit.map(|n| n as u32),
+                        rate: Rate::stored(count, window),
+                        rate_per_key: per_key,
+                        starts,
+                        key_cursor: cursor,
+                    }
+                },
+            )
+            .collect();
+        Ok((flows, now))
+    }
+
+    async fn running(&mut self, queue: &str) -> StoreResult<Running> {
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(flow::RUNNING)
+            .bind(queue)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        Ok(Running::of(rows))
+    }
+
+    async fn waiting_keys(
+        &mut self,
+        queue: &str,
+        after: Option<&str>,
+        until: Option<&str>,
+        count: usize,
+        with_starts: bool,
+    ) -> StoreResult<Vec<WaitingKey>> {
+        let keys: Vec<String> = sqlx::query_scalar(&WAITING_KEYS)
+            .bind(queue)
+            .bind(after)
+            .bind(until)
+            .bind(i64::try_from(count).unwrap_or(i64::MAX))
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let mut starts: HashMap<String, Vec<i64>> = if with_starts && !keys.is_empty() {
+            sqlx::query_as(KEY_STARTS)
+                .bind(queue)
+                .bind(&keys)
+                .fetch_all(&mut *self.conn)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(keys
+            .into_iter()
+            .map(|key| WaitingKey {
+                starts: starts.remove(&key).unwrap_or_default(),
+                key: Some(key),
+            })
+            .collect())
+    }
+
+    async fn has_keyless(&mut self, queue: &str) -> StoreResult<bool> {
+        Ok(sqlx::query_scalar(HAS_KEYLESS)
+            .bind(queue)
+            .fetch_one(&mut *self.conn)
+            .await?)
+    }
+
+    async fn claim_queue(
+        &mut self,
+        queue: &str,
+        allowance: &Allowance,
+        count_runs: bool,
+        request: &ClaimRequest<'_>,
+    ) -> StoreResult<Vec<ClaimedTask>> {
+        let statement: &str = match allowance.shares {
+            Some(_) => &CLAIM_KEYED,
+            None => &CLAIM_LIMITED,
+        };
+        let scope = &request.scope;
+        let mut query = sqlx::query_as::<_, ClaimedRow>(statement)
+            .bind(i64::try_from(allowance.room).unwrap_or(i64::MAX))
+            .bind(request.worker_id)
+            .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
+            .bind((!scope.queues.is_empty()).then_some(scope.queues))
+            .bind(millis(MAX_TASK_TIMEOUT))
+            .bind(refused_timeout_reason())
+            .bind(scope.plugins)
+            .bind(self.token)
+            .bind(queue)
+            .bind(count_runs);
+        if let Some(shares) = &allowance.shares {
+            query = query.bind(&shares.keys).bind(&shares.shares);
+        }
+        let rows = query.fetch_all(&mut *self.conn).await?;
+        if let Some(first) = rows.first() {
+            let ids = rows.iter().map(|row| row.task.id).collect();
+            self.leases.push((first.lease, ids));
+        }
+        Ok(rows.into_iter().map(|row| row.task).collect())
+    }
+
+    async fn record(&mut self, queue: &str, record: &FlowRecord) -> StoreResult<()> {
+        if record.starts.is_some() || record.key_cursor.is_some() {
+            sqlx::query(RECORD_QUEUE)
+                .bind(queue)
+                .bind(record.starts.as_deref())
+                .bind(record.key_cursor.is_some())
+                .bind(record.key_cursor.clone().flatten())
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        if !record.key_starts.is_empty() {
+            let (keys, starts): (Vec<&str>, Vec<String>) = record
+                .key_starts
+                .iter()
+                .map(|(key, starts)| (key.as_str(), joined(starts)))
+                .unzip();
+            sqlx::query(RECORD_KEYS)
+                .bind(queue)
+                .bind(keys)
+                .bind(starts)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts as one text value: Postgres has no array of arrays of uneven
+/// length to unnest.
+fn joined(starts: &[i64]) -> String {
+    starts
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether the queue had a limit or rate before (`$1`), creating its row.
+const QUEUE_LIMITED: &str = "
+WITH made AS (INSERT INTO queues (name) VALUES ($1) ON CONFLICT (name) DO NOTHING)
+SELECT coalesce((SELECT max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL
+                 FROM queues WHERE name = $1 FOR UPDATE), false)";
+
+/// Count the queue's running tasks afresh, for a limit that starts
+/// counting them now.
+const RECOUNT: &str = "
+INSERT INTO counted_runs (task_id, queue, key)
+SELECT id, queue, key FROM tasks WHERE status = 'running' AND queue = $1
+ON CONFLICT (task_id) DO NOTHING";
+
+const FORGET_RUNS: &str = "DELETE FROM counted_runs WHERE queue = $1";
+
+/// Apply `change` to `queue`, in the caller's transaction.
+///
+/// A queue that had no limit or rate was claimed by the plain claim, which
+/// neither counts its runs nor takes its row's lock: before it becomes
+/// limited, the table lock waits out every claim under way and holds off
+/// new ones until the commit, so the count of its running tasks is exact
+/// and no claim after it can miss the settings.
+pub(super) async fn set_flow(
+    conn: &mut PgConnection,
+    queue: &str,
+    change: &FlowChange,
+) -> StoreResult<()> {
+    let was_limited: bool = sqlx::query_scalar(QUEUE_LIMITED)
+        .bind(queue)
+        .fetch_one(&mut *conn)
+        .await?;
+    let counted_before = counts_runs(conn, queue).await?;
+    if !was_limited && change.limits() {
+        sqlx::query("LOCK TABLE tasks IN SHARE MODE")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let statement = match change {
+        FlowChange::Limit(_) => "UPDATE queues SET max_running = $2 WHERE name = $1",
+        FlowChange::KeyLimit(_) => "UPDATE queues SET key_limit = $2 WHERE name = $1",
+        FlowChange::Rate { .. } => {
+            "UPDATE queues SET rate_count = $2, rate_window_ms = $3, rate_per_key = $4,
+                               starts = '{}' WHERE name = $1"
+        }
+    };
+    let (number, window, per_key) = change.columns();
+    let mut query = sqlx::query(statement).bind(queue).bind(number);
+    if matches!(change, FlowChange::Rate { .. }) {
+        query = query.bind(window).bind(per_key);
+    }
+    query.execute(&mut *conn).await?;
+    let counted_after = counts_runs(conn, queue).await?;
+    if counted_after && !counted_before {
+        sqlx::query(RECOUNT)
+            .bind(queue)
+            .execute(&mut *conn)
+            .await?;
+    } else if counted_before && !counted_after {
+        sqlx::query(FORGET_RUNS)
+            .bind(queue)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn counts_runs(conn: &mut PgConnection, queue: &str) -> StoreResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce((SELECT max_running IS NOT NULL OR key_limit IS NOT NULL
+                          FROM queues WHERE name = $1), false)",
+    )
+    .bind(queue)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+impl Running {
+    /// From `(key, count)` rows.
+    pub(super) fn of(rows: Vec<(Option<String>, i64)>) -> Running {
+        let by_key: HashMap<Option<String>, usize> = rows
+            .into_iter()
+            .map(|(key, n)| (key, n.max(0) as usize))
+            .collect();
+        Running {
+            total: by_key.values().sum(),
+            by_key,
+        }
+    }
+}
