@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
+use taskbox::store::flow::{FlowChange, Rate};
 use taskbox::store::{
     CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES, ListFilter,
     NewTask, Notification, Refused, RescueRequest, Rescued, Scope, Stats, Status, StoreError,
@@ -74,6 +75,9 @@ conformance!(
     a_retry_waits_its_delay_on_the_databases_clock,
     a_paused_queue_is_not_claimed_until_resumed,
     two_rescuers_of_one_row_write_it_once,
+    a_queue_limit_counts_every_way_a_run_ends,
+    a_limit_set_while_tasks_run_counts_them,
+    a_rate_holds_across_claims,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1112,7 +1116,8 @@ async fn sqlite_connection(store: &taskbox::store::SqliteStore) -> sqlx::SqliteC
 }
 
 async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store: S) {
-    use taskbox::store::{MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT};
+    use taskbox::store::flow::{FlowChange, Rate};
+use taskbox::store::{MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT};
     let longest = NewTask {
         timeout: Some(MAX_TASK_TIMEOUT),
         run_at: Some(
@@ -1370,4 +1375,144 @@ async fn two_rescuers_of_one_row_write_it_once<S: TaskStore>(store: S) {
     let row = record(&store, id).await;
     assert_eq!(row.status, Status::Waiting);
     assert_eq!(row.errors, ["worker lost: dead stopped during attempt 1"]);
+}
+
+fn in_queue(queue: &str, plugin: &str) -> NewTask {
+    NewTask {
+        queue: queue.to_owned(),
+        ..new_task(plugin)
+    }
+}
+
+/// How many of `claimed` are in `queue` (by the plugin named after it).
+fn of_queue(claimed: &[ClaimedTask], queue: &str) -> usize {
+    claimed.iter().filter(|task| task.plugin == queue).count()
+}
+
+async fn a_queue_limit_counts_every_way_a_run_ends<S: TaskStore>(store: S) {
+    let capped: Vec<NewTask> = (0..8)
+        .map(|_| NewTask {
+            max_attempts: 3,
+            ..in_queue("capped", "capped")
+        })
+        .collect();
+    store.enqueue(&capped).await.unwrap();
+    store
+        .enqueue(&[new_task("free"), new_task("free"), new_task("free")])
+        .await
+        .unwrap();
+    store
+        .set_flow("capped", &FlowChange::Limit(Some(2)))
+        .await
+        .unwrap();
+
+    let first = store.claim(&claim_by("w1", 10)).await.unwrap();
+    assert_eq!(of_queue(&first, "capped"), 2, "the limit");
+    assert_eq!(of_queue(&first, "free"), 3, "other queues fill the rest");
+    let second = store.claim(&claim_by("w2", 10)).await.unwrap();
+    assert!(second.is_empty(), "another worker counts the same runs");
+    let running: Vec<&ClaimedTask> = first.iter().filter(|t| t.plugin == "capped").collect();
+
+    // Each way out of `running` gives its place back, and only its own.
+    let ways = [
+        ("success", success(running[0])),
+        (
+            "retry",
+            Completion::new(
+                running[1],
+                Transition::Retry {
+                    after: Duration::ZERO,
+                    error: "again".into(),
+                },
+            ),
+        ),
+    ];
+    let mut held = Vec::new();
+    for (way, completion) in ways {
+        assert_eq!(store.complete(&[completion]).await.unwrap(), 1);
+        let next = store.claim(&claim_by("w2", 10)).await.unwrap();
+        assert_eq!(next.len(), 1, "after a {way}, one place");
+        held.extend(next);
+    }
+    assert_eq!(store.complete(&[Completion::release(&held[0])]).await.unwrap(), 1);
+    let after_release = store.claim(&claim_by("w3", 10)).await.unwrap();
+    assert_eq!(after_release.len(), 1, "after a release, one place");
+
+    // A stale completion (another claim's token) gives back nothing.
+    let stale = success(&ClaimedTask {
+        token: held[1].token.wrapping_add(1),
+        ..held[1].clone()
+    });
+    store.complete(&[stale]).await.unwrap();
+    assert!(store.claim(&claim_by("w3", 10)).await.unwrap().is_empty());
+
+    // The rescue writes through the same completion.
+    store
+        .complete(&[taskbox::worker::rescuer::rescue_of(&taskbox::store::LostRun {
+            id: after_release[0].id,
+            attempt: after_release[0].attempt,
+            max_attempts: after_release[0].max_attempts,
+            token: after_release[0].token,
+            worker_id: Some("w3".into()),
+            cancel_requested: false,
+        })])
+        .await
+        .unwrap();
+    assert_eq!(store.claim(&claim_by("w4", 10)).await.unwrap().len(), 1);
+
+    let shown = store.queues().await.unwrap();
+    let capped = shown.iter().find(|q| q.name == "capped").unwrap();
+    assert_eq!((capped.running, capped.limit), (2, Some(2)));
+
+    store
+        .set_flow("capped", &FlowChange::Limit(None))
+        .await
+        .unwrap();
+    let unlimited = store.claim(&claim_by("w5", 10)).await.unwrap();
+    assert_eq!(unlimited.len(), 5, "cleared: every waiting task");
+}
+
+async fn a_limit_set_while_tasks_run_counts_them<S: TaskStore>(store: S) {
+    let tasks: Vec<NewTask> = (0..6).map(|_| in_queue("late", "late")).collect();
+    store.enqueue(&tasks).await.unwrap();
+    let running = store.claim(&claim_by("w1", 3)).await.unwrap();
+    assert_eq!(running.len(), 3);
+    store
+        .set_flow("late", &FlowChange::Limit(Some(2)))
+        .await
+        .unwrap();
+    assert!(
+        store.claim(&claim_by("w2", 10)).await.unwrap().is_empty(),
+        "three already run"
+    );
+    store.complete(&[success(&running[0])]).await.unwrap();
+    assert!(store.claim(&claim_by("w2", 10)).await.unwrap().is_empty());
+    store.complete(&[success(&running[1])]).await.unwrap();
+    assert_eq!(store.claim(&claim_by("w2", 10)).await.unwrap().len(), 1);
+}
+
+async fn a_rate_holds_across_claims<S: TaskStore>(store: S) {
+    let tasks: Vec<NewTask> = (0..10).map(|_| in_queue("rated", "rated")).collect();
+    store.enqueue(&tasks).await.unwrap();
+    // An hour's window: a tenth of it is six minutes, longer than the test.
+    let rate: Rate = "20/1h".parse().unwrap();
+    store
+        .set_flow(
+            "rated",
+            &FlowChange::Rate {
+                rate: Some(rate),
+                per_key: false,
+            },
+        )
+        .await
+        .unwrap();
+    let first = store.claim(&claim_by("w1", 10)).await.unwrap();
+    assert_eq!(first.len(), 2, "a tenth of the count at once");
+    store.complete(&[success(&first[0])]).await.unwrap();
+    assert!(
+        store.claim(&claim_by("w2", 10)).await.unwrap().is_empty(),
+        "starts count, not runs"
+    );
+    let shown = store.queues().await.unwrap();
+    assert_eq!(shown[0].rate.as_deref(), Some("20/1h"));
 }

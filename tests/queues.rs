@@ -87,8 +87,10 @@ async fn a_paused_queue_waits_while_another_drains_and_runs_when_resumed(pool: P
     assert_eq!(
         listed,
         json!([
-            {"name": "default", "waiting": 0, "running": 0, "paused": false},
-            {"name": "held", "waiting": 5, "running": 0, "paused": true},
+            {"name": "default", "waiting": 0, "running": 0, "limit": null, "key_limit": null,
+             "rate": null, "rate_per_key": false, "paused": false},
+            {"name": "held", "waiting": 5, "running": 0, "limit": null, "key_limit": null,
+             "rate": null, "rate_per_key": false, "paused": true},
         ])
     );
 

@@ -147,7 +147,42 @@ pub enum QueueAction {
         #[arg(value_parser = parse_queue)]
         name: String,
     },
-    /// Every queue that holds tasks or has settings: waiting, running, paused.
+    /// At most N of the queue's tasks run at once, on all workers together
+    /// (`none` clears it).
+    Limit {
+        /// The queue's name.
+        #[arg(value_parser = parse_queue)]
+        name: String,
+        /// A number from 1, or `none`.
+        #[arg(value_parser = crate::store::flow::parse_limit)]
+        limit: LimitOrNone,
+    },
+    /// At most N of one key's tasks run at once in the queue, and claims
+    /// take its keys in turn (`none` clears it).
+    KeyLimit {
+        /// The queue's name.
+        #[arg(value_parser = parse_queue)]
+        name: String,
+        /// A number from 1, or `none`.
+        #[arg(value_parser = crate::store::flow::parse_limit)]
+        limit: LimitOrNone,
+    },
+    /// At most COUNT of the queue's tasks start in any WINDOW, on all
+    /// workers together, spread so that a tenth of the window starts at
+    /// most a tenth of the count (rounded up) (`none` clears it).
+    Rate {
+        /// The queue's name.
+        #[arg(value_parser = parse_queue)]
+        name: String,
+        /// COUNT/WINDOW, e.g. 100/1s or 5/1m; or `none`.
+        #[arg(value_parser = parse_rate)]
+        rate: RateOrNone,
+        /// The rate holds for each key on its own.
+        #[arg(long)]
+        per_key: bool,
+    },
+    /// Every queue that holds tasks or has settings: waiting, running,
+    /// limit, key limit, rate, paused.
     List {
         /// Print a JSON array, one object per queue.
         #[arg(long)]
@@ -264,6 +299,19 @@ fn parse_status(text: &str) -> Result<Status, String> {
 /// `--schema`: a name [`SchemaName`] takes.
 pub fn parse_schema(text: &str) -> Result<SchemaName, String> {
     SchemaName::new(text).map_err(|err| err.to_string())
+}
+
+/// A required value that may be `none`: spelt without `Option` so that
+/// clap does not take the argument itself for optional.
+type LimitOrNone = Option<u32>;
+type RateOrNone = Option<crate::store::flow::Rate>;
+
+/// `queue rate`'s rate: COUNT/WINDOW, or `none`.
+fn parse_rate(text: &str) -> Result<RateOrNone, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    text.parse().map(Some)
 }
 
 /// Longest queue name taken.
