@@ -1117,7 +1117,7 @@ async fn sqlite_connection(store: &taskbox::store::SqliteStore) -> sqlx::SqliteC
 
 async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store: S) {
     use taskbox::store::flow::{FlowChange, Rate};
-use taskbox::store::{MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT};
+    use taskbox::store::{MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT};
     let longest = NewTask {
         timeout: Some(MAX_TASK_TIMEOUT),
         run_at: Some(
@@ -1434,7 +1434,13 @@ async fn a_queue_limit_counts_every_way_a_run_ends<S: TaskStore>(store: S) {
         assert_eq!(next.len(), 1, "after a {way}, one place");
         held.extend(next);
     }
-    assert_eq!(store.complete(&[Completion::release(&held[0])]).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .complete(&[Completion::release(&held[0])])
+            .await
+            .unwrap(),
+        1
+    );
     let after_release = store.claim(&claim_by("w3", 10)).await.unwrap();
     assert_eq!(after_release.len(), 1, "after a release, one place");
 
@@ -1448,14 +1454,16 @@ async fn a_queue_limit_counts_every_way_a_run_ends<S: TaskStore>(store: S) {
 
     // The rescue writes through the same completion.
     store
-        .complete(&[taskbox::worker::rescuer::rescue_of(&taskbox::store::LostRun {
-            id: after_release[0].id,
-            attempt: after_release[0].attempt,
-            max_attempts: after_release[0].max_attempts,
-            token: after_release[0].token,
-            worker_id: Some("w3".into()),
-            cancel_requested: false,
-        })])
+        .complete(&[taskbox::worker::rescuer::rescue_of(
+            &taskbox::store::LostRun {
+                id: after_release[0].id,
+                attempt: after_release[0].attempt,
+                max_attempts: after_release[0].max_attempts,
+                token: after_release[0].token,
+                worker_id: Some("w3".into()),
+                cancel_requested: false,
+            },
+        )])
         .await
         .unwrap();
     assert_eq!(store.claim(&claim_by("w4", 10)).await.unwrap().len(), 1);

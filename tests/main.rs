@@ -14,6 +14,7 @@ mod connections;
 mod containment;
 mod disk_full;
 mod first_hour;
+mod flow;
 mod grants;
 mod host_failures;
 mod limits;

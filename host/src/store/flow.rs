@@ -48,23 +48,29 @@ impl Rate {
         let window = micros(self.window);
         let spread_window = window / i64::from(RATE_SPREAD);
         let spread_count = self.count.div_ceil(RATE_SPREAD);
-        // Starts later than `now` count too: another claim's clock read
-        // after ours but its starts were written first.
+        // Starts later than `now` count too: a claim's clock is its
+        // transaction's, and one that waited for the lock may be earlier
+        // than the starts written before it. Counting every start after
+        // `now - window` keeps every window holding `now` within the count.
         let in_window = starts.iter().filter(|&&at| at > now - window).count();
-        let in_spread = starts.iter().filter(|&&at| at > now - spread_window).count();
+        let in_spread = starts
+            .iter()
+            .filter(|&&at| at > now - spread_window)
+            .count();
         (self.count as usize)
             .saturating_sub(in_window)
             .min((spread_count as usize).saturating_sub(in_spread))
     }
 
-    /// The recent starts once `started` more started at `now`: those out of
-    /// the window are forgotten.
+    /// The recent starts once `started` more started at `now`. Those a whole
+    /// window before the window are forgotten: a later claim's clock may be
+    /// a little earlier than this one's and still need the ones just out.
     pub fn record(&self, starts: &[i64], now: i64, started: usize) -> Vec<i64> {
         let window = micros(self.window);
         let mut kept: Vec<i64> = starts
             .iter()
             .copied()
-            .filter(|&at| at > now - window)
+            .filter(|&at| at > now - 2 * window)
             .collect();
         kept.extend(std::iter::repeat_n(now, started));
         kept
@@ -401,9 +407,7 @@ fn shares_of(flow: &QueueFlow, keys: &[WaitingKey], running: &Running, now: i64)
         let room = flow.key_room(key, running, now);
         if room > 0 {
             shares.keys.push(key.key.clone());
-            shares
-                .shares
-                .push(i64::try_from(room).unwrap_or(i64::MAX));
+            shares.shares.push(i64::try_from(room).unwrap_or(i64::MAX));
         }
     }
     shares
@@ -444,7 +448,10 @@ fn record_of(
     if let Some(rate) = flow.key_rate() {
         for key in waiting {
             let Some(name) = &key.key else { continue };
-            let started = tasks.iter().filter(|t| t.key.as_ref() == Some(name)).count();
+            let started = tasks
+                .iter()
+                .filter(|t| t.key.as_ref() == Some(name))
+                .count();
             if started > 0 {
                 record
                     .key_starts
@@ -578,7 +585,9 @@ mod tests {
         );
         assert_eq!(rate("5/1m").window, Duration::from_secs(60));
         assert_eq!(rate("20/500ms").to_string(), "20/500ms");
-        for bad in ["100", "100/1", "0/1s", "-1/1s", "x/1s", "10/0s", "10/2days", "10/soon"] {
+        for bad in [
+            "100", "100/1", "0/1s", "-1/1s", "x/1s", "10/0s", "10/2days", "10/soon",
+        ] {
             assert!(bad.parse::<Rate>().is_err(), "{bad} was taken");
         }
         assert!(
@@ -604,21 +613,29 @@ mod tests {
         let starts = r.record(&[], 10 * SECOND, 2);
         assert_eq!(r.room(&starts, 10 * SECOND), 0);
         // A tenth of the window later, two more.
-        assert_eq!(r.room(&starts, 10 * SECOND + SECOND / 10), 0, "the edge is out");
+        assert_eq!(
+            r.room(&starts, 10 * SECOND + SECOND / 10),
+            0,
+            "the edge is out"
+        );
         assert_eq!(r.room(&starts, 10 * SECOND + SECOND / 10 + 1), 2);
         // Twenty in the last second: none, whatever the tenth says.
         let full: Vec<i64> = (0..10)
             .flat_map(|i| [i * SECOND / 10 + 1, i * SECOND / 10 + 1])
             .collect();
         assert_eq!(r.room(&full, SECOND - 1), 0);
-        assert_eq!(r.room(&full, SECOND + 2), 2, "the first two left the window");
+        assert_eq!(
+            r.room(&full, SECOND + 2),
+            2,
+            "the first two left the window"
+        );
         // Starts stamped later than the clock (another claim's) count.
         assert_eq!(r.room(&[11 * SECOND, 11 * SECOND], 10 * SECOND), 0);
-        // Old starts are forgotten when recording.
-        assert_eq!(r.record(&[1, 2, 5 * SECOND], 5 * SECOND + 1, 1), vec![
-            5 * SECOND,
-            5 * SECOND + 1
-        ]);
+        // Starts two windows old are forgotten when recording.
+        assert_eq!(
+            r.record(&[1, 2, 4 * SECOND, 5 * SECOND], 5 * SECOND + 1, 1),
+            vec![4 * SECOND, 5 * SECOND, 5 * SECOND + 1]
+        );
     }
 
     fn flow() -> QueueFlow {
@@ -680,7 +697,10 @@ mod tests {
         };
         assert_eq!(q.key_room(&started, &now, 1), 0);
         let shares = shares_of(&q, &[busy.clone(), started, idle.clone()], &now, 1);
-        assert_eq!(shares.keys, vec![Some("a".to_owned()), Some("b".to_owned())]);
+        assert_eq!(
+            shares.keys,
+            vec![Some("a".to_owned()), Some("b".to_owned())]
+        );
         assert_eq!(shares.shares, vec![1, 1]);
     }
 }

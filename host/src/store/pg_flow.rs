@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use sqlx::PgConnection;
 
 use super::flow::{
-    self,     Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Rate, Running, WaitingKey,
+    self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Rate, Running, WaitingKey,
 };
 use super::postgres::{CLAIM_KEYED, CLAIM_LIMITED, ClaimedRow};
 use super::{ClaimRequest, ClaimedTask, MAX_TASK_TIMEOUT, StoreResult, refused_timeout_reason};
@@ -26,9 +26,10 @@ WHERE (max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NUL
 ORDER BY name
 FOR UPDATE";
 
-/// The clock after the locks (the transaction's `now()` is from before
-/// them), in microseconds since the epoch.
-const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+/// The transaction's clock, in microseconds since the epoch: the time the
+/// claim gives its tasks as `started_at`, so that the starts a rate counts
+/// are the ones the rows show.
+const CLOCK: &str = "SELECT (extract(epoch FROM now()) * 1000000)::bigint";
 
 static WAITING_KEYS: LazyLock<String> =
     LazyLock::new(|| flow::WAITING_KEYS.replace("{waiting}", "t.is_waiting"));
@@ -275,10 +276,7 @@ pub(super) async fn set_flow(
     query.execute(&mut *conn).await?;
     let counted_after = counts_runs(conn, queue).await?;
     if counted_after && !counted_before {
-        sqlx::query(RECOUNT)
-            .bind(queue)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(RECOUNT).bind(queue).execute(&mut *conn).await?;
     } else if counted_before && !counted_after {
         sqlx::query(FORGET_RUNS)
             .bind(queue)

@@ -25,8 +25,8 @@ use super::pg_schema::{self, SchemaName};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
     LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
-    QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
+    QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status,
+    StoreError, StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
     new_claim_token, refused_timeout_reason,
 };
 

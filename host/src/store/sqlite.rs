@@ -42,8 +42,8 @@ use super::sqlite_flow::{self, SqliteFlow};
 use super::{
     ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
     LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
-    QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status, StoreError,
-    StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
+    QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status,
+    StoreError, StoreResult, TaskRecord, TaskStore, new_claim_token, refused_timeout_reason,
 };
 
 /// The database a command uses when `DATABASE_URL` is not set.
@@ -544,11 +544,12 @@ pub(super) async fn claim_rows<'q>(
     statement: &'q str,
     request: &'q ClaimRequest<'_>,
     limit: usize,
+    now: i64,
     more: impl FnOnce(SqliteQueryAs<'q>) -> SqliteQueryAs<'q>,
 ) -> StoreResult<Vec<ClaimRow>> {
     let (queues, plugins) = scope_arrays(&request.scope);
     let query = sqlx::query_as(statement)
-        .bind(now_micros())
+        .bind(now)
         .bind(queues)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(request.worker_id)
@@ -598,15 +599,16 @@ impl TaskStore for SqliteStore {
         let any_limited: bool = sqlx::query_scalar(flow::ANY_LIMITED)
             .fetch_one(&mut *tx)
             .await?;
+        let now = now_micros();
         let mut claimed = if any_limited {
-            let mut flow = SqliteFlow { conn: &mut tx };
+            let mut flow = SqliteFlow { conn: &mut tx, now };
             flow::claim_limited(&mut flow, request).await?
         } else {
             Vec::new()
         };
         let limit = request.limit.saturating_sub(claimed.len());
         if limit > 0 {
-            let mut rows = claim_rows(&mut tx, &CLAIM, request, limit, |query| query).await?;
+            let mut rows = claim_rows(&mut tx, &CLAIM, request, limit, now, |query| query).await?;
             // RETURNING has no order of its own; hand tasks out in claim order.
             rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));
             claimed.extend(rows.into_iter().map(|row| row.task));

@@ -53,6 +53,9 @@ ON CONFLICT (queue, key) DO UPDATE SET starts = excluded.starts";
 /// One claim of limited queues, in the claim's write transaction.
 pub(super) struct SqliteFlow<'c> {
     pub conn: &'c mut SqliteConnection,
+    /// The claim's clock (microseconds): its tasks' `started_at` and the
+    /// starts a rate counts.
+    pub now: i64,
 }
 
 fn starts_of(json: &str) -> Vec<i64> {
@@ -96,7 +99,7 @@ impl FlowTransaction for SqliteFlow<'_> {
                 },
             )
             .collect();
-        Ok((flows, chrono::Utc::now().timestamp_micros()))
+        Ok((flows, self.now))
     }
 
     async fn running(&mut self, queue: &str) -> StoreResult<Running> {
@@ -146,7 +149,7 @@ impl FlowTransaction for SqliteFlow<'_> {
     async fn has_keyless(&mut self, queue: &str) -> StoreResult<bool> {
         Ok(sqlx::query_scalar(HAS_KEYLESS)
             .bind(queue)
-            .bind(chrono::Utc::now().timestamp_micros())
+            .bind(self.now)
             .fetch_one(&mut *self.conn)
             .await?)
     }
@@ -171,13 +174,20 @@ impl FlowTransaction for SqliteFlow<'_> {
             Some(_) => &CLAIM_KEYED,
             None => &CLAIM_LIMITED,
         };
-        let rows = claim_rows(self.conn, statement, request, allowance.room, |query| {
-            let query = query.bind(queue.to_owned());
-            match shares {
-                Some(shares) => query.bind(shares),
-                None => query,
-            }
-        })
+        let rows = claim_rows(
+            self.conn,
+            statement,
+            request,
+            allowance.room,
+            self.now,
+            |query| {
+                let query = query.bind(queue.to_owned());
+                match shares {
+                    Some(shares) => query.bind(shares),
+                    None => query,
+                }
+            },
+        )
         .await?;
         let tasks: Vec<ClaimedTask> = rows.into_iter().map(|row| row.task).collect();
         if count_runs && !tasks.is_empty() {
