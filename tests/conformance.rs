@@ -1116,7 +1116,6 @@ async fn sqlite_connection(store: &taskbox::store::SqliteStore) -> sqlx::SqliteC
 }
 
 async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store: S) {
-    use taskbox::store::flow::{FlowChange, Rate};
     use taskbox::store::{MAX_SCHEDULE_AHEAD, MAX_TASK_TIMEOUT};
     let longest = NewTask {
         timeout: Some(MAX_TASK_TIMEOUT),
