@@ -382,17 +382,20 @@ async fn turn_of_keys<T: FlowTransaction>(
     let mut keys = tx
         .waiting_keys(&flow.name, cursor, None, wanted, with_starts)
         .await?;
-    if keys.len() < wanted && cursor.is_some() {
-        let wrapped = tx
-            .waiting_keys(&flow.name, None, cursor, wanted - keys.len(), with_starts)
-            .await?;
-        keys.extend(wrapped);
-    }
-    if keys.len() < wanted && tx.has_keyless(&flow.name).await? {
-        keys.push(WaitingKey {
-            key: None,
-            starts: Vec::new(),
-        });
+    // Past the last key: the keyless tasks' turn, then the first keys again.
+    if keys.len() < wanted {
+        if tx.has_keyless(&flow.name).await? {
+            keys.push(WaitingKey {
+                key: None,
+                starts: Vec::new(),
+            });
+        }
+        if keys.len() < wanted && cursor.is_some() {
+            let wrapped = tx
+                .waiting_keys(&flow.name, None, cursor, wanted - keys.len(), with_starts)
+                .await?;
+            keys.extend(wrapped);
+        }
     }
     Ok(keys)
 }
