@@ -616,12 +616,12 @@ mod tests {
         let starts = r.record(&[], 10 * SECOND, 2);
         assert_eq!(r.room(&starts, 10 * SECOND), 0);
         // A tenth of the window later, two more.
+        assert_eq!(r.room(&starts, 10 * SECOND + SECOND / 10 - 1), 0);
         assert_eq!(
             r.room(&starts, 10 * SECOND + SECOND / 10),
-            0,
-            "the edge is out"
+            2,
+            "windows are half-open: a start a tenth later shares none"
         );
-        assert_eq!(r.room(&starts, 10 * SECOND + SECOND / 10 + 1), 2);
         // Twenty in the last second: none, whatever the tenth says.
         let full: Vec<i64> = (0..10)
             .flat_map(|i| [i * SECOND / 10 + 1, i * SECOND / 10 + 1])
@@ -705,5 +705,159 @@ mod tests {
             vec![Some("a".to_owned()), Some("b".to_owned())]
         );
         assert_eq!(shares.shares, vec![1, 1]);
+    }
+
+    /// A store in memory: one queue, its waiting tasks in claim order.
+    struct Memory {
+        flow: QueueFlow,
+        waiting: Vec<(i64, Option<String>)>,
+        running: Vec<(i64, Option<String>)>,
+    }
+
+    impl FlowTransaction for Memory {
+        async fn lock_limited(&mut self, _: &[String]) -> StoreResult<(Vec<QueueFlow>, i64)> {
+            Ok((vec![self.flow.clone()], 0))
+        }
+
+        async fn running(&mut self, _: &str) -> StoreResult<Running> {
+            let mut by_key = HashMap::new();
+            for (_, key) in &self.running {
+                *by_key.entry(key.clone()).or_default() += 1;
+            }
+            Ok(Running {
+                total: self.running.len(),
+                by_key,
+            })
+        }
+
+        async fn waiting_keys(
+            &mut self,
+            _: &str,
+            after: Option<&str>,
+            until: Option<&str>,
+            count: usize,
+            _: bool,
+        ) -> StoreResult<Vec<WaitingKey>> {
+            let mut keys: Vec<String> = self
+                .waiting
+                .iter()
+                .filter_map(|(_, key)| key.clone())
+                .filter(|key| after.is_none_or(|a| key.as_str() > a))
+                .filter(|key| until.is_none_or(|u| key.as_str() <= u))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys.truncate(count);
+            Ok(keys
+                .into_iter()
+                .map(|key| WaitingKey {
+                    key: Some(key),
+                    starts: Vec::new(),
+                })
+                .collect())
+        }
+
+        async fn has_keyless(&mut self, _: &str) -> StoreResult<bool> {
+            Ok(self.waiting.iter().any(|(_, key)| key.is_none()))
+        }
+
+        async fn claim_queue(
+            &mut self,
+            _: &str,
+            allowance: &Allowance,
+            _: bool,
+            _: &ClaimRequest<'_>,
+        ) -> StoreResult<Vec<ClaimedTask>> {
+            let shares = allowance.shares.as_ref().expect("keyed");
+            let mut picked: Vec<(usize, usize, i64, Option<String>)> = Vec::new();
+            for (turn, (key, share)) in shares.keys.iter().zip(&shares.shares).enumerate() {
+                let of_key = self.waiting.iter().filter(|(_, k)| k == key);
+                for (rank, (id, _)) in of_key.take(*share as usize).enumerate() {
+                    picked.push((rank, turn, *id, key.clone()));
+                }
+            }
+            picked.sort();
+            picked.truncate(allowance.room);
+            let ids: Vec<i64> = picked.iter().map(|p| p.2).collect();
+            self.waiting.retain(|(id, _)| !ids.contains(id));
+            let tasks: Vec<ClaimedTask> = picked
+                .into_iter()
+                .map(|(_, _, id, key)| ClaimedTask {
+                    id,
+                    key,
+                    plugin: "p".into(),
+                    args: Vec::new(),
+                    args_json: None,
+                    attempt: 1,
+                    max_attempts: 1,
+                    timeout_ms: 1000,
+                    token: 0,
+                })
+                .collect();
+            self.running
+                .extend(tasks.iter().map(|t| (t.id, t.key.clone())));
+            Ok(tasks)
+        }
+
+        async fn record(&mut self, _: &str, record: &FlowRecord) -> StoreResult<()> {
+            if let Some(cursor) = &record.key_cursor {
+                self.flow.key_cursor = cursor.clone();
+            }
+            Ok(())
+        }
+    }
+
+    fn keys_of(tasks: &[ClaimedTask]) -> Vec<&str> {
+        tasks
+            .iter()
+            .map(|t| t.key.as_deref().unwrap_or("-"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn claims_take_keys_in_turn_and_the_keyless_after_the_last() {
+        let mut waiting = Vec::new();
+        for id in 0..100 {
+            waiting.push((id, Some("big".to_owned())));
+        }
+        for (id, key) in [(100, "a"), (101, "a"), (102, "c"), (103, "c")] {
+            waiting.push((id, Some(key.to_owned())));
+        }
+        waiting.push((104, None));
+        let mut memory = Memory {
+            flow: QueueFlow {
+                name: "q".into(),
+                key_limit: Some(2),
+                ..QueueFlow::default()
+            },
+            waiting,
+            running: Vec::new(),
+        };
+        let claim = |limit| ClaimRequest {
+            worker_id: "w",
+            limit,
+            scope: Default::default(),
+            default_timeout: Duration::from_secs(1),
+        };
+        let first = claim_limited(&mut memory, &claim(3)).await.unwrap();
+        assert_eq!(
+            keys_of(&first),
+            ["a", "big", "c"],
+            "one of each, in key order"
+        );
+        assert_eq!(memory.flow.key_cursor.as_deref(), Some("c"));
+        let second = claim_limited(&mut memory, &claim(3)).await.unwrap();
+        assert_eq!(
+            keys_of(&second),
+            ["-", "a", "big"],
+            "after the last key the keyless, then from the first"
+        );
+        let third = claim_limited(&mut memory, &claim(10)).await.unwrap();
+        assert_eq!(keys_of(&third), ["c"], "a and big are at their limit");
+        memory
+            .running
+            .retain(|(_, key)| key.as_deref() != Some("big"));
+        let fourth = claim_limited(&mut memory, &claim(10)).await.unwrap();
+        assert_eq!(keys_of(&fourth), ["big", "big"], "a key's limit, not more");
     }
 }
