@@ -434,6 +434,38 @@ fn an_unknown_database_url_is_refused() {
     assert_refused(&output, "name a file");
 }
 
+/// A bad `--queue` limit, or a queue named twice, is refused before the
+/// worker touches anything: no database file, no lock file.
+#[test]
+fn bad_queue_limits_exit_2_before_anything_is_written() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--queue", "email=0"], "`0` is not a limit"),
+        (&["--queue", "email=-1"], "`-1` is not a limit"),
+        (&["--queue", "email=x"], "`x` is not a limit"),
+        (&["--queue", "=3"], "a queue name cannot be empty"),
+        (
+            &["--queue", "email=2", "--queue", "email"],
+            "queue `email` more than once",
+        ),
+        (
+            &["--queue", "email", "--queue", "default", "--queue", "email"],
+            "queue `email` more than once",
+        ),
+    ];
+    for (queues, mentions) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let output = run_within(
+            taskbox_at(&sqlite_url(dir.path()))
+                .args(["worker", "--drain"])
+                .args(queues),
+            PROCESS_WAIT,
+        );
+        assert_refused(&output, mentions);
+        let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(written.is_empty(), "{queues:?} wrote {written:?}");
+    }
+}
+
 #[tokio::test]
 async fn one_worker_process_per_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();

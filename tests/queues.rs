@@ -1,6 +1,7 @@
 //! Steering queues from the command line while real workers serve them:
 //! a paused queue's tasks wait on every worker while other queues drain,
-//! and run once it is resumed.
+//! and run once it is resumed; a worker's cap on a queue (`--queue
+//! NAME=N`) bounds that queue alone.
 
 use crate::common;
 
@@ -99,4 +100,73 @@ async fn a_paused_queue_waits_while_another_drains_and_runs_when_resumed(pool: P
     wait::until("the resumed queue to drain", SETTLE, all_succeeded(held)).await;
     shutdown.stop.cancel();
     worker.await.unwrap().unwrap();
+}
+
+/// `--queue email=2 --queue default`: the worker never holds more than two
+/// `email` tasks at once (claimed and waiting count too, and the database
+/// shows those as running), while `default` runs wider, bounded only by
+/// `--concurrency`; every task still succeeds.
+#[sqlx::test(migrations = false)]
+async fn a_capped_queue_runs_no_more_than_its_cap_while_others_run_wider(pool: PgPool) {
+    const PER_QUEUE: usize = 12;
+    const EMAIL_CAP: i64 = 2;
+    let store = store(pool.clone()).await;
+    let plugins = plugins();
+    let mut sleep = task(&plugins, "sleep", json!(200)).await;
+    sleep.timeout = Some(Duration::from_secs(30));
+    let mut tasks = Vec::new();
+    for queue in ["email", "default"] {
+        for _ in 0..PER_QUEUE {
+            tasks.push(NewTask {
+                queue: queue.to_owned(),
+                ..sleep.clone()
+            });
+        }
+    }
+    store.enqueue(&tasks).await.unwrap();
+
+    let mut worker = taskbox(&pool)
+        .args(["worker", "--drain", "--concurrency", "8"])
+        .args(["--queue", "email=2", "--queue", "default"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the worker starts");
+    let stderr = common::process::LogTail::follow(worker.stderr.take().unwrap());
+
+    // Sample what runs, as `queue list` shows it, until every task ended.
+    let started = std::time::Instant::now();
+    let mut most_running = std::collections::HashMap::<String, i64>::new();
+    let mut every = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        every.tick().await;
+        for queue in store.queues().await.unwrap() {
+            let most = most_running.entry(queue.name).or_default();
+            *most = (*most).max(queue.running);
+        }
+        if store.stats().await.unwrap().finished() == 2 * PER_QUEUE as i64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "the tasks did not end within {SETTLE:?}; worker log:\n{}",
+            stderr.text()
+        );
+    }
+    let status = worker.wait().expect("the drained worker exits");
+    assert!(status.success(), "{}", stderr.text());
+
+    let most = |queue: &str| most_running.get(queue).copied().unwrap_or(0);
+    assert!(
+        (1..=EMAIL_CAP).contains(&most("email")),
+        "email ran at most {} at once; its cap is {EMAIL_CAP}",
+        most("email")
+    );
+    assert!(
+        most("default") > EMAIL_CAP,
+        "default, uncapped, ran at most {} at once",
+        most("default")
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.success, 2 * PER_QUEUE as i64, "{stats:?}");
 }

@@ -1,5 +1,6 @@
 //! The command line, as the design's contract defines it.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::size::parse as parse_bytes;
 use crate::store::pg_schema::DEFAULT_SCHEMA;
 use crate::store::{SchemaName, Status};
+use crate::worker::queue_caps::ServedQueue;
 
 /// The plugins folder `cargo xtask plugins` fills.
 pub const DEFAULT_PLUGINS_DIR: &str = "target/plugins";
@@ -275,9 +277,12 @@ pub struct WorkerArgs {
     /// (refused, timed out, too many clients, starting up).
     #[arg(long, env = "TASKBOX_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// Serve only these queues (repeatable; default: all).
-    #[arg(long = "queue", value_parser = parse_queue)]
-    pub queues: Vec<String>,
+    /// Serve only this queue (repeatable; default: all). NAME=N also caps
+    /// it: this worker holds at most N of its tasks at once, running or
+    /// claimed and waiting for a slot; NAME alone is bounded only by
+    /// --concurrency.
+    #[arg(long = "queue", value_name = "NAME[=N]", value_parser = parse_served_queue)]
+    pub queues: Vec<ServedQueue>,
     /// Delay before the first retry of a failed task (doubles per attempt).
     #[arg(long, default_value = "1s", value_parser = parse_backoff)]
     pub backoff: Duration,
@@ -331,6 +336,22 @@ pub fn parse_queue(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// `--queue NAME` or `--queue NAME=N`, N at least 1. The last `=` splits,
+/// so a queue whose name holds one is served as `NAME=N`.
+pub fn parse_served_queue(text: &str) -> Result<ServedQueue, String> {
+    let Some((name, cap)) = text.rsplit_once('=') else {
+        return Ok(ServedQueue::uncapped(parse_queue(text)?));
+    };
+    let name = parse_queue(name)?;
+    let max_held = cap
+        .parse::<NonZeroUsize>()
+        .map_err(|_| format!("`{cap}` is not a limit; write NAME=N with N a whole number of at least 1, like {name}=5"))?;
+    Ok(ServedQueue {
+        name,
+        max_held: Some(max_held),
+    })
 }
 
 /// Longest duration any option takes: a task's deadline bound

@@ -8,6 +8,7 @@ use super::args::WorkerArgs;
 use super::{CliError, input, open_plugins};
 use crate::sandbox::{LoadLimits, Sandbox, SandboxConfig};
 use crate::store::{StoreError, TaskStore};
+use crate::worker::queue_caps::ServedQueue;
 use crate::worker::{Shutdown, Worker, WorkerConfig, default_concurrency, wait_for_database};
 
 pub(super) async fn worker<S: TaskStore>(
@@ -16,6 +17,11 @@ pub(super) async fn worker<S: TaskStore>(
     args: WorkerArgs,
     load: LoadLimits,
 ) -> Result<(), CliError> {
+    if let Some(twice) = served_twice(&args.queues) {
+        return Err(input(format!(
+            "--queue names queue `{twice}` more than once; give each queue once, with its limit if it has one"
+        )));
+    }
     if !plugins_dir.is_dir() {
         return Err(input(format!(
             "the plugins folder {} does not exist; build plugins with `cargo xtask plugins` or pass --plugins",
@@ -87,6 +93,16 @@ pub(super) async fn worker<S: TaskStore>(
         ))),
         None => Ok(()),
     }
+}
+
+/// The first queue `--queue` names twice: which of its forms would count
+/// is anyone's guess.
+fn served_twice(queues: &[ServedQueue]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    queues
+        .iter()
+        .map(|queue| queue.name.as_str())
+        .find(|name| !seen.insert(*name))
 }
 
 /// First SIGINT/SIGTERM: stop claiming, give running tasks `grace`, then

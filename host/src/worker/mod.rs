@@ -8,6 +8,7 @@ pub mod completer;
 pub mod executor;
 pub mod janitor;
 mod producer;
+pub mod queue_caps;
 pub mod rescuer;
 pub mod retry;
 pub mod slots;
@@ -26,6 +27,7 @@ use crate::store::{Notification, StoreError, TaskStore};
 use completer::CompleterConfig;
 use executor::Executor;
 use producer::Producer;
+use queue_caps::{QueueCaps, QueueSlot, ServedQueue};
 use rescuer::RescuerConfig;
 use retry::Backoff;
 use slots::{DEFAULT_CLAIM_AHEAD, DEFAULT_CLAIM_AHEAD_HORIZON, Slots};
@@ -123,8 +125,8 @@ pub struct WorkerConfig {
     pub worker_id: String,
     pub concurrency: usize,
     pub default_timeout: Duration,
-    /// Empty: every queue.
-    pub queues: Vec<String>,
+    /// The queues served, each perhaps capped; empty: every queue.
+    pub queues: Vec<ServedQueue>,
     pub poll_interval: Duration,
     /// How long the producer waits for half the slots to free up before
     /// claiming for fewer.
@@ -200,8 +202,17 @@ pub struct Shutdown {
 /// whose claim reply was lost.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
-    tasks: Mutex<HashMap<i64, CancellationToken>>,
+    tasks: Mutex<HashMap<i64, InFlightTask>>,
     cancelled: Notify,
+}
+
+/// A task held from claim until its outcome is written.
+#[derive(Debug)]
+struct InFlightTask {
+    interrupt: CancellationToken,
+    /// Its place in a capped queue (`--queue NAME=N`), given back as the
+    /// task leaves.
+    _queue_slot: Option<QueueSlot>,
 }
 
 impl InFlight {
@@ -214,11 +225,22 @@ impl InFlight {
             .collect()
     }
 
-    fn insert_many(&self, tasks: impl IntoIterator<Item = (i64, CancellationToken)>) {
+    fn insert_many(
+        &self,
+        tasks: impl IntoIterator<Item = (i64, CancellationToken, Option<QueueSlot>)>,
+    ) {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(tasks);
+            .extend(tasks.into_iter().map(|(id, interrupt, queue_slot)| {
+                (
+                    id,
+                    InFlightTask {
+                        interrupt,
+                        _queue_slot: queue_slot,
+                    },
+                )
+            }));
     }
 
     pub(crate) fn remove(&self, ids: impl IntoIterator<Item = i64>) {
@@ -230,14 +252,14 @@ impl InFlight {
 
     /// Interrupt task `id` if it runs (or waits to run) here.
     fn cancel(&self, id: i64) {
-        if let Some(token) = self
+        if let Some(task) = self
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
         {
             tracing::info!(task = id, "cancel requested; interrupting");
-            token.cancel();
+            task.interrupt.cancel();
             self.cancelled.notify_one();
         }
     }
@@ -372,6 +394,8 @@ impl<S: TaskStore> Worker<S> {
         );
         let producer = Producer {
             store: self.store.clone(),
+            queue_names: config.queues.iter().map(|q| q.name.clone()).collect(),
+            queue_caps: QueueCaps::new(&config.queues, wake.clone()),
             config: config.clone(),
             min_demand: u32::try_from(
                 ((config.concurrency + config.claim_ahead) / 2).clamp(1, config.max_claim.max(1)),

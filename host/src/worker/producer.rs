@@ -2,7 +2,9 @@
 //! slots, plus what it may claim ahead of them: [`Slots`]) and queues them,
 //! in claim order, for the starter. It wakes on database notifications and
 //! falls back to polling; several claim loops may share one producer so a
-//! batch is claimed while the previous one runs.
+//! batch is claimed while the previous one runs. A worker with capped
+//! queues ([`QueueCaps`]) claims each capped queue for what its cap has
+//! room for, then the others for the rest.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,10 +14,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::executor::{Executor, HOST_FAILURE_BACKOFF};
+use super::queue_caps::{QueueCaps, Reservation};
 use super::slots::Slots;
 use super::starter::{Held, StartQueue};
 use super::{InFlight, Shutdown, WorkerConfig};
-use crate::store::{ClaimRequest, ClaimedTask, Scope, TaskStore};
+use crate::store::{ClaimRequest, ClaimedTask, Scope, StoreError, TaskStore};
 
 /// Rows the first claim of a burst takes at most; each full claim doubles
 /// the next one's cap up to `max_claim`.
@@ -27,6 +30,10 @@ const MAX_CLAIM_RETRY_DELAY: Duration = Duration::from_secs(5);
 pub(super) struct Producer<S: TaskStore> {
     pub store: S,
     pub config: WorkerConfig,
+    /// The served queues' names (empty: every queue), as a claim's scope.
+    pub queue_names: Vec<String>,
+    /// `None` unless some served queue is capped.
+    pub queue_caps: Option<Arc<QueueCaps>>,
     /// Claim once there is room for this many tasks (or after `claim_wait`).
     pub min_demand: u32,
     pub slots: Arc<Slots>,
@@ -99,24 +106,22 @@ impl<S: TaskStore> Producer<S> {
             // Only tasks of plugins loaded here: the rest are for workers
             // that have theirs.
             let serving = self.executor.plugins.serving_names();
-            let request = ClaimRequest {
-                worker_id: &config.worker_id,
-                limit: asked,
-                scope: Scope {
-                    queues: &config.queues,
-                    plugins: Some(&serving),
-                },
-                default_timeout: config.default_timeout,
+            let claimed = match &self.queue_caps {
+                None => {
+                    self.claim_from(&self.queue_names, &serving, &mut permits, None)
+                        .await
+                }
+                Some(caps) => self.claim_capped(caps, &serving, &mut permits).await,
             };
-            let claimed = match self.store.claim(&request).await {
-                Ok(claimed) => {
+            let got = match claimed {
+                Ok(got) => {
                     self.answered();
                     if claim_failing {
                         tracing::info!("claiming again");
                         claim_failing = false;
                     }
                     retry_delay = FIRST_CLAIM_RETRY_DELAY;
-                    claimed
+                    got
                 }
                 Err(err) => {
                     if !claim_failing {
@@ -135,10 +140,7 @@ impl<S: TaskStore> Producer<S> {
                     continue;
                 }
             };
-            let got = claimed.len();
-            self.claimed.fetch_add(got as u64, Ordering::Relaxed);
             cap = next_claim_cap(cap, asked, got, config.max_claim);
-            self.start(claimed, &mut permits);
             drop(permits);
             if got > 0 {
                 continue;
@@ -203,15 +205,84 @@ impl<S: TaskStore> Producer<S> {
         }
     }
 
+    /// One claim statement for `queues`, for as many tasks as `permits`
+    /// (or, for a capped queue, its `reservation`) has room for; the tasks
+    /// claimed are started. How many.
+    async fn claim_from(
+        &self,
+        queues: &[String],
+        serving: &[String],
+        permits: &mut OwnedSemaphorePermit,
+        reservation: Option<Reservation>,
+    ) -> Result<usize, StoreError> {
+        let limit = reservation
+            .as_ref()
+            .map_or(permits.num_permits(), Reservation::places);
+        let request = ClaimRequest {
+            worker_id: &self.config.worker_id,
+            limit,
+            scope: Scope {
+                queues,
+                plugins: Some(serving),
+            },
+            default_timeout: self.config.default_timeout,
+        };
+        let claimed = self.store.claim(&request).await?;
+        let got = claimed.len();
+        self.start(claimed, permits, reservation);
+        Ok(got)
+    }
+
+    /// Claim each capped queue for what both its cap and `permits` have
+    /// room for, then the uncapped queues for what `permits` has left. A
+    /// failed statement ends the round; what earlier ones claimed is
+    /// started all the same.
+    async fn claim_capped(
+        &self,
+        caps: &Arc<QueueCaps>,
+        serving: &[String],
+        permits: &mut OwnedSemaphorePermit,
+    ) -> Result<usize, StoreError> {
+        let mut got = 0;
+        for index in 0..caps.capped_count() {
+            let wanted = permits.num_permits();
+            if wanted == 0 {
+                return Ok(got);
+            }
+            let reservation = caps.reserve(index, wanted);
+            if reservation.places() == 0 {
+                continue;
+            }
+            got += self
+                .claim_from(caps.name(index), serving, permits, Some(reservation))
+                .await?;
+        }
+        if !caps.uncapped().is_empty() && permits.num_permits() > 0 {
+            got += self
+                .claim_from(caps.uncapped(), serving, permits, None)
+                .await?;
+        }
+        Ok(got)
+    }
+
     /// Queue the claimed tasks for the starter, in claim order, each holding
-    /// one of `permits` (its place among the held tasks).
-    fn start(&self, claimed: Vec<ClaimedTask>, permits: &mut OwnedSemaphorePermit) {
+    /// one of `permits` (its place among the held tasks) and, in a capped
+    /// queue, one of `reservation`'s places.
+    fn start(
+        &self,
+        claimed: Vec<ClaimedTask>,
+        permits: &mut OwnedSemaphorePermit,
+        mut reservation: Option<Reservation>,
+    ) {
+        self.claimed
+            .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         let mut tokens = Vec::with_capacity(claimed.len());
         let held: Vec<Held> = claimed
             .into_iter()
             .map(|task| {
                 let token = self.shutdown.interrupt.child_token();
-                tokens.push((task.id, token.clone()));
+                let queue_slot = reservation.as_mut().map(Reservation::take_one);
+                tokens.push((task.id, token.clone(), queue_slot));
                 Held {
                     task,
                     token,
@@ -226,7 +297,7 @@ impl<S: TaskStore> Producer<S> {
     async fn has_pending_or_unknown(&self) -> bool {
         let serving = self.executor.plugins.serving_names();
         let scope = Scope {
-            queues: &self.config.queues,
+            queues: &self.queue_names,
             plugins: Some(&serving),
         };
         match self.store.has_pending(&scope).await {
