@@ -208,6 +208,10 @@ ORDER BY c.place"
 /// ended channel `$12` at commit; tasks nobody waits for cost nothing more
 /// (a trigger for this cost the drain 10–20%).
 ///
+/// A run a queue's limit counted is forgotten here, with the row's own
+/// change, and frees its place: workers are told on the tasks channel
+/// `$15` (once per batch), so one idle behind the limit claims at once.
+///
 /// The fence is the claim's token `$13`. A row that waits just as it did
 /// before the completion's claim (one attempt fewer, another token) lost
 /// that claim in a crash: the run is recorded as its attempt, with the
@@ -246,9 +250,11 @@ WHERE t.id = c.id
 RETURNING t.id, t.waited, t.status
 ), uncounted AS (
     DELETE FROM counted_runs WHERE task_id IN (SELECT id FROM done)
+    RETURNING task_id
 )
 SELECT count(*),
-       count(pg_notify($12, id::text)) FILTER (WHERE waited AND status <> 'waiting')
+       count(pg_notify($12, id::text)) FILTER (WHERE waited AND status <> 'waiting'),
+       (SELECT count(pg_notify($15, '')) FROM (SELECT 1 FROM uncounted LIMIT 1) freed)
 FROM done";
 
 /// The history lines `$3` of runs whose claim was lost while their task
@@ -754,9 +760,10 @@ impl TaskStore for PgStore {
                 .bind(self.schema.ended_channel())
                 .bind(&tokens)
                 .bind(ADOPTED_RUN_NOTE)
+                .bind(self.schema.tasks_channel())
                 .fetch_one(&self.completions)
                 .await;
-            let (written, _told): (i64, i64) = match written {
+            let (written, _told, _freed): (i64, i64, i64) = match written {
                 Ok(counts) => counts,
                 Err(err) => {
                     self.leases.restore(taken);

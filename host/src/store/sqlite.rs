@@ -623,6 +623,8 @@ impl TaskStore for SqliteStore {
         }
         let now = now_micros();
         let mut written = 0;
+        // Runs a queue's limit counted: their places are free now.
+        let mut freed = 0;
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         for completion in completions {
             let recorded = sqlx::query(COMPLETE)
@@ -643,10 +645,11 @@ impl TaskStore for SqliteStore {
                 .await?
                 .rows_affected();
             if recorded > 0 {
-                sqlx::query("DELETE FROM counted_runs WHERE task_id = ?1")
+                freed += sqlx::query("DELETE FROM counted_runs WHERE task_id = ?1")
                     .bind(completion.id)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
             } else {
                 sqlx::query(NOTE_LOST_RUN)
                     .bind(completion.id)
@@ -658,6 +661,9 @@ impl TaskStore for SqliteStore {
             written += recorded;
         }
         tx.commit().await?;
+        if freed > 0 {
+            self.wake(Notification::TasksAvailable);
+        }
         Ok(written)
     }
 
