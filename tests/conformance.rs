@@ -78,6 +78,8 @@ conformance!(
     a_queue_limit_counts_every_way_a_run_ends,
     a_limit_set_while_tasks_run_counts_them,
     a_rate_holds_across_claims,
+    a_key_limit_takes_keys_in_turn,
+    a_rate_per_key_holds_each_key_apart,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1522,4 +1524,82 @@ async fn a_rate_holds_across_claims<S: TaskStore>(store: S) {
     );
     let shown = store.queues().await.unwrap();
     assert_eq!(shown[0].rate.as_deref(), Some("20/1h"));
+}
+
+fn keyed(key: Option<&str>) -> NewTask {
+    NewTask {
+        key: key.map(str::to_owned),
+        ..new_task("keyed")
+    }
+}
+
+/// The keys of `claimed`, sorted (`-`: none): a claim's order is the
+/// store's to choose.
+fn keys_claimed(claimed: &[ClaimedTask]) -> Vec<String> {
+    let mut keys: Vec<String> = claimed
+        .iter()
+        .map(|task| task.key.clone().unwrap_or_else(|| "-".to_owned()))
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn a_key_limit_takes_keys_in_turn<S: TaskStore>(store: S) {
+    let mut tasks: Vec<NewTask> = (0..6).map(|_| keyed(Some("big"))).collect();
+    tasks.extend([
+        keyed(Some("a")),
+        keyed(Some("a")),
+        keyed(Some("c")),
+        keyed(Some("c")),
+    ]);
+    tasks.push(keyed(None));
+    store.enqueue(&tasks).await.unwrap();
+    store
+        .set_flow("default", &FlowChange::KeyLimit(Some(2)))
+        .await
+        .unwrap();
+
+    let first = store.claim(&claim_by("w", 3)).await.unwrap();
+    assert_eq!(
+        keys_claimed(&first),
+        ["a", "big", "c"],
+        "one of each key first"
+    );
+    let second = store.claim(&claim_by("w", 3)).await.unwrap();
+    assert_eq!(
+        keys_claimed(&second),
+        ["-", "a", "big"],
+        "the keyless after the last key, then from the first"
+    );
+    let third = store.claim(&claim_by("w", 10)).await.unwrap();
+    assert_eq!(keys_claimed(&third), ["c"], "a and big are at their limit");
+    let big = first
+        .iter()
+        .find(|t| t.key.as_deref() == Some("big"))
+        .unwrap();
+    store.complete(&[success(big)]).await.unwrap();
+    let fourth = store.claim(&claim_by("w", 10)).await.unwrap();
+    assert_eq!(keys_claimed(&fourth), ["big"], "a place of big's own");
+    let shown = store.queues().await.unwrap();
+    assert_eq!(shown[0].key_limit, Some(2));
+}
+
+async fn a_rate_per_key_holds_each_key_apart<S: TaskStore>(store: S) {
+    let mut tasks: Vec<NewTask> = (0..4).map(|_| keyed(Some("a"))).collect();
+    tasks.extend((0..4).map(|_| keyed(Some("b"))));
+    store.enqueue(&tasks).await.unwrap();
+    store
+        .set_flow(
+            "default",
+            &FlowChange::Rate {
+                rate: Some("1/1h".parse().unwrap()),
+                per_key: true,
+            },
+        )
+        .await
+        .unwrap();
+    let first = store.claim(&claim_by("w", 10)).await.unwrap();
+    assert_eq!(keys_claimed(&first), ["a", "b"], "one start per key");
+    assert!(store.claim(&claim_by("w", 10)).await.unwrap().is_empty());
+    assert!(store.queues().await.unwrap()[0].rate_per_key);
 }

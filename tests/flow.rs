@@ -150,3 +150,43 @@ async fn a_rate_holds_over_every_window_across_workers(pool: PgPool) {
         );
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_key_limit_lets_small_keys_finish_before_a_big_keys_median(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let plugins = plugins();
+    let add = task(&plugins, "add", json!({"a": 1, "b": 2})).await;
+    let keyed = |key: String| NewTask {
+        key: Some(key),
+        ..add.clone()
+    };
+    let big: Vec<NewTask> = (0..2000).map(|_| keyed("big".to_owned())).collect();
+    let big = store.enqueue(&big).await.unwrap();
+    let small: Vec<NewTask> = (0..20)
+        .flat_map(|_| (1..=9).map(|k| format!("small-{k}")))
+        .map(keyed)
+        .collect();
+    let small = store.enqueue(&small).await.unwrap();
+    let limited = run(taskbox(&pool).args(["queue", "key-limit", "default", "4"]));
+    assert!(limited.status.success(), "{}", stderr_of(&limited));
+
+    let logs = tempfile::tempdir().unwrap();
+    let mut running = workers(&pool, 1, &logs);
+    most_running(&store, "default", &mut running, &logs).await;
+    assert_all_succeeded(&store, &logs).await;
+
+    let median_big = record(&store, big[big.len() / 2])
+        .await
+        .finished_at
+        .unwrap();
+    let mut last_small = None;
+    for &id in &small {
+        let finished = record(&store, id).await.finished_at.unwrap();
+        last_small = last_small.max(Some(finished));
+    }
+    let last_small = last_small.unwrap();
+    assert!(
+        last_small < median_big,
+        "the small keys' last task finished at {last_small}, the big key's median at {median_big}"
+    );
+}

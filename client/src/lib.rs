@@ -32,7 +32,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use schema::SchemaName;
 pub use status::Status;
-pub use task::{NewTask, Refused};
+pub use task::{BadKey, NewTask, Refused};
 
 /// Connections a client holds at most.
 pub const CLIENT_CONNECTIONS: u32 = 4;

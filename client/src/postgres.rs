@@ -28,15 +28,16 @@ pub async fn insert<'c>(
     }
     let sql = format!(
         "WITH inserted AS (
-    INSERT INTO {schema}.tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at)
-    SELECT queue, plugin, args, priority, max_attempts, timeout_ms, coalesce(run_at, now())
+    INSERT INTO {schema}.tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at,
+                                key)
+    SELECT queue, plugin, args, priority, max_attempts, timeout_ms, coalesce(run_at, now()), key
     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::int[], $6::bigint[],
-                $7::timestamptz[]) WITH ORDINALITY
-         AS n(queue, plugin, args, priority, max_attempts, timeout_ms, run_at, ord)
+                $7::timestamptz[], $8::text[]) WITH ORDINALITY
+         AS n(queue, plugin, args, priority, max_attempts, timeout_ms, run_at, key, ord)
     ORDER BY ord
     RETURNING id
 ), wake AS (
-    SELECT pg_notify($8, '')
+    SELECT pg_notify($9, '')
 )
 SELECT id FROM inserted, wake ORDER BY id",
         schema = schema.quoted()
@@ -54,6 +55,7 @@ SELECT id FROM inserted, wake ORDER BY id",
                 .collect::<Vec<_>>(),
         )
         .bind(tasks.iter().map(|t| t.run_at).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.key.as_deref()).collect::<Vec<_>>())
         .bind(schema.tasks_channel())
         .fetch_all(executor)
         .await

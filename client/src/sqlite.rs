@@ -11,8 +11,9 @@ use crate::task::NewTask;
 pub const WAIT_POLL: Duration = Duration::from_millis(20);
 
 const INSERT: &str = "
-INSERT INTO tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at, enqueued_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+INSERT INTO tasks (queue, plugin, args, priority, max_attempts, timeout_ms, run_at, enqueued_at,
+                   key)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
 RETURNING id";
 
 /// Microseconds since the epoch, as the SQLite store keeps times.
@@ -39,6 +40,7 @@ pub async fn insert(
             .bind(task.timeout.map(|d| d.as_millis() as i64))
             .bind(task.run_at.map_or(now, |at| at.timestamp_micros()))
             .bind(now)
+            .bind(task.key.as_deref())
             .fetch_one(&mut *conn)
             .await?;
         ids.push(id);

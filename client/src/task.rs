@@ -19,6 +19,9 @@ pub const DEFAULT_MAX_ARGS_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Furthest ahead a task may be scheduled (`run_at`), about ten years.
 pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(3653 * 24 * 3600);
+/// Longest task key taken, in characters; the migrations' CHECK holds every
+/// row to the same.
+pub const MAX_KEY_CHARS: usize = 128;
 
 /// A task to enqueue; `args` are postcard bytes, as the plugin reads them.
 #[derive(Debug, Clone)]
@@ -32,6 +35,9 @@ pub struct NewTask {
     pub timeout: Option<Duration>,
     /// `None`: runnable at once.
     pub run_at: Option<DateTime<Utc>>,
+    /// Who the task is for (a tenant, a customer): a queue's key limit
+    /// counts running tasks per key. `None`: no key.
+    pub key: Option<String>,
 }
 
 impl NewTask {
@@ -45,6 +51,7 @@ impl NewTask {
             max_attempts: 1,
             timeout: None,
             run_at: None,
+            key: None,
         }
     }
 
@@ -85,6 +92,41 @@ impl NewTask {
         self.run_at = Some(run_at);
         self
     }
+
+    /// Who the task is for (see [`NewTask::key`]); checked by [`check_key`]
+    /// when enqueued.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+/// Why a task key is refused: each is one sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadKey {
+    #[error("a key cannot be empty")]
+    Empty,
+    #[error("a key cannot hold control characters")]
+    ControlCharacters,
+    #[error("a key is at most {MAX_KEY_CHARS} characters (it was {chars})")]
+    TooLong { chars: usize },
+}
+
+/// A key is some visible text of at most [`MAX_KEY_CHARS`] characters, as a
+/// queue name is. The one check of a key in Rust: the client's enqueue and
+/// the command line's `--key` both call it.
+pub fn check_key(key: &str) -> Result<(), BadKey> {
+    if key.trim().is_empty() {
+        return Err(BadKey::Empty);
+    }
+    if key.chars().any(char::is_control) {
+        return Err(BadKey::ControlCharacters);
+    }
+    let chars = key.chars().count();
+    if chars > MAX_KEY_CHARS {
+        return Err(BadKey::TooLong { chars });
+    }
+    Ok(())
 }
 
 /// A batch refused before anything was written.
@@ -115,10 +157,22 @@ pub enum Refused {
         given: String,
         max: String,
     },
+    /// A task's key is not one [`check_key`] takes.
+    #[error(
+        "{}{why}",
+        if *.batch > 1 { format!("task {} of {}: ", .index + 1, .batch) } else { String::new() }
+    )]
+    BadKey {
+        /// The task's place in the batch, from 0.
+        index: usize,
+        batch: usize,
+        why: BadKey,
+    },
 }
 
-/// Refuse a batch in which any task's args are over `max_args_bytes`, or
-/// its timeout or `run_at` is past the bounds, before anything is written.
+/// Refuse a batch in which any task's args are over `max_args_bytes`, its
+/// timeout or `run_at` is past the bounds, or its key is refused by
+/// [`check_key`], before anything is written.
 /// Decided here once for every way in; the schema's CHECKs refuse the rest
 /// (attempts below 1, empty names) for rows written by any means.
 pub fn check(tasks: &[NewTask], max_args_bytes: usize, now: DateTime<Utc>) -> Result<(), Refused> {
@@ -161,6 +215,41 @@ pub fn check(tasks: &[NewTask], max_args_bytes: usize, now: DateTime<Utc>) -> Re
                 ),
             ));
         }
+        if let Some(key) = &task.key {
+            check_key(key).map_err(|why| Refused::BadKey { index, batch, why })?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_need_visible_text_of_at_most_the_maximum() {
+        assert_eq!(check_key("tenant-1"), Ok(()));
+        assert_eq!(check_key(&"k".repeat(MAX_KEY_CHARS)), Ok(()));
+        assert_eq!(check_key(""), Err(BadKey::Empty));
+        assert_eq!(check_key(" \t "), Err(BadKey::Empty));
+        assert_eq!(check_key("a\nb"), Err(BadKey::ControlCharacters));
+        // Characters, not bytes: the database's CHECK counts the same way.
+        assert_eq!(check_key(&"é".repeat(MAX_KEY_CHARS)), Ok(()));
+        assert_eq!(
+            check_key(&"k".repeat(200)),
+            Err(BadKey::TooLong { chars: 200 })
+        );
+    }
+
+    #[test]
+    fn a_bad_key_refuses_the_batch_naming_its_task() {
+        let fine = NewTask::new("add", Vec::new()).key("tenant-1");
+        let empty = NewTask::new("add", Vec::new()).key("");
+        let now = Utc::now();
+        assert_eq!(check(std::slice::from_ref(&fine), 0, now), Ok(()));
+        let alone = check(std::slice::from_ref(&empty), 0, now).unwrap_err();
+        assert_eq!(alone.to_string(), "a key cannot be empty");
+        let second = check(&[fine, empty], 0, now).unwrap_err();
+        assert_eq!(second.to_string(), "task 2 of 2: a key cannot be empty");
+    }
 }

@@ -238,6 +238,10 @@ pub struct TaskOptions {
     /// The queue to put it in; workers serve every queue unless told which.
     #[arg(long, default_value = crate::store::DEFAULT_QUEUE, value_parser = parse_queue)]
     pub queue: String,
+    /// The task's key (a tenant, a customer): a queue's key limit counts
+    /// tasks per key.
+    #[arg(long, value_parser = parse_key)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +356,12 @@ pub fn parse_served_queue(text: &str) -> Result<ServedQueue, String> {
         name,
         max_held: Some(max_held),
     })
+}
+
+/// `--key`: a key as the client checks it ([`taskbox_client::task::check_key`]).
+pub fn parse_key(text: &str) -> Result<String, String> {
+    taskbox_client::task::check_key(text).map_err(|why| why.to_string())?;
+    Ok(text.to_owned())
 }
 
 /// Longest duration any option takes: a task's deadline bound
@@ -495,6 +505,14 @@ mod tests {
         assert!(parse_queue("  ").is_err());
         assert!(parse_queue("a\nb").is_err());
         assert!(parse_queue(&"q".repeat(MAX_QUEUE_NAME + 1)).is_err());
+    }
+
+    #[test]
+    fn keys_are_checked_by_the_clients_rule() {
+        assert_eq!(parse_key("tenant-1").unwrap(), "tenant-1");
+        assert_eq!(parse_key(" ").unwrap_err(), "a key cannot be empty");
+        let too_long = "k".repeat(taskbox_client::task::MAX_KEY_CHARS + 1);
+        assert!(parse_key(&too_long).is_err());
     }
 
     #[test]

@@ -59,6 +59,7 @@ async fn checked_task(
         max_attempts: options.max_attempts,
         timeout: options.timeout,
         run_at: options.run_at,
+        key: options.key.clone(),
     })
 }
 
@@ -74,6 +75,7 @@ struct FileLine {
     max_attempts: Option<i32>,
     timeout: Option<String>,
     run_at: Option<String>,
+    key: Option<String>,
 }
 
 pub(super) async fn enqueue<S: TaskStore>(
@@ -156,6 +158,10 @@ async fn tasks_from_file(
         if let Some(queue) = entry.queue {
             options.queue =
                 args::parse_queue(&queue).map_err(|why| input(format!("{}: {why}", at())))?;
+        }
+        if let Some(key) = entry.key {
+            options.key =
+                Some(args::parse_key(&key).map_err(|why| input(format!("{}: {why}", at())))?);
         }
         if let Some(priority) = entry.priority {
             options.priority = priority;

@@ -19,6 +19,8 @@ pub struct TaskView {
     pub id: i64,
     pub plugin: String,
     pub queue: String,
+    /// `null` for a task enqueued without a key.
+    pub key: Option<String>,
     pub status: Status,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -198,6 +200,7 @@ impl TaskView {
             id: record.id,
             plugin: record.plugin,
             queue: record.queue,
+            key: record.key,
             status: record.status,
             attempts: record.attempt,
             max_attempts: record.max_attempts,
@@ -226,6 +229,10 @@ impl TaskView {
         line("id", &self.id.to_string());
         line("plugin", &self.plugin);
         line("queue", &self.queue);
+        // Most tasks have no key; a line of "-" would say nothing to them.
+        if let Some(key) = &self.key {
+            line("key", key);
+        }
         line("status", self.status.as_str());
         line(
             "attempts",

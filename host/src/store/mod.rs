@@ -163,6 +163,8 @@ pub(crate) const ADOPTED_RUN_NOTE: &str = "claim lost: the database forgot the c
 pub struct TaskRecord {
     pub id: i64,
     pub queue: String,
+    /// Who the task is for (a tenant, a customer), when it was given one.
+    pub key: Option<String>,
     pub plugin: String,
     /// Postcard bytes; empty when the args came as JSON (`args_json`).
     pub args: Vec<u8>,

@@ -62,7 +62,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 
 /// `args_json` as text: sqlx reads no `jsonb` without its `json` feature,
 /// and the text is all the reader needs.
-const TASK_COLUMNS: &str = "id, queue, plugin, args, args_json::text AS args_json, status, \
+const TASK_COLUMNS: &str = "id, queue, key, plugin, args, args_json::text AS args_json, status, \
      priority, attempt, max_attempts, timeout_ms, run_at, enqueued_at, started_at, finished_at, \
      plugin_digest, result, stdout, stderr, error, errors, worker_id";
 

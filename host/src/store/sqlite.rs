@@ -77,7 +77,7 @@ pub use taskbox_client::sqlite::WAIT_POLL;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-const TASK_COLUMNS: &str = "id, queue, plugin, args, status, priority, attempt, max_attempts, \
+const TASK_COLUMNS: &str = "id, queue, key, plugin, args, status, priority, attempt, max_attempts, \
      timeout_ms, run_at, enqueued_at, started_at, finished_at, plugin_digest, result, stdout, \
      stderr, error, errors, worker_id";
 
@@ -466,6 +466,7 @@ fn scope_arrays(scope: &Scope<'_>) -> (Option<String>, Option<String>) {
 struct TaskRow {
     id: i64,
     queue: String,
+    key: Option<String>,
     plugin: String,
     args: Vec<u8>,
     status: String,
@@ -499,6 +500,7 @@ impl TryFrom<TaskRow> for TaskRecord {
         Ok(TaskRecord {
             id: row.id,
             queue: row.queue,
+            key: row.key,
             plugin: row.plugin,
             args: row.args,
             // Args come as JSON from Postgres's SQL function only.
