@@ -518,3 +518,71 @@ async fn one_worker_process_per_sqlite_file() {
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(store.stats().await.unwrap().success, 1);
 }
+
+#[test]
+fn a_key_is_kept_on_every_cli_enqueue_and_a_bad_one_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let enqueue = |extra: &[&str]| {
+        run_within(
+            taskbox_at(&url)
+                .args(["enqueue", "add", r#"{"a": 1, "b": 2}"#])
+                .args(extra),
+            PROCESS_WAIT,
+        )
+    };
+    let keyed = enqueue(&["--key", "tenant-1"]);
+    assert!(keyed.status.success(), "{}", stderr_of(&keyed));
+    let id = stdout_of(&keyed).trim().to_owned();
+    let shown = run_within(taskbox_at(&url).args(["show", &id, "--json"]), PROCESS_WAIT);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["key"], "tenant-1");
+
+    let file = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &file,
+        "{\"plugin\": \"add\", \"args\": {\"a\": 1, \"b\": 2}, \"key\": \"tenant-2\"}\n",
+    )
+    .unwrap();
+    let from_file = run_within(
+        taskbox_at(&url).args(["enqueue", "--file"]).arg(&file),
+        PROCESS_WAIT,
+    );
+    assert!(from_file.status.success(), "{}", stderr_of(&from_file));
+    let listed = run_within(taskbox_at(&url).args(["list", "--json"]), PROCESS_WAIT);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["tenant-2", "tenant-1"], "newest first");
+
+    for (key, mentions) in [
+        ("", "a key cannot be empty"),
+        ("a\nb", "a key cannot hold control characters"),
+        (&"k".repeat(129), "a key is at most 128 characters"),
+    ] {
+        assert_refused(&enqueue(&["--key", key]), mentions);
+    }
+    std::fs::write(
+        &file,
+        "{\"plugin\": \"add\", \"args\": {\"a\": 1, \"b\": 2}, \"key\": \" \"}\n",
+    )
+    .unwrap();
+    assert_refused(
+        &run_within(
+            taskbox_at(&url).args(["enqueue", "--file"]).arg(&file),
+            PROCESS_WAIT,
+        ),
+        "a key cannot be empty",
+    );
+    let listed = run_within(taskbox_at(&url).args(["list", "--json"]), PROCESS_WAIT);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "a refused key wrote a task"
+    );
+}

@@ -92,8 +92,8 @@ async fn objects_in(pool: &PgPool, schema: &str) -> String {
 
 /// Columns later migrations add to the previous release's tables
 /// (`plugins`: 0006, `args_json`: 0007, `waited`: 0008, `claim_token`:
-/// 0009).
-const ADDED_COLUMNS: &str = "ARRAY['args_json', 'plugins', 'waited', 'claim_token']";
+/// 0009, `key`: 0011).
+const ADDED_COLUMNS: &str = "ARRAY['args_json', 'plugins', 'waited', 'claim_token', 'key']";
 
 /// A table's rows as JSON text, in `order`, without [`ADDED_COLUMNS`].
 async fn rows_of(pool: &PgPool, table: &str, order: &str) -> String {

@@ -176,7 +176,7 @@ async fn the_batch_form_returns_ids_in_input_order(pool: PgPool) {
         .map(|n| json!({"plugin": "add", "args": {"a": n, "b": n}, "priority": -n}))
         .chain([json!({
             "plugin": "snoop", "queue": "slow", "max_attempts": 3, "timeout": "30s 250ms",
-            "run_at": "2020-01-01T00:00:00Z"
+            "run_at": "2020-01-01T00:00:00Z", "key": "tenant-1"
         })])
         .collect::<Vec<_>>();
     let out = psql(
@@ -191,6 +191,16 @@ async fn the_batch_form_returns_ids_in_input_order(pool: PgPool) {
     let ids: Vec<i64> = serde_json::from_str(out.trim()).expect("a JSON array of ids");
     assert_eq!(ids.len(), 6);
     let last = record(&store, ids[5]).await;
+    assert_eq!(last.key.as_deref(), Some("tenant-1"));
+    assert_eq!(record(&store, ids[0]).await.key, None, "no key given");
+    let keyed = psql(
+        &pool,
+        "SELECT taskbox.enqueue('snoop', NULL, key => 'tenant-2');",
+    )
+    .await
+    .unwrap();
+    let keyed = record(&store, keyed.trim().parse().unwrap()).await;
+    assert_eq!(keyed.key.as_deref(), Some("tenant-2"));
     assert_eq!(
         (
             last.plugin.as_str(),
@@ -239,7 +249,8 @@ async fn bad_input_is_refused_with_one_sentence_and_nothing_written(pool: PgPool
     let limit = DEFAULT_MAX_ARGS_BYTES;
     let big = "x".repeat(limit);
     let long_queue = "q".repeat(MAX_QUEUE_NAME + 1);
-    let cases: Vec<(String, String)> = vec![
+    let cases: Vec<(String, String)> =
+        vec![
         (
             "SELECT taskbox.enqueue(NULL, '{}')".into(),
             "the plugin name is NULL or empty".into(),
@@ -296,6 +307,18 @@ async fn bad_input_is_refused_with_one_sentence_and_nothing_written(pool: PgPool
         (
             "SELECT taskbox.enqueue_many('[{\"plugin\": \"add\", \"atgs\": {}}]')".into(),
             "task 1 of 1: it has the field \"atgs\"".into(),
+        ),
+        (
+            "SELECT taskbox.enqueue('add', '{}', key => ' ')".into(),
+            "a key cannot be empty".into(),
+        ),
+        (
+            format!("SELECT taskbox.enqueue('add', '{{}}', key => '{}')", "k".repeat(129)),
+            "a key is at most 128 characters (it was 129)".into(),
+        ),
+        (
+            "SELECT taskbox.enqueue_many('[{\"plugin\": \"add\", \"key\": \"\"}]')".into(),
+            "task 1 of 1: a key cannot be empty".into(),
         ),
     ];
     for (sql, message) in &cases {
