@@ -29,6 +29,12 @@ pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub const MIN_RATE_WINDOW: Duration = Duration::from_millis(10);
 /// Highest global or per-key limit taken.
 pub const MAX_LIMIT: u32 = 1_000_000;
+/// Most keys one claim takes turns from (besides those at their limit):
+/// with more keys than this, a claim takes up to each key's share from
+/// these and the next claim goes on after them. Each key costs the claim an
+/// index probe or two, so a claim over every key of a queue with many would
+/// cost more than the tasks it takes.
+pub const KEYS_PER_CLAIM: usize = 32;
 /// A rate also holds, rounded up, over this fraction of its window, so a
 /// queue idle for a while does not start a whole window's worth at once:
 /// `20/1s` starts at most 2 in any 100 ms.
@@ -359,9 +365,9 @@ pub(crate) async fn claim_limited<T: FlowTransaction>(
 }
 
 /// The keys whose turn it is: after the cursor, wrapping around to the
-/// first, enough that `room` tasks can be found among them even when the
-/// keys at their limit give none; the keyless tasks take the turn after the
-/// last key.
+/// first, one per task of `room` up to [`KEYS_PER_CLAIM`], and as many more
+/// as are at their limit (they give none); the keyless tasks take the turn
+/// after the last key.
 async fn turn_of_keys<T: FlowTransaction>(
     tx: &mut T,
     flow: &QueueFlow,
@@ -376,7 +382,7 @@ async fn turn_of_keys<T: FlowTransaction>(
             .count(),
         None => 0,
     };
-    let wanted = room + full;
+    let wanted = room.min(KEYS_PER_CLAIM) + full;
     let with_starts = flow.key_rate().is_some();
     let cursor = flow.key_cursor.as_deref();
     let mut keys = tx

@@ -209,7 +209,8 @@ ORDER BY c.place"
 /// (a trigger for this cost the drain 10–20%).
 ///
 /// A run a queue's limit counted is forgotten here, with the row's own
-/// change, and frees its place: workers are told on the tasks channel
+/// change (by primary-key probes: as a semi-join the generic plan scanned
+/// the table and every dead row a drain leaves in it), and frees its place: workers are told on the tasks channel
 /// `$15` (once per batch), so one idle behind the limit claims at once.
 ///
 /// The fence is the claim's token `$13`. A row that waits just as it did
@@ -249,7 +250,7 @@ WHERE t.id = c.id
            AND t.claim_token IS DISTINCT FROM c.token))
 RETURNING t.id, t.waited, t.status
 ), uncounted AS (
-    DELETE FROM counted_runs WHERE task_id IN (SELECT id FROM done)
+    DELETE FROM counted_runs WHERE task_id = ANY(ARRAY(SELECT id FROM done))
     RETURNING task_id
 )
 SELECT count(*),
