@@ -15,7 +15,8 @@
 //! stop: no database, nothing written), `--fetch N` (default 2,000: `fetch`
 //! tasks drained against a loopback HTTP server, each round beside as many
 //! `add` tasks; 0 skips it), `--fetch-only` (print that stage's figures and
-//! stop: nothing written).
+//! stop: nothing written), `--no-keys` (skip the key-limit stage),
+//! `--keys-only` (print that stage's figures and stop: nothing written).
 //!
 //! The one-process `add` drain and the peers' drains run in interleaved
 //! rounds and are compared by their medians, so a slow stretch of a noisy
@@ -34,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use taskbox::sandbox::{Plugins, Sandbox, SandboxConfig};
+use taskbox::store::flow::FlowChange;
 use taskbox::store::{
     ClaimRequest, Completion, NewTask, PgStore, SqliteStore, Status, TaskStore, Transition,
 };
@@ -57,6 +59,8 @@ const SLEEP_MS: u64 = 50;
 const DEFAULT_FETCH: usize = 2_000;
 /// The database the outbound HTTP stage drains in.
 const FETCH_DATABASE: &str = "taskbox_bench_fetch";
+/// The database the key-limit stage drains in.
+const KEYS_DATABASE: &str = "taskbox_bench_keys";
 /// What the loopback server answers at `/ok`.
 const FETCH_BODY: &str = "ok";
 /// The peer queues: display name and script in `bench/peers`.
@@ -89,6 +93,8 @@ struct Options {
     /// `fetch` tasks per round of the outbound HTTP stage (0: none).
     fetch: usize,
     fetch_only: bool,
+    keys: bool,
+    keys_only: bool,
 }
 
 fn options() -> Result<Options> {
@@ -104,6 +110,8 @@ fn options() -> Result<Options> {
         sandbox_only: false,
         fetch: DEFAULT_FETCH,
         fetch_only: false,
+        keys: true,
+        keys_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -125,6 +133,8 @@ fn options() -> Result<Options> {
             "--sandbox-only" => options.sandbox_only = true,
             "--fetch" => options.fetch = number("--fetch")?,
             "--fetch-only" => options.fetch_only = true,
+            "--no-keys" => options.keys = false,
+            "--keys-only" => options.keys_only = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -552,6 +562,154 @@ async fn fetch_drains(
     Ok(results)
 }
 
+/// Keys the key-limit stage spreads its tasks over, and the limit per key.
+const STAGE_KEYS: usize = 100;
+const STAGE_KEY_LIMIT: u32 = 10;
+
+/// One round of the key-limit stage: tasks per second of an `add` drain
+/// with no settings, and of the same drain with its tasks spread over
+/// [`STAGE_KEYS`] keys under a key limit of [`STAGE_KEY_LIMIT`].
+struct KeyRound {
+    plain: f64,
+    keyed: f64,
+}
+
+/// The skewed run: p99 of the wait from the drain's first start to each
+/// task's start, in ms, for the small keys and the big one.
+struct SkewedWaits {
+    small_p99_ms: f64,
+    big_p99_ms: f64,
+    rate: f64,
+}
+
+/// Give the waiting tasks of `store` keys with `key_of_id` (SQL over `id`),
+/// untimed, and analyze the table.
+async fn set_keys(store: &PgStore, key_of_id: &str) -> Result<()> {
+    sqlx::query(&format!("UPDATE tasks SET key = {key_of_id}"))
+        .execute(store.pool())
+        .await?;
+    sqlx::query("ANALYZE tasks").execute(store.pool()).await?;
+    Ok(())
+}
+
+/// The key-limit stage: each round, `count` `add` tasks drained by one
+/// worker at the defaults, then the same count spread over [`STAGE_KEYS`]
+/// keys under a key limit; then the skewed runs (one key 90% of the tasks,
+/// enqueued first), with the key limit and without.
+async fn key_drains(
+    add_args: &[u8],
+    base: &str,
+    bin: &Path,
+    plugins_dir: &Path,
+    concurrency: Option<usize>,
+    count: usize,
+    rounds: usize,
+) -> Result<(Vec<KeyRound>, SkewedWaits, SkewedWaits)> {
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let mut rates = Vec::new();
+        for keyed in [false, true] {
+            eprintln!("bench: round {round}: keys: {count} `add` tasks, keyed: {keyed}");
+            let url = fresh_database(base, KEYS_DATABASE).await?;
+            let store = open_store(&url).await?;
+            enqueue(&store, "add", add_args, count).await?;
+            if keyed {
+                set_keys(&store, &format!("'k' || (id % {STAGE_KEYS})")).await?;
+                store
+                    .set_flow("default", &FlowChange::KeyLimit(Some(STAGE_KEY_LIMIT)))
+                    .await?;
+            }
+            let drained = drain(&url, bin, plugins_dir, 1, concurrency, count, None).await?;
+            rates.push(drained.rate);
+        }
+        results.push(KeyRound {
+            plain: rates[0],
+            keyed: rates[1],
+        });
+    }
+    let mut skewed = Vec::new();
+    for limited in [true, false] {
+        eprintln!("bench: keys: skewed, {count} `add` tasks, key limit: {limited}");
+        let url = fresh_database(base, KEYS_DATABASE).await?;
+        let store = open_store(&url).await?;
+        enqueue(&store, "add", add_args, count).await?;
+        let big = count * 9 / 10;
+        set_keys(
+            &store,
+            &format!(
+                "CASE WHEN id <= {big} THEN 'big' ELSE 'small-' || (id % {}) END",
+                STAGE_KEYS - 1
+            ),
+        )
+        .await?;
+        if limited {
+            store
+                .set_flow("default", &FlowChange::KeyLimit(Some(STAGE_KEY_LIMIT)))
+                .await?;
+        }
+        let drained = drain(&url, bin, plugins_dir, 1, concurrency, count, None).await?;
+        let p99 = |big: bool| {
+            let store = store.clone();
+            async move {
+                let ms: f64 = sqlx::query_scalar(
+                    "SELECT (1000 * extract(epoch FROM percentile_cont(0.99) WITHIN GROUP (
+                         ORDER BY started_at - (SELECT min(started_at) FROM tasks))))::float8
+                     FROM tasks WHERE (key = 'big') = $1",
+                )
+                .bind(big)
+                .fetch_one(store.pool())
+                .await?;
+                anyhow::Ok(ms)
+            }
+        };
+        skewed.push(SkewedWaits {
+            small_p99_ms: p99(false).await?,
+            big_p99_ms: p99(true).await?,
+            rate: drained.rate,
+        });
+    }
+    drop_database(base, KEYS_DATABASE).await?;
+    let fifo = skewed.pop().expect("two skewed runs");
+    let limited = skewed.pop().expect("two skewed runs");
+    Ok((results, limited, fifo))
+}
+
+/// The key-limit stage's figures, one line each.
+fn key_figures(
+    rounds: &[KeyRound],
+    limited: &SkewedWaits,
+    fifo: &SkewedWaits,
+    count: usize,
+) -> Vec<String> {
+    let per_round: Vec<String> = rounds
+        .iter()
+        .map(|round| ratio(round.keyed, Some(round.plain)))
+        .collect();
+    let plain = median(rounds.iter().map(|round| round.plain));
+    let keyed = median(rounds.iter().map(|round| round.keyed));
+    vec![
+        format!(
+            "{count} `add` tasks over {STAGE_KEYS} keys, key limit {STAGE_KEY_LIMIT}, one worker at the defaults: **{keyed:.0} tasks/s** (median of {} round{}, range {}); the same drain with no settings in the same rounds: {plain:.0} tasks/s (range {}); keyed ÷ plain: **{}** (round by round: {})",
+            rounds.len(),
+            if rounds.len() == 1 { "" } else { "s" },
+            range(rounds.iter().map(|round| round.keyed)),
+            range(rounds.iter().map(|round| round.plain)),
+            ratio(keyed, Some(plain)),
+            per_round.join(", "),
+        ),
+        format!(
+            "Skewed: {count} `add` tasks, 90% of one key enqueued first, the rest over {} small keys. p99 wait from the drain's first start to a task's start: with key limit {STAGE_KEY_LIMIT}, small keys **{:.0} ms**, the big key {:.0} ms ({:.0} tasks/s in all: the big key runs {STAGE_KEY_LIMIT} at a time); with no limit, small keys {:.0} ms, the big key {:.0} ms ({:.0} tasks/s)",
+            STAGE_KEYS - 1,
+            limited.small_p99_ms,
+            limited.big_p99_ms,
+            limited.rate,
+            fifo.small_p99_ms,
+            fifo.big_p99_ms,
+            fifo.rate,
+        ),
+    ]
+}
+
 /// The outbound HTTP stage's figures in one line.
 fn fetch_figures(rounds: &[FetchRound], count: usize) -> String {
     let per_round: Vec<String> = rounds
@@ -919,6 +1077,23 @@ async fn main() -> Result<()> {
         println!("{}", fetch_figures(&rounds, options.fetch));
         return Ok(());
     }
+    if options.keys_only {
+        let add_args = args_for(&plugins, "add").await?;
+        let (rounds, limited, fifo) = key_drains(
+            &add_args,
+            &base,
+            &bin,
+            &plugins_dir,
+            concurrency,
+            options.jobs,
+            options.rounds,
+        )
+        .await?;
+        for line in key_figures(&rounds, &limited, &fifo, options.jobs) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let root = env_path("TASKBOX_ROOT")?;
     let jobs = options.jobs;
     let tuned = Some(options.tuned);
@@ -1019,6 +1194,24 @@ async fn main() -> Result<()> {
         count => {
             Some(fetch_drains(&plugins, &base, &bin, concurrency, count, options.rounds).await?)
         }
+    };
+
+    // Flow control: a key limit over many keys, and a skewed queue.
+    let keys = if options.keys {
+        Some(
+            key_drains(
+                &add_args,
+                &base,
+                &bin,
+                &plugins_dir,
+                concurrency,
+                jobs,
+                options.rounds,
+            )
+            .await?,
+        )
+    } else {
+        None
     };
 
     if profiling {
@@ -1258,6 +1451,15 @@ async fn main() -> Result<()> {
         say(String::new());
         say(format!("- {}", fetch_figures(rounds, options.fetch)));
         say("- Each `fetch` task makes one `GET` through wasi:http, on a new connection, to an HTTP/1.1 server in the bench process on loopback that its `fetch.toml` grants; the `add` drains run at the same count in the same rounds. The gap is what one outbound request costs a task here (the grant's checks, connecting, both HTTP ends on the same two cores as Postgres), not any network's latency.".into());
+    }
+    if let Some((rounds, limited, fifo)) = &keys {
+        say(String::new());
+        say("## Flow control: a key limit over many keys, and a skewed queue".into());
+        say(String::new());
+        for line in key_figures(rounds, limited, fifo, jobs) {
+            say(format!("- {line}"));
+        }
+        say("- The keyed drain claims under its queue's lock: per claim, a few statements instead of one, and a walk of up to 32 keys' index ranges. The skewed run's small keys start in the first turns instead of behind the big key's backlog; the big key, held to its limit, drains at the pace of one claim per few tasks.".into());
     }
     say(String::new());
     say("## Where the hot path spends its time".into());
