@@ -71,6 +71,7 @@ conformance!(
     claims_and_drains_see_only_the_plugins_a_worker_has,
     stats_name_plugins_no_live_worker_serves,
     enqueue_refuses_timeouts_and_run_at_past_the_bounds,
+    enqueue_refuses_a_bad_key,
     a_row_the_claim_cannot_run_ends_error_and_the_queue_moves,
     a_retry_waits_its_delay_on_the_databases_clock,
     a_paused_queue_is_not_claimed_until_resumed,
@@ -182,6 +183,7 @@ async fn enqueue_keeps_order_and_every_field<S: TaskStore>(store: S) {
         max_attempts: 5,
         timeout: Some(Duration::from_millis(2500)),
         run_at: Some(run_at),
+        key: Some("tenant-1".to_owned()),
         ..new_task("second")
     };
     let before = now();
@@ -196,6 +198,7 @@ async fn enqueue_keeps_order_and_every_field<S: TaskStore>(store: S) {
     assert_eq!(first.plugin, "first");
     assert_eq!(first.args, plain.args, "args come back byte for byte");
     assert_eq!(first.queue, taskbox::store::DEFAULT_QUEUE);
+    assert_eq!(first.key, None);
     assert_eq!(first.status, Status::Waiting);
     assert_eq!(
         (first.priority, first.attempt, first.max_attempts),
@@ -214,6 +217,7 @@ async fn enqueue_keeps_order_and_every_field<S: TaskStore>(store: S) {
     let second = record(&store, ids[1]).await;
     assert_eq!(second.plugin, "second");
     assert_eq!(second.queue, "mail");
+    assert_eq!(second.key.as_deref(), Some("tenant-1"));
     assert_eq!((second.priority, second.max_attempts), (-7, 5));
     assert_eq!(second.timeout_ms, Some(2500));
     assert_eq!(
@@ -1173,6 +1177,38 @@ async fn enqueue_refuses_timeouts_and_run_at_past_the_bounds<S: TaskStore>(store
         store.stats().await.unwrap().total(),
         1,
         "nothing else written"
+    );
+}
+
+/// A key the schema's CHECK would take (blank, or with a control
+/// character) is refused by the store too, naming the task, and nothing
+/// of the batch is written.
+async fn enqueue_refuses_a_bad_key<S: TaskStore>(store: S) {
+    for (key, why) in [
+        (" ", "a key cannot be empty"),
+        ("a\tb", "a key cannot hold control characters"),
+    ] {
+        let refused = store
+            .enqueue(&[new_task("fine").key("tenant-1"), new_task("bad").key(key)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StoreError::Refused(Refused::BadKey {
+                    index: 1,
+                    batch: 2,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(refused.to_string(), format!("task 2 of 2: {why}"));
+    }
+    assert_eq!(
+        store.stats().await.unwrap().total(),
+        0,
+        "something was written"
     );
 }
 
