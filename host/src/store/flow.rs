@@ -569,6 +569,93 @@ SELECT key FROM keys WHERE key IS NOT NULL LIMIT $4";
 pub(crate) const RUNNING: &str =
     "SELECT key, count(*) FROM counted_runs WHERE queue = $1 GROUP BY key";
 
+/// Make a queue's row if it has none (`$1`): settings need one.
+pub(crate) const MAKE_QUEUE: &str =
+    "INSERT INTO queues (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+
+/// Whether queue `$1`'s runs are counted (it has a limit or a key limit).
+pub(crate) const COUNTS_RUNS: &str = "
+SELECT coalesce((SELECT max_running IS NOT NULL OR key_limit IS NOT NULL
+                 FROM queues WHERE name = $1), false)";
+
+/// Count queue `$1`'s running tasks afresh, for a limit that starts
+/// counting them now.
+pub(crate) const RECOUNT: &str = "
+INSERT INTO counted_runs (task_id, queue, key)
+SELECT id, queue, key FROM tasks WHERE status = 'running' AND queue = $1
+ON CONFLICT (task_id) DO NOTHING";
+
+/// Forget queue `$1`'s counted runs: nothing counts them any more.
+pub(crate) const FORGET_RUNS: &str = "DELETE FROM counted_runs WHERE queue = $1";
+
+impl FlowChange {
+    /// The statement that writes the change to queue `$1`'s row: `$2` the
+    /// limit or the rate's count, and for a rate `$3` its window in
+    /// milliseconds and `$4` whether it is per key (see
+    /// [`FlowChange::columns`]). A new rate starts with no recent starts.
+    pub(crate) fn statement(&self) -> &'static str {
+        match self {
+            FlowChange::Limit(_) => "UPDATE queues SET max_running = $2 WHERE name = $1",
+            FlowChange::KeyLimit(_) => "UPDATE queues SET key_limit = $2 WHERE name = $1",
+            FlowChange::Rate { .. } => {
+                "UPDATE queues SET rate_count = $2, rate_window_ms = $3, rate_per_key = $4,
+                                   starts = $5 WHERE name = $1"
+            }
+        }
+    }
+}
+
+/// What the counted runs need once a queue's runs were counted
+/// (`before`) or not and are now (`after`): counting them afresh, forgetting
+/// them, or nothing.
+pub(crate) fn recount(before: bool, after: bool) -> Option<&'static str> {
+    match (before, after) {
+        (false, true) => Some(RECOUNT),
+        (true, false) => Some(FORGET_RUNS),
+        _ => None,
+    }
+}
+
+impl QueueFlow {
+    /// From the columns both stores keep (`starts` decoded).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn stored(
+        name: String,
+        max_running: Option<i32>,
+        key_limit: Option<i32>,
+        rate_count: Option<i32>,
+        rate_window_ms: Option<i64>,
+        rate_per_key: bool,
+        starts: Vec<i64>,
+        key_cursor: Option<String>,
+    ) -> QueueFlow {
+        QueueFlow {
+            name,
+            max_running: max_running.map(|n| n as u32),
+            key_limit: key_limit.map(|n| n as u32),
+            rate: Rate::stored(rate_count, rate_window_ms),
+            rate_per_key,
+            starts,
+            key_cursor,
+        }
+    }
+}
+
+impl WaitingKey {
+    /// `keys`, each with its recent starts from `starts` (none when absent).
+    pub(crate) fn each(
+        keys: Vec<String>,
+        mut starts: HashMap<String, Vec<i64>>,
+    ) -> Vec<WaitingKey> {
+        keys.into_iter()
+            .map(|key| WaitingKey {
+                starts: starts.remove(&key).unwrap_or_default(),
+                key: Some(key),
+            })
+            .collect()
+    }
+}
+
 /// Any queue with a limit or a rate: one statement for both stores.
 pub(crate) const ANY_LIMITED: &str = "SELECT EXISTS (SELECT 1 FROM queues
     WHERE max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)";
@@ -754,13 +841,7 @@ mod tests {
             keys.sort();
             keys.dedup();
             keys.truncate(count);
-            Ok(keys
-                .into_iter()
-                .map(|key| WaitingKey {
-                    key: Some(key),
-                    starts: Vec::new(),
-                })
-                .collect())
+            Ok(WaitingKey::each(keys, HashMap::new()))
         }
 
         async fn has_keyless(&mut self, _: &str) -> StoreResult<bool> {

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use sqlx::PgConnection;
 
 use super::flow::{
-    self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Rate, Running, WaitingKey,
+    self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Running, WaitingKey,
 };
 use super::postgres::{CLAIM_KEYED, CLAIM_LIMITED, ClaimedRow};
 use super::{ClaimRequest, ClaimedTask, MAX_TASK_TIMEOUT, StoreResult, refused_timeout_reason};
@@ -83,15 +83,16 @@ impl FlowTransaction for PgFlow<'_> {
             .into_iter()
             .map(
                 |(name, max_running, key_limit, count, window, per_key, starts, cursor)| {
-                    QueueFlow {
+                    QueueFlow::stored(
                         name,
-                        max_running: max_running.map(|n| n as u32),
-                        key_limit: key_limit.map(|n| n as u32),
-                        rate: Rate::stored(count, window),
-                        rate_per_key: per_key,
+                        max_running,
+                        key_limit,
+                        count,
+                        window,
+                        per_key,
                         starts,
-                        key_cursor: cursor,
-                    }
+                        cursor,
+                    )
                 },
             )
             .collect();
@@ -121,7 +122,7 @@ impl FlowTransaction for PgFlow<'_> {
             .bind(i64::try_from(count).unwrap_or(i64::MAX))
             .fetch_all(&mut *self.conn)
             .await?;
-        let mut starts: HashMap<String, Vec<i64>> = if with_starts && !keys.is_empty() {
+        let starts: HashMap<String, Vec<i64>> = if with_starts && !keys.is_empty() {
             sqlx::query_as(KEY_STARTS)
                 .bind(queue)
                 .bind(&keys)
@@ -132,13 +133,7 @@ impl FlowTransaction for PgFlow<'_> {
         } else {
             HashMap::new()
         };
-        Ok(keys
-            .into_iter()
-            .map(|key| WaitingKey {
-                starts: starts.remove(&key).unwrap_or_default(),
-                key: Some(key),
-            })
-            .collect())
+        Ok(WaitingKey::each(keys, starts))
     }
 
     async fn has_keyless(&mut self, queue: &str) -> StoreResult<bool> {
@@ -223,20 +218,11 @@ fn millis(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Whether the queue had a limit or rate before (`$1`), creating its row.
+/// Whether queue `$1` had a limit or a rate, its row locked (made first
+/// by [`flow::MAKE_QUEUE`]).
 const QUEUE_LIMITED: &str = "
-WITH made AS (INSERT INTO queues (name) VALUES ($1) ON CONFLICT (name) DO NOTHING)
-SELECT coalesce((SELECT max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL
-                 FROM queues WHERE name = $1 FOR UPDATE), false)";
-
-/// Count the queue's running tasks afresh, for a limit that starts
-/// counting them now.
-const RECOUNT: &str = "
-INSERT INTO counted_runs (task_id, queue, key)
-SELECT id, queue, key FROM tasks WHERE status = 'running' AND queue = $1
-ON CONFLICT (task_id) DO NOTHING";
-
-const FORGET_RUNS: &str = "DELETE FROM counted_runs WHERE queue = $1";
+SELECT max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL
+FROM queues WHERE name = $1 FOR UPDATE";
 
 /// Apply `change` to `queue`, in the caller's transaction.
 ///
@@ -250,50 +236,34 @@ pub(super) async fn set_flow(
     queue: &str,
     change: &FlowChange,
 ) -> StoreResult<()> {
+    sqlx::query(flow::MAKE_QUEUE)
+        .bind(queue)
+        .execute(&mut *conn)
+        .await?;
     let was_limited: bool = sqlx::query_scalar(QUEUE_LIMITED)
         .bind(queue)
         .fetch_one(&mut *conn)
         .await?;
-    let counted_before = counts_runs(conn, queue).await?;
     if !was_limited && change.limits() {
         sqlx::query("LOCK TABLE tasks IN SHARE MODE")
             .execute(&mut *conn)
             .await?;
     }
-    let statement = match change {
-        FlowChange::Limit(_) => "UPDATE queues SET max_running = $2 WHERE name = $1",
-        FlowChange::KeyLimit(_) => "UPDATE queues SET key_limit = $2 WHERE name = $1",
-        FlowChange::Rate { .. } => {
-            "UPDATE queues SET rate_count = $2, rate_window_ms = $3, rate_per_key = $4,
-                               starts = '{}' WHERE name = $1"
-        }
-    };
+    let before = counts_runs(conn, queue).await?;
     let (number, window, per_key) = change.columns();
-    let mut query = sqlx::query(statement).bind(queue).bind(number);
+    let mut query = sqlx::query(change.statement()).bind(queue).bind(number);
     if matches!(change, FlowChange::Rate { .. }) {
-        query = query.bind(window).bind(per_key);
+        query = query.bind(window).bind(per_key).bind(Vec::<i64>::new());
     }
     query.execute(&mut *conn).await?;
-    let counted_after = counts_runs(conn, queue).await?;
-    if counted_after && !counted_before {
-        sqlx::query(RECOUNT).bind(queue).execute(&mut *conn).await?;
-    } else if counted_before && !counted_after {
-        sqlx::query(FORGET_RUNS)
+    let after = counts_runs(conn, queue).await?;
+    if let Some(statement) = flow::recount(before, after) {
+        sqlx::query(statement)
             .bind(queue)
             .execute(&mut *conn)
             .await?;
     }
     Ok(())
-}
-
-async fn counts_runs(conn: &mut PgConnection, queue: &str) -> StoreResult<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce((SELECT max_running IS NOT NULL OR key_limit IS NOT NULL
-                          FROM queues WHERE name = $1), false)",
-    )
-    .bind(queue)
-    .fetch_one(&mut *conn)
-    .await?)
 }
 
 impl Running {
@@ -308,4 +278,11 @@ impl Running {
             by_key,
         }
     }
+}
+
+async fn counts_runs(conn: &mut PgConnection, queue: &str) -> StoreResult<bool> {
+    Ok(sqlx::query_scalar(flow::COUNTS_RUNS)
+        .bind(queue)
+        .fetch_one(conn)
+        .await?)
 }

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use sqlx::SqliteConnection;
 
 use super::flow::{
-    self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Rate, Running, WaitingKey,
+    self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Running, WaitingKey,
 };
 use super::sqlite::{CLAIM_KEYED, CLAIM_LIMITED, claim_rows};
 use super::{ClaimRequest, ClaimedTask, StoreResult};
@@ -87,15 +87,16 @@ impl FlowTransaction for SqliteFlow<'_> {
             .into_iter()
             .map(
                 |(name, max_running, key_limit, count, window, per_key, starts, cursor)| {
-                    QueueFlow {
+                    QueueFlow::stored(
                         name,
-                        max_running: max_running.map(|n| n as u32),
-                        key_limit: key_limit.map(|n| n as u32),
-                        rate: Rate::stored(count, window),
-                        rate_per_key: per_key,
-                        starts: starts_of(&starts),
-                        key_cursor: cursor,
-                    }
+                        max_running,
+                        key_limit,
+                        count,
+                        window,
+                        per_key,
+                        starts_of(&starts),
+                        cursor,
+                    )
                 },
             )
             .collect();
@@ -125,7 +126,7 @@ impl FlowTransaction for SqliteFlow<'_> {
             .bind(i64::try_from(count).unwrap_or(i64::MAX))
             .fetch_all(&mut *self.conn)
             .await?;
-        let mut starts: HashMap<String, Vec<i64>> = if with_starts && !keys.is_empty() {
+        let starts: HashMap<String, Vec<i64>> = if with_starts && !keys.is_empty() {
             let rows: Vec<(String, String)> = sqlx::query_as(KEY_STARTS)
                 .bind(queue)
                 .bind(json(&keys))
@@ -137,13 +138,7 @@ impl FlowTransaction for SqliteFlow<'_> {
         } else {
             HashMap::new()
         };
-        Ok(keys
-            .into_iter()
-            .map(|key| WaitingKey {
-                starts: starts.remove(&key).unwrap_or_default(),
-                key: Some(key),
-            })
-            .collect())
+        Ok(WaitingKey::each(keys, starts))
     }
 
     async fn has_keyless(&mut self, queue: &str) -> StoreResult<bool> {
@@ -222,16 +217,6 @@ impl FlowTransaction for SqliteFlow<'_> {
     }
 }
 
-/// Make the queue's row if it has none.
-const MAKE_QUEUE: &str = "INSERT INTO queues (name) VALUES (?1) ON CONFLICT (name) DO NOTHING";
-
-const RECOUNT: &str = "
-INSERT INTO counted_runs (task_id, queue, key)
-SELECT id, queue, key FROM tasks WHERE status = 'running' AND queue = ?1
-ON CONFLICT (task_id) DO NOTHING";
-
-const FORGET_RUNS: &str = "DELETE FROM counted_runs WHERE queue = ?1";
-
 /// Apply `change` to `queue`, in the caller's write transaction; the only
 /// writer, so no claim can run between the count and the commit.
 pub(super) async fn set_flow(
@@ -239,30 +224,20 @@ pub(super) async fn set_flow(
     queue: &str,
     change: &FlowChange,
 ) -> StoreResult<()> {
-    sqlx::query(MAKE_QUEUE)
+    sqlx::query(flow::MAKE_QUEUE)
         .bind(queue)
         .execute(&mut *conn)
         .await?;
-    let counted_before = counts_runs(conn, queue).await?;
-    let statement = match change {
-        FlowChange::Limit(_) => "UPDATE queues SET max_running = ?2 WHERE name = ?1",
-        FlowChange::KeyLimit(_) => "UPDATE queues SET key_limit = ?2 WHERE name = ?1",
-        FlowChange::Rate { .. } => {
-            "UPDATE queues SET rate_count = ?2, rate_window_ms = ?3, rate_per_key = ?4,
-                               starts = '[]' WHERE name = ?1"
-        }
-    };
+    let before = counts_runs(conn, queue).await?;
     let (number, window, per_key) = change.columns();
-    let mut query = sqlx::query(statement).bind(queue).bind(number);
+    let mut query = sqlx::query(change.statement()).bind(queue).bind(number);
     if matches!(change, FlowChange::Rate { .. }) {
-        query = query.bind(window).bind(per_key);
+        query = query.bind(window).bind(per_key).bind("[]");
     }
     query.execute(&mut *conn).await?;
-    let counted_after = counts_runs(conn, queue).await?;
-    if counted_after && !counted_before {
-        sqlx::query(RECOUNT).bind(queue).execute(&mut *conn).await?;
-    } else if counted_before && !counted_after {
-        sqlx::query(FORGET_RUNS)
+    let after = counts_runs(conn, queue).await?;
+    if let Some(statement) = flow::recount(before, after) {
+        sqlx::query(statement)
             .bind(queue)
             .execute(&mut *conn)
             .await?;
@@ -271,11 +246,8 @@ pub(super) async fn set_flow(
 }
 
 async fn counts_runs(conn: &mut SqliteConnection, queue: &str) -> StoreResult<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce((SELECT max_running IS NOT NULL OR key_limit IS NOT NULL
-                          FROM queues WHERE name = ?1), 0)",
-    )
-    .bind(queue)
-    .fetch_one(&mut *conn)
-    .await?)
+    Ok(sqlx::query_scalar(flow::COUNTS_RUNS)
+        .bind(queue)
+        .fetch_one(conn)
+        .await?)
 }
