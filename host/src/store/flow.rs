@@ -15,8 +15,6 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::{ClaimRequest, ClaimedTask, StoreResult};
 
 /// Most starts a rate may allow per window: its recent starts are kept, one
@@ -232,6 +230,20 @@ impl QueueFlow {
 pub struct Running {
     pub total: usize,
     pub by_key: HashMap<Option<String>, usize>,
+}
+
+impl Running {
+    /// From `(key, count)` rows, as both stores read them.
+    pub(crate) fn of(rows: Vec<(Option<String>, i64)>) -> Running {
+        let by_key: HashMap<Option<String>, usize> = rows
+            .into_iter()
+            .map(|(key, n)| (key, n.max(0) as usize))
+            .collect();
+        Running {
+            total: by_key.values().sum(),
+            by_key,
+        }
+    }
 }
 
 /// A key with due waiting tasks (`None`: the tasks without a key, which
@@ -469,15 +481,6 @@ fn record_of(
         }
     }
     record
-}
-
-/// A queue as `taskbox queue list` shows its settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FlowSettings {
-    pub limit: Option<u32>,
-    pub key_limit: Option<u32>,
-    pub rate: Option<String>,
-    pub rate_per_key: bool,
 }
 
 impl Rate {
@@ -742,14 +745,12 @@ mod tests {
     }
 
     fn running(pairs: &[(Option<&str>, usize)]) -> Running {
-        let by_key: HashMap<Option<String>, usize> = pairs
-            .iter()
-            .map(|(k, n)| (k.map(str::to_owned), *n))
-            .collect();
-        Running {
-            total: by_key.values().sum(),
-            by_key,
-        }
+        Running::of(
+            pairs
+                .iter()
+                .map(|(k, n)| (k.map(str::to_owned), *n as i64))
+                .collect(),
+        )
     }
 
     #[test]
@@ -813,14 +814,11 @@ mod tests {
         }
 
         async fn running(&mut self, _: &str) -> StoreResult<Running> {
-            let mut by_key = HashMap::new();
+            let mut by_key: HashMap<Option<String>, i64> = HashMap::new();
             for (_, key) in &self.running {
                 *by_key.entry(key.clone()).or_default() += 1;
             }
-            Ok(Running {
-                total: self.running.len(),
-                by_key,
-            })
+            Ok(Running::of(by_key.into_iter().collect()))
         }
 
         async fn waiting_keys(

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use super::flow::{
     self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Running, WaitingKey,
 };
-use super::postgres::{CLAIM_KEYED, CLAIM_LIMITED, ClaimedRow};
+use super::postgres::{CLAIM_KEYED, CLAIM_LIMITED, ClaimedRow, millis};
 use super::{ClaimRequest, ClaimedTask, MAX_TASK_TIMEOUT, StoreResult, refused_timeout_reason};
 
 /// The settings of the limited queues among `$1` (NULL: all), locked in
@@ -214,10 +214,6 @@ fn joined(starts: &[i64]) -> String {
         .join(",")
 }
 
-fn millis(duration: std::time::Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Whether queue `$1` had a limit or a rate, its row locked (made first
 /// by [`flow::MAKE_QUEUE`]).
 const QUEUE_LIMITED: &str = "
@@ -264,20 +260,6 @@ pub(super) async fn set_flow(
             .await?;
     }
     Ok(())
-}
-
-impl Running {
-    /// From `(key, count)` rows.
-    pub(super) fn of(rows: Vec<(Option<String>, i64)>) -> Running {
-        let by_key: HashMap<Option<String>, usize> = rows
-            .into_iter()
-            .map(|(key, n)| (key, n.max(0) as usize))
-            .collect();
-        Running {
-            total: by_key.values().sum(),
-            by_key,
-        }
-    }
 }
 
 async fn counts_runs(conn: &mut PgConnection, queue: &str) -> StoreResult<bool> {

@@ -36,7 +36,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{broadcast, mpsc};
 
-use super::flow::{self, FlowChange};
+use super::flow::{self, FlowChange, LimitedSeen};
 use super::sqlite_changes::{ExternalWatch, FileChanges};
 use super::sqlite_flow::{self, SqliteFlow};
 use super::{
@@ -250,6 +250,8 @@ struct Shared {
     wake: broadcast::Sender<Notification>,
     /// The locked lock file while this process may run a worker.
     worker_lock: Mutex<Option<File>>,
+    /// Whether any queue has a limit or a rate, as last looked up.
+    limited: LimitedSeen,
 }
 
 /// True for SQLite's "database is locked" errors: another process held the
@@ -325,6 +327,7 @@ impl SqliteStore {
                 database,
                 wake,
                 worker_lock: Mutex::new(None),
+                limited: LimitedSeen::default(),
             }),
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             external_poll: EXTERNAL_POLL_INTERVAL,
@@ -598,9 +601,18 @@ impl TaskStore for SqliteStore {
         self.lock_worker()?;
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         // One writer: the transaction alone makes the limits' counts exact.
-        let any_limited: bool = sqlx::query_scalar(flow::ANY_LIMITED)
-            .fetch_one(&mut *tx)
-            .await?;
+        // Whether to look at limited queues at all is looked up at most once
+        // per `FLOW_RECHECK`: the plain claim leaves them out by itself.
+        let any_limited = match self.shared.limited.fresh() {
+            Some(limited) => limited,
+            None => {
+                let limited: bool = sqlx::query_scalar(flow::ANY_LIMITED)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                self.shared.limited.note(limited);
+                limited
+            }
+        };
         let now = now_micros();
         let mut claimed = if any_limited {
             let mut flow = SqliteFlow { conn: &mut tx, now };
@@ -625,8 +637,9 @@ impl TaskStore for SqliteStore {
         }
         let now = now_micros();
         let mut written = 0;
-        // Runs a queue's limit counted: their places are free now.
-        let mut freed = 0;
+        // The runs this batch wrote: any a queue's limit counted are
+        // forgotten, one statement for the batch.
+        let mut ended = Vec::with_capacity(completions.len());
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         for completion in completions {
             let recorded = sqlx::query(COMPLETE)
@@ -647,11 +660,7 @@ impl TaskStore for SqliteStore {
                 .await?
                 .rows_affected();
             if recorded > 0 {
-                freed += sqlx::query("DELETE FROM counted_runs WHERE task_id = ?1")
-                    .bind(completion.id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                ended.push(completion.id);
             } else {
                 sqlx::query(NOTE_LOST_RUN)
                     .bind(completion.id)
@@ -662,6 +671,13 @@ impl TaskStore for SqliteStore {
             }
             written += recorded;
         }
+        let freed = sqlx::query(
+            "DELETE FROM counted_runs WHERE task_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_array(&ended))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         if freed > 0 {
             self.wake(Notification::TasksAvailable);
@@ -809,6 +825,7 @@ impl TaskStore for SqliteStore {
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         sqlite_flow::set_flow(&mut tx, queue, change).await?;
         tx.commit().await?;
+        self.shared.limited.forget();
         self.wake(Notification::TasksAvailable);
         Ok(())
     }
