@@ -527,22 +527,32 @@ impl FlowChange {
 /// since is claimed again within this long.
 pub const FLOW_RECHECK: Duration = Duration::from_secs(1);
 
-/// Whether any queue has a limit or a rate, as last looked up.
-#[derive(Debug, Default)]
-pub(crate) struct LimitedSeen {
-    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+/// What the queues' settings ask of a claim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct QueuesSet {
+    /// Some queue has a limit or a rate: a claim also takes the limited path.
+    pub limited: bool,
+    /// Some queue is paused or limited: the plain claim walks each queue it
+    /// takes on its own, so as not to read through the others' tasks.
+    pub left_out: bool,
 }
 
-impl LimitedSeen {
+/// [`QueuesSet`] as last looked up.
+#[derive(Debug, Default)]
+pub(crate) struct QueuesSeen {
+    last: std::sync::Mutex<Option<(std::time::Instant, QueuesSet)>>,
+}
+
+impl QueuesSeen {
     /// The last answer, while it is younger than [`FLOW_RECHECK`].
-    pub fn fresh(&self) -> Option<bool> {
+    pub fn fresh(&self) -> Option<QueuesSet> {
         let last = *self.last.lock().expect("not poisoned");
         last.filter(|(at, _)| at.elapsed() < FLOW_RECHECK)
-            .map(|(_, limited)| limited)
+            .map(|(_, set)| set)
     }
 
-    pub fn note(&self, limited: bool) {
-        *self.last.lock().expect("not poisoned") = Some((std::time::Instant::now(), limited));
+    pub fn note(&self, set: QueuesSet) {
+        *self.last.lock().expect("not poisoned") = Some((std::time::Instant::now(), set));
     }
 
     /// Look again on the next claim (this process changed a setting).
@@ -659,9 +669,12 @@ impl WaitingKey {
     }
 }
 
-/// Any queue with a limit or a rate: one statement for both stores.
-pub(crate) const ANY_LIMITED: &str = "SELECT EXISTS (SELECT 1 FROM queues
-    WHERE max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)";
+/// [`QueuesSet`]: one statement for both stores.
+pub(crate) const QUEUES_SET: &str = "SELECT
+    EXISTS (SELECT 1 FROM queues WHERE max_running IS NOT NULL OR key_limit IS NOT NULL
+                                    OR rate_count IS NOT NULL) AS limited,
+    EXISTS (SELECT 1 FROM queues WHERE paused_at IS NOT NULL OR max_running IS NOT NULL
+                                    OR key_limit IS NOT NULL OR rate_count IS NOT NULL) AS left_out";
 
 #[cfg(test)]
 mod tests {

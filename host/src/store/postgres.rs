@@ -18,7 +18,7 @@ use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
-use super::flow::{self, ANY_LIMITED, FlowChange, LimitedSeen};
+use super::flow::{self, FlowChange, QUEUES_SET, QueuesSeen, QueuesSet};
 use super::pg_flow::{self, PgFlow};
 use super::pg_leases::LeaseBook;
 use super::pg_schema::{self, SchemaName};
@@ -96,6 +96,54 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
         "",
     )
 });
+
+/// The claim of queues without a limit or a rate, one index walk per
+/// queue, merged in claim order: for a worker serving the queues `$4`, or
+/// (`$4` NULL) for every queue with waiting tasks, found one index probe
+/// each, while some queue is paused or limited. [`CLAIM`]'s one walk over
+/// every queue would read through all the waiting tasks of the queues it
+/// leaves before reaching one it takes. Paused and limited queues are left
+/// out before their tasks are walked.
+static CLAIM_BY_QUEUE: LazyLock<String> = LazyLock::new(|| {
+    claim_statement(
+        "WITH RECURSIVE waiting(queue) AS (
+        SELECT (SELECT min(queue) FROM tasks WHERE is_waiting)
+        UNION ALL
+        SELECT (SELECT min(queue) FROM tasks WHERE is_waiting AND queue > w.queue)
+        FROM waiting w WHERE w.queue IS NOT NULL
+    ), served AS MATERIALIZED (
+        SELECT s.queue FROM (
+            SELECT queue FROM unnest($4::text[]) AS named(queue)
+            UNION
+            SELECT queue FROM waiting WHERE $4::text[] IS NULL AND queue IS NOT NULL
+        ) s
+        WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue
+                          AND (q.paused_at IS NOT NULL OR q.max_running IS NOT NULL
+                               OR q.key_limit IS NOT NULL OR q.rate_count IS NOT NULL))
+    )
+    SELECT t.id FROM served s CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM tasks
+        WHERE is_waiting AND queue = s.queue AND run_at <= now()
+          AND ($7::text[] IS NULL OR plugin = ANY($7))
+        ORDER BY priority, run_at, id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) t
+    ORDER BY t.priority, t.run_at, t.id
+    LIMIT $1",
+        "",
+    )
+});
+
+/// The claim of queues without a limit or a rate: one walk over every
+/// queue while it passes no task it leaves, else one walk per queue.
+fn plain_claim(scoped: bool, set: QueuesSet) -> &'static str {
+    if scoped || set.left_out {
+        &CLAIM_BY_QUEUE
+    } else {
+        &CLAIM
+    }
+}
 
 /// The claim of one limited queue `$9` in claim order, its queue row locked
 /// by the caller, recording each run in `counted_runs` when `$10`.
@@ -376,8 +424,8 @@ pub struct PgStore {
     schema: SchemaName,
     /// Each claim's lease and its tasks not written yet.
     leases: Arc<LeaseBook>,
-    /// Whether any queue has a limit or a rate, as last looked up.
-    limited: Arc<LimitedSeen>,
+    /// Whether any queue is limited, or paused, as last looked up.
+    queues_seen: Arc<QueuesSeen>,
 }
 
 impl PgStore {
@@ -425,7 +473,7 @@ impl PgStore {
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             schema: schema.clone(),
             leases: Arc::default(),
-            limited: Arc::default(),
+            queues_seen: Arc::default(),
         })
     }
 
@@ -460,7 +508,7 @@ impl PgStore {
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             schema: schema.clone(),
             leases: Arc::default(),
-            limited: Arc::default(),
+            queues_seen: Arc::default(),
         }
     }
 
@@ -548,17 +596,16 @@ impl PgStore {
         &self.pool
     }
 
-    /// Whether any queue has a limit or a rate (looked up at most once per
-    /// [`flow::FLOW_RECHECK`]).
-    async fn any_limited(&self) -> StoreResult<bool> {
-        if let Some(limited) = self.limited.fresh() {
-            return Ok(limited);
+    /// Whether any queue is limited, or paused (looked up at most once per
+    /// [`flow::FLOW_RECHECK`]). Only the claim's plan depends on it: each
+    /// claim statement leaves paused and limited queues out by itself.
+    async fn queues_set(&self) -> StoreResult<QueuesSet> {
+        if let Some(set) = self.queues_seen.fresh() {
+            return Ok(set);
         }
-        let limited: bool = sqlx::query_scalar(ANY_LIMITED)
-            .fetch_one(&self.claims)
-            .await?;
-        self.limited.note(limited);
-        Ok(limited)
+        let set: QueuesSet = sqlx::query_as(QUEUES_SET).fetch_one(&self.claims).await?;
+        self.queues_seen.note(set);
+        Ok(set)
     }
 
     /// Claim from the limited queues in scope, in one transaction that
@@ -686,7 +733,8 @@ impl TaskStore for PgStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         self.explain(async {
-            let mut claimed = if self.any_limited().await? {
+            let set = self.queues_set().await?;
+            let mut claimed = if set.limited {
                 self.claim_limited(request).await?
             } else {
                 Vec::new()
@@ -697,7 +745,8 @@ impl TaskStore for PgStore {
             }
             let scope = &request.scope;
             let queues = (!scope.queues.is_empty()).then_some(scope.queues);
-            let query = sqlx::query_as::<_, ClaimedRow>(&CLAIM)
+            let statement = plain_claim(!scope.queues.is_empty(), set);
+            let query = sqlx::query_as::<_, ClaimedRow>(statement)
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .bind(request.worker_id)
                 .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
@@ -1010,6 +1059,7 @@ impl TaskStore for PgStore {
                 .await?
                 .rows_affected()
                 > 0;
+            self.queues_seen.forget();
             if found && !paused {
                 // Idle workers claim the queue's tasks at once.
                 sqlx::query("SELECT pg_notify($1, '')")
@@ -1027,7 +1077,7 @@ impl TaskStore for PgStore {
             let mut tx = self.pool.begin().await?;
             pg_flow::set_flow(&mut tx, queue, change).await?;
             tx.commit().await?;
-            self.limited.forget();
+            self.queues_seen.forget();
             // Claims may take more now: idle workers look at once.
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(self.schema.tasks_channel())
@@ -1186,5 +1236,95 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains("Index Scan using tasks_claim"), "{plan}");
         assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+    use crate::store::NewTask;
+
+    /// Rows the plan of `statement` (a claim, run and rolled back) read from
+    /// `tasks`: each node's rows out plus those its filter removed.
+    async fn rows_read(pool: &PgPool, statement: &str, queues: Option<Vec<String>>) -> (f64, usize) {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL search_path = taskbox")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let plan: serde_json::Value =
+            sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {statement}"))
+                .bind(10i64)
+                .bind("w")
+                .bind(1000i64)
+                .bind(queues)
+                .bind(millis(MAX_TASK_TIMEOUT))
+                .bind("refused")
+                .bind(None::<Vec<String>>)
+                .bind(0i64)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'running'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        fn walk(node: &serde_json::Value) -> f64 {
+            let own = if node["Relation Name"] == "tasks" {
+                let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+                (node["Actual Rows"].as_f64().unwrap_or(0.0)
+                    + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0))
+                    * loops
+            } else {
+                0.0
+            };
+            own + node["Plans"]
+                .as_array()
+                .map(|plans| plans.iter().map(walk).sum())
+                .unwrap_or(0.0)
+        }
+        (walk(&plan[0]["Plan"]), claimed as usize)
+    }
+
+    /// A queue's backlog that a claim does not take (a paused queue, or one
+    /// outside the worker's `--queue`s) lies ahead of the other queues'
+    /// tasks in claim order; the claim must not read its way past it.
+    #[sqlx::test(migrations = false)]
+    async fn a_claim_reads_past_no_backlog_it_does_not_take(pool: PgPool) {
+        let store = PgStore::from_pool(pool.clone());
+        store.migrate().await.unwrap();
+        let backlog: Vec<NewTask> = (0..20_000)
+            .map(|_| NewTask::new("add", vec![0]).queue("bulk"))
+            .collect();
+        store.enqueue(&backlog).await.unwrap();
+        let wanted: Vec<NewTask> = (0..10).map(|_| NewTask::new("add", vec![0])).collect();
+        store.enqueue(&wanted).await.unwrap();
+        sqlx::query("ANALYZE taskbox.tasks")
+            .execute(&pool)
+            .await
+            .unwrap();
+
+        let scoped = vec!["default".to_owned()];
+        let statement = plain_claim(true, store.queues_set().await.unwrap());
+        let (read, claimed) = rows_read(&pool, statement, Some(scoped)).await;
+        assert_eq!(claimed, 10);
+        assert!(read < 1_000.0, "a claim of --queue default read {read} rows");
+
+        assert!(store.set_paused("bulk", true).await.unwrap());
+        let statement = plain_claim(false, store.queues_set().await.unwrap());
+        let (read, claimed) = rows_read(&pool, statement, None).await;
+        assert_eq!(claimed, 10);
+        assert!(read < 1_000.0, "a claim beside a paused backlog read {read} rows");
+
+        assert!(store.set_paused("bulk", false).await.unwrap());
+        store
+            .set_flow("bulk", &FlowChange::Limit(Some(5)))
+            .await
+            .unwrap();
+        let statement = plain_claim(false, store.queues_set().await.unwrap());
+        let (read, claimed) = rows_read(&pool, statement, None).await;
+        assert_eq!(claimed, 10);
+        assert!(read < 1_000.0, "a claim beside a limited backlog read {read} rows");
     }
 }

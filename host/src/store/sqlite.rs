@@ -36,7 +36,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{broadcast, mpsc};
 
-use super::flow::{self, FlowChange, LimitedSeen};
+use super::flow::{self, FlowChange, QueuesSeen, QueuesSet};
 use super::sqlite_changes::{ExternalWatch, FileChanges};
 use super::sqlite_flow::{self, SqliteFlow};
 use super::{
@@ -251,7 +251,7 @@ struct Shared {
     /// The locked lock file while this process may run a worker.
     worker_lock: Mutex<Option<File>>,
     /// Whether any queue has a limit or a rate, as last looked up.
-    limited: LimitedSeen,
+    queues_seen: QueuesSeen,
 }
 
 /// True for SQLite's "database is locked" errors: another process held the
@@ -327,7 +327,7 @@ impl SqliteStore {
                 database,
                 wake,
                 worker_lock: Mutex::new(None),
-                limited: LimitedSeen::default(),
+                queues_seen: QueuesSeen::default(),
             }),
             max_args_bytes: DEFAULT_MAX_ARGS_BYTES,
             external_poll: EXTERNAL_POLL_INTERVAL,
@@ -603,14 +603,14 @@ impl TaskStore for SqliteStore {
         // One writer: the transaction alone makes the limits' counts exact.
         // Whether to look at limited queues at all is looked up at most once
         // per `FLOW_RECHECK`: the plain claim leaves them out by itself.
-        let any_limited = match self.shared.limited.fresh() {
-            Some(limited) => limited,
+        let any_limited = match self.shared.queues_seen.fresh() {
+            Some(set) => set.limited,
             None => {
-                let limited: bool = sqlx::query_scalar(flow::ANY_LIMITED)
+                let set: QueuesSet = sqlx::query_as(flow::QUEUES_SET)
                     .fetch_one(&mut *tx)
                     .await?;
-                self.shared.limited.note(limited);
-                limited
+                self.shared.queues_seen.note(set);
+                set.limited
             }
         };
         let now = now_micros();
@@ -825,7 +825,7 @@ impl TaskStore for SqliteStore {
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         sqlite_flow::set_flow(&mut tx, queue, change).await?;
         tx.commit().await?;
-        self.shared.limited.forget();
+        self.shared.queues_seen.forget();
         self.wake(Notification::TasksAvailable);
         Ok(())
     }
