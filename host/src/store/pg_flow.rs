@@ -15,21 +15,19 @@ use super::postgres::{CLAIM_KEYED, CLAIM_LIMITED, ClaimedRow, millis};
 use super::{ClaimRequest, ClaimedTask, MAX_TASK_TIMEOUT, StoreResult, refused_timeout_reason};
 
 /// The settings of the limited queues among `$1` (NULL: all), locked in
-/// name order so that two claims never wait on each other in a circle.
-/// Paused ones are left alone.
+/// name order so that two claims never wait on each other in a circle, and
+/// the transaction's clock in microseconds since the epoch: the time the
+/// claim gives its tasks as `started_at`, so that the starts a rate counts
+/// are the ones the rows show. Paused queues are left alone.
 const LOCK_LIMITED: &str = "
-SELECT name, max_running, key_limit, rate_count, rate_window_ms, rate_per_key, starts, key_cursor
+SELECT name, max_running, key_limit, rate_count, rate_window_ms, rate_per_key, starts, key_cursor,
+       (extract(epoch FROM now()) * 1000000)::bigint AS now
 FROM queues
 WHERE (max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)
   AND paused_at IS NULL
   AND ($1::text[] IS NULL OR name = ANY($1))
 ORDER BY name
 FOR UPDATE";
-
-/// The transaction's clock, in microseconds since the epoch: the time the
-/// claim gives its tasks as `started_at`, so that the starts a rate counts
-/// are the ones the rows show.
-const CLOCK: &str = "SELECT (extract(epoch FROM now()) * 1000000)::bigint";
 
 static WAITING_KEYS: LazyLock<String> =
     LazyLock::new(|| flow::WAITING_KEYS.replace("{waiting}", "t.is_waiting"));
@@ -72,17 +70,19 @@ impl FlowTransaction for PgFlow<'_> {
             bool,
             Vec<i64>,
             Option<String>,
+            i64,
         );
         let scope = (!queues.is_empty()).then_some(queues);
         let rows: Vec<Row> = sqlx::query_as(LOCK_LIMITED)
             .bind(scope)
             .fetch_all(&mut *self.conn)
             .await?;
-        let now: i64 = sqlx::query_scalar(CLOCK).fetch_one(&mut *self.conn).await?;
+        // With no limited queue in scope nothing is claimed, at no time.
+        let now = rows.first().map_or(0, |row| row.8);
         let flows = rows
             .into_iter()
             .map(
-                |(name, max_running, key_limit, count, window, per_key, starts, cursor)| {
+                |(name, max_running, key_limit, count, window, per_key, starts, cursor, _)| {
                     QueueFlow::stored(
                         name,
                         max_running,
