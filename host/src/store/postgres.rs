@@ -1246,7 +1246,11 @@ mod walk_tests {
 
     /// Rows the plan of `statement` (a claim, run and rolled back) read from
     /// `tasks`: each node's rows out plus those its filter removed.
-    async fn rows_read(pool: &PgPool, statement: &str, queues: Option<Vec<String>>) -> (f64, usize) {
+    async fn rows_read(
+        pool: &PgPool,
+        statement: &str,
+        queues: Option<Vec<String>>,
+    ) -> (f64, usize) {
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("SET LOCAL search_path = taskbox")
             .execute(&mut *tx)
@@ -1265,10 +1269,11 @@ mod walk_tests {
                 .fetch_one(&mut *tx)
                 .await
                 .unwrap();
-        let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'running'")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+        let claimed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'running'")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
         tx.rollback().await.unwrap();
         fn walk(node: &serde_json::Value) -> f64 {
             let own = if node["Relation Name"] == "tasks" {
@@ -1309,13 +1314,19 @@ mod walk_tests {
         let statement = plain_claim(true, store.queues_set().await.unwrap());
         let (read, claimed) = rows_read(&pool, statement, Some(scoped)).await;
         assert_eq!(claimed, 10);
-        assert!(read < 1_000.0, "a claim of --queue default read {read} rows");
+        assert!(
+            read < 1_000.0,
+            "a claim of --queue default read {read} rows"
+        );
 
         assert!(store.set_paused("bulk", true).await.unwrap());
         let statement = plain_claim(false, store.queues_set().await.unwrap());
         let (read, claimed) = rows_read(&pool, statement, None).await;
         assert_eq!(claimed, 10);
-        assert!(read < 1_000.0, "a claim beside a paused backlog read {read} rows");
+        assert!(
+            read < 1_000.0,
+            "a claim beside a paused backlog read {read} rows"
+        );
 
         assert!(store.set_paused("bulk", false).await.unwrap());
         store
@@ -1325,6 +1336,9 @@ mod walk_tests {
         let statement = plain_claim(false, store.queues_set().await.unwrap());
         let (read, claimed) = rows_read(&pool, statement, None).await;
         assert_eq!(claimed, 10);
-        assert!(read < 1_000.0, "a claim beside a limited backlog read {read} rows");
+        assert!(
+            read < 1_000.0,
+            "a claim beside a limited backlog read {read} rows"
+        );
     }
 }

@@ -606,9 +606,7 @@ impl TaskStore for SqliteStore {
         let any_limited = match self.shared.queues_seen.fresh() {
             Some(set) => set.limited,
             None => {
-                let set: QueuesSet = sqlx::query_as(flow::QUEUES_SET)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let set: QueuesSet = sqlx::query_as(flow::QUEUES_SET).fetch_one(&mut *tx).await?;
                 self.shared.queues_seen.note(set);
                 set.limited
             }
