@@ -1244,13 +1244,17 @@ mod walk_tests {
     use super::*;
     use crate::store::NewTask;
 
-    /// Rows the plan of `statement` (a claim, run and rolled back) read from
-    /// `tasks`: each node's rows out plus those its filter removed.
-    async fn rows_read(
+    /// The plain claim `store` would make of 10 tasks of `queues` (`None`:
+    /// every queue), run and rolled back: it must claim 10 and read fewer
+    /// than 1,000 rows of `tasks` (each plan node's rows out plus those its
+    /// filter removed).
+    async fn claims_ten_reading_little(
+        store: &PgStore,
         pool: &PgPool,
-        statement: &str,
         queues: Option<Vec<String>>,
-    ) -> (f64, usize) {
+        case: &str,
+    ) {
+        let statement = plain_claim(queues.is_some(), store.queues_set().await.unwrap());
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("SET LOCAL search_path = taskbox")
             .execute(&mut *tx)
@@ -1289,7 +1293,9 @@ mod walk_tests {
                 .map(|plans| plans.iter().map(walk).sum())
                 .unwrap_or(0.0)
         }
-        (walk(&plan[0]["Plan"]), claimed as usize)
+        let read = walk(&plan[0]["Plan"]);
+        assert_eq!(claimed, 10, "{case}");
+        assert!(read < 1_000.0, "a claim {case} read {read} rows");
     }
 
     /// A queue's backlog that a claim does not take (a paused queue, or one
@@ -1310,35 +1316,15 @@ mod walk_tests {
             .await
             .unwrap();
 
-        let scoped = vec!["default".to_owned()];
-        let statement = plain_claim(true, store.queues_set().await.unwrap());
-        let (read, claimed) = rows_read(&pool, statement, Some(scoped)).await;
-        assert_eq!(claimed, 10);
-        assert!(
-            read < 1_000.0,
-            "a claim of --queue default read {read} rows"
-        );
-
+        let scoped = Some(vec!["default".to_owned()]);
+        claims_ten_reading_little(&store, &pool, scoped, "of --queue default").await;
         assert!(store.set_paused("bulk", true).await.unwrap());
-        let statement = plain_claim(false, store.queues_set().await.unwrap());
-        let (read, claimed) = rows_read(&pool, statement, None).await;
-        assert_eq!(claimed, 10);
-        assert!(
-            read < 1_000.0,
-            "a claim beside a paused backlog read {read} rows"
-        );
-
+        claims_ten_reading_little(&store, &pool, None, "beside a paused backlog").await;
         assert!(store.set_paused("bulk", false).await.unwrap());
         store
             .set_flow("bulk", &FlowChange::Limit(Some(5)))
             .await
             .unwrap();
-        let statement = plain_claim(false, store.queues_set().await.unwrap());
-        let (read, claimed) = rows_read(&pool, statement, None).await;
-        assert_eq!(claimed, 10);
-        assert!(
-            read < 1_000.0,
-            "a claim beside a limited backlog read {read} rows"
-        );
+        claims_ten_reading_little(&store, &pool, None, "beside a limited backlog").await;
     }
 }
