@@ -75,6 +75,7 @@ conformance!(
     a_row_the_claim_cannot_run_ends_error_and_the_queue_moves,
     a_retry_waits_its_delay_on_the_databases_clock,
     a_paused_queue_is_not_claimed_until_resumed,
+    a_claim_queue_by_queue_keeps_claim_order_across_queues,
     two_rescuers_of_one_row_write_it_once,
     a_queue_limit_counts_every_way_a_run_ends,
     a_limit_set_while_tasks_run_counts_them,
@@ -1335,6 +1336,54 @@ async fn sqlite_admits_one_worker_per_file() {
         .lock_worker()
         .expect("the lock goes with the first store");
     assert_eq!(second.claim(&claim_by("second", 1)).await.unwrap().len(), 1);
+}
+
+/// Beside a paused queue, or for named queues, a claim takes each queue
+/// it serves on its own; its batch is still the first tasks of all of
+/// them together in claim order, and a paused queue's tasks, however
+/// early, are not among them.
+async fn a_claim_queue_by_queue_keeps_claim_order_across_queues<S: TaskStore>(store: S) {
+    let base = now();
+    let task = |queue: &str, seconds: i64, priority: i32| NewTask {
+        queue: queue.to_owned(),
+        priority,
+        run_at: Some(base + TimeDelta::seconds(seconds)),
+        ..new_task("ordered")
+    };
+    let ids = store
+        .enqueue(&[
+            task("held", -9, -9), // 0: first of all, but paused
+            task("a", -1, 1),     // 1: the worst priority: last
+            task("b", -3, 0),     // 2: second
+            task("a", -4, 0),     // 3: priority 0, the earliest: first
+            task("b", -2, 0),     // 4: third
+            task("c", -1, 0),     // 5: fourth, when c is served
+            task("a", 3600, -5),  // 6: the best priority, but not due
+        ])
+        .await
+        .unwrap();
+    assert!(store.set_paused("held", true).await.unwrap());
+
+    let named = ["a".to_owned(), "b".to_owned()];
+    let of_a_and_b = ClaimRequest {
+        scope: Scope {
+            queues: &named,
+            plugins: None,
+        },
+        ..claim_by("w", 2)
+    };
+    let first = store.claim(&of_a_and_b).await.unwrap();
+    assert_eq!(claimed_ids(&first), [ids[3], ids[2]], "named queues");
+
+    let rest = store.claim(&claim_by("w", 10)).await.unwrap();
+    assert_eq!(
+        claimed_ids(&rest),
+        [ids[4], ids[5], ids[1]],
+        "every queue but the paused one"
+    );
+    for waiting in [ids[0], ids[6]] {
+        assert_eq!(record(&store, waiting).await.status, Status::Waiting);
+    }
 }
 
 async fn a_paused_queue_is_not_claimed_until_resumed<S: TaskStore>(store: S) {

@@ -669,6 +669,23 @@ impl WaitingKey {
     }
 }
 
+/// The queues with waiting tasks, in name order, one index probe each (a
+/// loose index scan), as the common table expression `waiting_queues`:
+/// one text for both stores, `{waiting}` being each one's test for a
+/// waiting row of `t`.
+pub(crate) const WAITING_QUEUES: &str = "waiting_queues(queue) AS (
+    SELECT (SELECT min(t.queue) FROM tasks t WHERE {waiting})
+    UNION ALL
+    SELECT (SELECT min(t.queue) FROM tasks t WHERE {waiting} AND t.queue > w.queue)
+    FROM waiting_queues w WHERE w.queue IS NOT NULL
+)";
+
+/// Whether the queue `s.queue` is one the plain claim leaves out: paused,
+/// or claimed under its limits alone.
+pub(crate) const LEFT_OUT: &str = "EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue
+    AND (q.paused_at IS NOT NULL OR q.max_running IS NOT NULL
+         OR q.key_limit IS NOT NULL OR q.rate_count IS NOT NULL))";
+
 /// [`QueuesSet`]: one statement for both stores.
 pub(crate) const QUEUES_SET: &str = "SELECT
     EXISTS (SELECT 1 FROM queues WHERE max_running IS NOT NULL OR key_limit IS NOT NULL

@@ -106,20 +106,14 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 /// out before their tasks are walked.
 static CLAIM_BY_QUEUE: LazyLock<String> = LazyLock::new(|| {
     claim_statement(
-        "WITH RECURSIVE waiting(queue) AS (
-        SELECT (SELECT min(queue) FROM tasks WHERE is_waiting)
-        UNION ALL
-        SELECT (SELECT min(queue) FROM tasks WHERE is_waiting AND queue > w.queue)
-        FROM waiting w WHERE w.queue IS NOT NULL
-    ), served AS MATERIALIZED (
+        &format!(
+            "WITH RECURSIVE {waiting}, served AS MATERIALIZED (
         SELECT s.queue FROM (
             SELECT queue FROM unnest($4::text[]) AS named(queue)
             UNION
-            SELECT queue FROM waiting WHERE $4::text[] IS NULL AND queue IS NOT NULL
+            SELECT queue FROM waiting_queues WHERE $4::text[] IS NULL AND queue IS NOT NULL
         ) s
-        WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue
-                          AND (q.paused_at IS NOT NULL OR q.max_running IS NOT NULL
-                               OR q.key_limit IS NOT NULL OR q.rate_count IS NOT NULL))
+        WHERE NOT {left_out}
     )
     SELECT t.id FROM served s CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM tasks
@@ -131,6 +125,9 @@ static CLAIM_BY_QUEUE: LazyLock<String> = LazyLock::new(|| {
     ) t
     ORDER BY t.priority, t.run_at, t.id
     LIMIT $1",
+            waiting = flow::WAITING_QUEUES.replace("{waiting}", "t.is_waiting"),
+            left_out = flow::LEFT_OUT,
+        ),
         "",
     )
 });
