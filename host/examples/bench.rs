@@ -77,6 +77,9 @@ const LATENCY_SAMPLES: usize = 300;
 const COARSE_POLL: Duration = Duration::from_millis(20);
 /// Waiting tasks below which the poller watches for the end every 2 ms.
 const CLOSE_TO_DRAINED: i64 = 2048;
+/// The queue every drain's tasks are in; a paused backlog beside them is
+/// in another.
+const DRAINED_QUEUE: &str = "default";
 
 struct Options {
     jobs: usize,
@@ -409,23 +412,30 @@ async fn drain(
     })
 }
 
-/// True once fewer than [`CLOSE_TO_DRAINED`] tasks wait.
+/// True once fewer than [`CLOSE_TO_DRAINED`] tasks wait in
+/// [`DRAINED_QUEUE`]. The polls walk that queue's index in claim order: as
+/// a filter, beside a paused queue's backlog, the planner scanned the whole
+/// table every poll.
 async fn few_waiting(store: &PgStore) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM tasks WHERE is_waiting OFFSET $1)")
-            .bind(CLOSE_TO_DRAINED)
-            .fetch_one(store.pool())
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) < $1 FROM (SELECT 1 FROM tasks WHERE is_waiting AND queue = $2
+                                    ORDER BY priority, run_at, id LIMIT $1) w",
     )
+    .bind(CLOSE_TO_DRAINED)
+    .bind(DRAINED_QUEUE)
+    .fetch_one(store.pool())
+    .await?)
 }
 
 /// The database's clock if nothing is left waiting or leased (running).
 async fn drained_by_now(store: &PgStore) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
     let (done, at): (bool, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT NOT EXISTS (SELECT 1 FROM leases)
-                AND NOT EXISTS (SELECT 1 FROM tasks WHERE is_waiting),
+                AND (SELECT id FROM tasks WHERE is_waiting AND queue = $1
+                     ORDER BY priority, run_at, id LIMIT 1) IS NULL,
                 clock_timestamp()",
     )
+    .bind(DRAINED_QUEUE)
     .fetch_one(store.pool())
     .await?;
     Ok(done.then_some(at))
@@ -572,7 +582,13 @@ const STAGE_KEY_LIMIT: u32 = 10;
 struct KeyRound {
     plain: f64,
     keyed: f64,
+    /// The plain drain's tasks, with [`STAGE_PAUSED_BACKLOG`] tasks waiting
+    /// ahead of them in a paused queue.
+    beside_paused: f64,
 }
+
+/// Tasks waiting in a paused queue beside the key stage's third drain.
+const STAGE_PAUSED_BACKLOG: usize = 100_000;
 
 /// The skewed run: p99 of the wait from the drain's first start to each
 /// task's start, in ms, for the small keys and the big one.
@@ -582,13 +598,26 @@ struct SkewedWaits {
     rate: f64,
 }
 
+/// What the key stage sets on its queue before a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    None,
+    KeyLimit,
+    PausedBacklog,
+}
+
 /// Give the waiting tasks of `store` keys with `key_of_id` (SQL over `id`),
-/// untimed; then compact the table the update doubled, so the keyed drain
-/// starts on a table like the plain one's, and analyze it.
+/// untimed; then compact the table the update doubled.
 async fn set_keys(store: &PgStore, key_of_id: &str) -> Result<()> {
     sqlx::query(&format!("UPDATE tasks SET key = {key_of_id}"))
         .execute(store.pool())
         .await?;
+    compact(store).await
+}
+
+/// Compact the table an untimed update doubled and analyze it, so a drain
+/// starts on a table like a freshly filled one.
+async fn compact(store: &PgStore) -> Result<()> {
     sqlx::query("VACUUM (FULL, ANALYZE) tasks")
         .execute(store.pool())
         .await?;
@@ -597,8 +626,9 @@ async fn set_keys(store: &PgStore, key_of_id: &str) -> Result<()> {
 
 /// The key-limit stage: each round, `count` `add` tasks drained by one
 /// worker at the defaults, then the same count spread over [`STAGE_KEYS`]
-/// keys under a key limit; then the skewed runs (one key 90% of the tasks,
-/// enqueued first), with the key limit and without.
+/// keys under a key limit, then the same count beside a paused queue's
+/// backlog; then the skewed runs (one key 90% of the tasks, enqueued
+/// first), with the key limit and without.
 async fn key_drains(
     add_args: &[u8],
     base: &str,
@@ -611,16 +641,27 @@ async fn key_drains(
     let mut results = Vec::new();
     for round in 1..=rounds {
         let mut rates = Vec::new();
-        for keyed in [false, true] {
-            eprintln!("bench: round {round}: keys: {count} `add` tasks, keyed: {keyed}");
+        for setting in [Setting::None, Setting::KeyLimit, Setting::PausedBacklog] {
+            eprintln!("bench: round {round}: keys: {count} `add` tasks, {setting:?}");
             let url = fresh_database(base, KEYS_DATABASE).await?;
             let store = open_store(&url).await?;
-            enqueue(&store, "add", add_args, count).await?;
-            if keyed {
-                set_keys(&store, &format!("'k' || (id % {STAGE_KEYS})")).await?;
-                store
-                    .set_flow("default", &FlowChange::KeyLimit(Some(STAGE_KEY_LIMIT)))
+            if setting == Setting::PausedBacklog {
+                enqueue(&store, "add", add_args, STAGE_PAUSED_BACKLOG).await?;
+                sqlx::query("UPDATE tasks SET queue = 'backlog'")
+                    .execute(store.pool())
                     .await?;
+                store.set_paused("backlog", true).await?;
+            }
+            enqueue(&store, "add", add_args, count).await?;
+            match setting {
+                Setting::None => {}
+                Setting::KeyLimit => {
+                    set_keys(&store, &format!("'k' || (id % {STAGE_KEYS})")).await?;
+                    store
+                        .set_flow(DRAINED_QUEUE, &FlowChange::KeyLimit(Some(STAGE_KEY_LIMIT)))
+                        .await?;
+                }
+                Setting::PausedBacklog => compact(&store).await?,
             }
             let drained = drain(&url, bin, plugins_dir, 1, concurrency, count, None).await?;
             rates.push(drained.rate);
@@ -628,6 +669,7 @@ async fn key_drains(
         results.push(KeyRound {
             plain: rates[0],
             keyed: rates[1],
+            beside_paused: rates[2],
         });
     }
     let mut skewed = Vec::new();
@@ -647,7 +689,7 @@ async fn key_drains(
         .await?;
         if limited {
             store
-                .set_flow("default", &FlowChange::KeyLimit(Some(STAGE_KEY_LIMIT)))
+                .set_flow(DRAINED_QUEUE, &FlowChange::KeyLimit(Some(STAGE_KEY_LIMIT)))
                 .await?;
         }
         let drained = drain(&url, bin, plugins_dir, 1, concurrency, count, None).await?;
@@ -690,6 +732,7 @@ fn key_figures(
         .collect();
     let plain = median(rounds.iter().map(|round| round.plain));
     let keyed = median(rounds.iter().map(|round| round.keyed));
+    let beside = median(rounds.iter().map(|round| round.beside_paused));
     vec![
         format!(
             "{count} `add` tasks over {STAGE_KEYS} keys, key limit {STAGE_KEY_LIMIT}, one worker at the defaults: **{keyed:.0} tasks/s** (median of {} round{}, range {}); the same drain with no settings in the same rounds: {plain:.0} tasks/s (range {}); keyed ÷ plain: **{}** (round by round: {})",
@@ -699,6 +742,16 @@ fn key_figures(
             range(rounds.iter().map(|round| round.plain)),
             ratio(keyed, Some(plain)),
             per_round.join(", "),
+        ),
+        format!(
+            "The same {count} `add` tasks with {STAGE_PAUSED_BACKLOG} waiting ahead of them in a paused queue: **{beside:.0} tasks/s** (range {}); ÷ the drain with no settings: **{}** (round by round: {})",
+            range(rounds.iter().map(|round| round.beside_paused)),
+            ratio(beside, Some(plain)),
+            rounds
+                .iter()
+                .map(|round| ratio(round.beside_paused, Some(round.plain)))
+                .collect::<Vec<_>>()
+                .join(", "),
         ),
         format!(
             "Skewed: {count} `add` tasks, 90% of one key enqueued first, the rest over {} small keys. p99 wait from the drain's first start to a task's start: with key limit {STAGE_KEY_LIMIT}, small keys **{:.0} ms**, the big key {:.0} ms ({:.0} tasks/s in all: the big key runs {STAGE_KEY_LIMIT} at a time); with no limit, small keys {:.0} ms, the big key {:.0} ms ({:.0} tasks/s)",
@@ -1462,7 +1515,7 @@ async fn main() -> Result<()> {
         for line in key_figures(rounds, limited, fifo, jobs) {
             say(format!("- {line}"));
         }
-        say("- The keyed drain claims under its queue's lock: per claim, a few statements instead of one, and a walk of up to 32 keys' index ranges. The skewed run's small keys start in the first turns instead of behind the big key's backlog; the big key, held to its limit, drains at the pace of one claim per few tasks.".into());
+        say("- The keyed drain claims under its queue's lock: per claim, a few statements instead of one, and a walk of up to 32 keys' index ranges. A paused queue's backlog is not read by the claims of the queue beside it, which walk that queue's own tasks. The skewed run's small keys start in the first turns instead of behind the big key's backlog; the big key, held to its limit, drains at the pace of one claim per few tasks.".into());
     }
     say(String::new());
     say("## Where the hot path spends its time".into());
