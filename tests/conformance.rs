@@ -106,6 +106,17 @@ fn claim_by(worker_id: &str, limit: usize) -> ClaimRequest<'_> {
     }
 }
 
+/// A claim of the named `queues` only.
+fn claim_of_queues<'a>(worker_id: &'a str, limit: usize, queues: &'a [String]) -> ClaimRequest<'a> {
+    ClaimRequest {
+        scope: Scope {
+            queues,
+            plugins: None,
+        },
+        ..claim_by(worker_id, limit)
+    }
+}
+
 /// A claim whose deadline passes at once, for rescue cases.
 fn claim_expiring(worker_id: &str, limit: usize) -> ClaimRequest<'_> {
     ClaimRequest {
@@ -354,13 +365,7 @@ async fn claim_respects_limit_and_queues<S: TaskStore>(store: S) {
     }
 
     let queues = ["mail".to_owned()];
-    let request = ClaimRequest {
-        scope: Scope {
-            queues: &queues,
-            plugins: None,
-        },
-        ..claim_by("w2", 10)
-    };
+    let request = claim_of_queues("w2", 10, &queues);
     let mailed = store.claim(&request).await.unwrap();
     let mut got = claimed_ids(&mailed);
     got.sort();
@@ -1365,13 +1370,7 @@ async fn a_claim_queue_by_queue_keeps_claim_order_across_queues<S: TaskStore>(st
     assert!(store.set_paused("held", true).await.unwrap());
 
     let named = ["a".to_owned(), "b".to_owned()];
-    let of_a_and_b = ClaimRequest {
-        scope: Scope {
-            queues: &named,
-            plugins: None,
-        },
-        ..claim_by("w", 2)
-    };
+    let of_a_and_b = claim_of_queues("w", 2, &named);
     let first = store.claim(&of_a_and_b).await.unwrap();
     assert_eq!(claimed_ids(&first), [ids[3], ids[2]], "named queues");
 
