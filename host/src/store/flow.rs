@@ -680,6 +680,30 @@ pub(crate) const WAITING_QUEUES: &str = "waiting_queues(queue) AS (
     FROM waiting_queues w WHERE w.queue IS NOT NULL
 )";
 
+/// The queues a statement takes one by one, as the common table
+/// expressions `waiting_queues` and `served(queue)` (after `WITH
+/// RECURSIVE`): those `named` selects (one column, `queue`), or, when
+/// `none_named` holds, every queue with waiting tasks; less those `skip`
+/// says of `s.queue`. One text for both stores, `waiting` being each one's
+/// test for a waiting row of `t`.
+pub(crate) fn served_queues(waiting: &str, named: &str, none_named: &str, skip: &str) -> String {
+    format!(
+        "{waiting_queues}, served AS MATERIALIZED (
+    SELECT s.queue FROM (
+        {named}
+        UNION
+        SELECT queue FROM waiting_queues WHERE {none_named} AND queue IS NOT NULL
+    ) s
+    WHERE NOT {skip}
+)",
+        waiting_queues = WAITING_QUEUES.replace("{waiting}", waiting),
+    )
+}
+
+/// Whether the queue `s.queue` is paused.
+pub(crate) const PAUSED: &str =
+    "EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue AND q.paused_at IS NOT NULL)";
+
 /// Whether the queue `s.queue` is one the plain claim leaves out: paused,
 /// or claimed under its limits alone.
 pub(crate) const LEFT_OUT: &str = "EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue

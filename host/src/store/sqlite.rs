@@ -105,15 +105,36 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 /// queue with waiting tasks), less the paused and limited ones.
 static SERVED_QUEUES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH RECURSIVE {waiting}
-SELECT s.queue FROM (
-    SELECT value AS queue FROM json_each(?1) WHERE ?1 IS NOT NULL
-    UNION
-    SELECT queue FROM waiting_queues WHERE ?1 IS NULL AND queue IS NOT NULL
-) s
-WHERE NOT {left_out}",
-        waiting = flow::WAITING_QUEUES.replace("{waiting}", "t.status = 'waiting'"),
-        left_out = flow::LEFT_OUT,
+        "WITH RECURSIVE {served} SELECT queue FROM served",
+        served = served_queues_named(1, flow::LEFT_OUT),
+    )
+});
+
+/// [`flow::served_queues`] of the names `?n` (a JSON array; NULL: every
+/// queue with waiting tasks).
+fn served_queues_named(n: u8, skip: &str) -> String {
+    flow::served_queues(
+        "t.status = 'waiting'",
+        &format!("SELECT value AS queue FROM json_each(?{n}) WHERE ?{n} IS NOT NULL"),
+        &format!("?{n} IS NULL"),
+        skip,
+    )
+}
+
+/// Whether a drain has anything left: a running task, or a waiting one
+/// that is due at `?1` or in backoff, of the queues `?2` (NULL: all) and
+/// plugins `?3` (NULL: all), paused queues aside. Each queue is read on its
+/// own, so a paused queue's backlog is not read at all.
+static HAS_PENDING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH RECURSIVE {served}
+SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'running')
+    OR EXISTS (SELECT 1 FROM served s
+               WHERE EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_queue_order
+                             WHERE t.status = 'waiting' AND t.queue = s.queue
+                               AND (t.run_at <= ?1 OR t.attempt > 0)
+                               AND (?3 IS NULL OR t.plugin IN (SELECT value FROM json_each(?3)))))",
+        served = served_queues_named(2, flow::PAUSED),
     )
 });
 
@@ -807,19 +828,12 @@ impl TaskStore for SqliteStore {
 
     async fn has_pending(&self, scope: &Scope<'_>) -> StoreResult<bool> {
         let (queues, plugins) = scope_arrays(scope);
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'running')
-                 OR EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting'
-                            AND (run_at <= ?1 OR attempt > 0)
-                            AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
-                            AND (?3 IS NULL OR plugin IN (SELECT value FROM json_each(?3)))
-                            AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL))",
-        )
-        .bind(now_micros())
-        .bind(queues)
-        .bind(plugins)
-        .fetch_one(&self.reader)
-        .await?)
+        Ok(sqlx::query_scalar(&HAS_PENDING)
+            .bind(now_micros())
+            .bind(queues)
+            .bind(plugins)
+            .fetch_one(&self.reader)
+            .await?)
     }
 
     async fn wait_until_ended(&self, id: i64) -> StoreResult<Option<TaskRecord>> {
@@ -1068,7 +1082,12 @@ mod tests {
         assert!(store.set_paused("bulk", true).await.unwrap());
         let mut conn = store.writer.acquire().await.unwrap();
         sqlx::query("ANALYZE").execute(&mut *conn).await.unwrap();
-        for statement in [SERVED_QUEUES.as_str(), QUEUE_NEXT, CLAIM_PICKED.as_str()] {
+        for statement in [
+            SERVED_QUEUES.as_str(),
+            QUEUE_NEXT,
+            CLAIM_PICKED.as_str(),
+            HAS_PENDING.as_str(),
+        ] {
             let plan: Vec<(i64, i64, i64, String)> =
                 sqlx::query_as(&format!("EXPLAIN QUERY PLAN {statement}"))
                     .fetch_all(&mut *conn)
