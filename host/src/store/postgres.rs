@@ -1311,23 +1311,32 @@ mod walk_tests {
         assert!(read < 1_000.0, "a claim {case} read {read} rows");
     }
 
-    /// A queue's backlog that a claim does not take (a paused queue, or one
-    /// outside the worker's `--queue`s) lies ahead of the other queues'
-    /// tasks in claim order; the claim must not read its way past it.
-    #[sqlx::test(migrations = false)]
-    async fn a_claim_reads_past_no_backlog_it_does_not_take(pool: PgPool) {
+    /// A store with 20,000 tasks waiting in queue `bulk`, then `wanted` in
+    /// `default`, analyzed.
+    async fn with_backlog(pool: &PgPool, wanted: usize) -> PgStore {
         let store = PgStore::from_pool(pool.clone());
         store.migrate().await.unwrap();
         let backlog: Vec<NewTask> = (0..20_000)
             .map(|_| NewTask::new("add", vec![0]).queue("bulk"))
             .collect();
         store.enqueue(&backlog).await.unwrap();
-        let wanted: Vec<NewTask> = (0..10).map(|_| NewTask::new("add", vec![0])).collect();
-        store.enqueue(&wanted).await.unwrap();
+        let wanted: Vec<NewTask> = (0..wanted).map(|_| NewTask::new("add", vec![0])).collect();
+        if !wanted.is_empty() {
+            store.enqueue(&wanted).await.unwrap();
+        }
         sqlx::query("ANALYZE taskbox.tasks")
-            .execute(&pool)
+            .execute(pool)
             .await
             .unwrap();
+        store
+    }
+
+    /// A queue's backlog that a claim does not take (a paused queue, or one
+    /// outside the worker's `--queue`s) lies ahead of the other queues'
+    /// tasks in claim order; the claim must not read its way past it.
+    #[sqlx::test(migrations = false)]
+    async fn a_claim_reads_past_no_backlog_it_does_not_take(pool: PgPool) {
+        let store = with_backlog(&pool, 10).await;
 
         let scoped = Some(vec!["default".to_owned()]);
         claims_ten_reading_little(&store, &pool, scoped, "of --queue default").await;
@@ -1344,17 +1353,8 @@ mod walk_tests {
     /// A drain's check for work left reads no paused queue's backlog.
     #[sqlx::test(migrations = false)]
     async fn the_drain_check_reads_no_paused_backlog(pool: PgPool) {
-        let store = PgStore::from_pool(pool.clone());
-        store.migrate().await.unwrap();
-        let backlog: Vec<NewTask> = (0..20_000)
-            .map(|_| NewTask::new("add", vec![0]).queue("bulk"))
-            .collect();
-        store.enqueue(&backlog).await.unwrap();
+        let store = with_backlog(&pool, 0).await;
         assert!(store.set_paused("bulk", true).await.unwrap());
-        sqlx::query("ANALYZE taskbox.tasks")
-            .execute(&pool)
-            .await
-            .unwrap();
         assert!(!store.has_pending(&Scope::default()).await.unwrap());
         let plan: serde_json::Value =
             sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", *HAS_PENDING))
