@@ -10,10 +10,31 @@
 //! run the statements of [`FlowTransaction`]; the numbers are decided here.
 
 use std::collections::HashMap;
+
+/// SQL: whether a `queues` row has a limit or a rate, the one test of a
+/// limited queue in every statement of both stores. (A macro, so that
+/// constant statements are built from it with `concat!`.)
+macro_rules! limited_queue {
+    () => {
+        "(max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)"
+    };
+}
+/// SQL: whether a `queues` row is one the plain claim leaves out: paused,
+/// or claimed under its limits alone.
+macro_rules! left_out_queue {
+    () => {
+        concat!(
+            "(paused_at IS NOT NULL OR ",
+            $crate::store::flow::limited_queue!(),
+            ")"
+        )
+    };
+}
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
+pub(crate) use {left_out_queue, limited_queue};
 
 use super::{ClaimRequest, ClaimedTask, StoreResult};
 
@@ -537,6 +558,15 @@ pub(crate) struct QueuesSet {
     pub left_out: bool,
 }
 
+impl QueuesSet {
+    /// Whether the plain claim walks each queue it takes on its own: for a
+    /// worker serving named queues (`scoped`), or beside a queue it leaves
+    /// out; else one walk over every queue passes no task it leaves.
+    pub fn claims_by_queue(&self, scoped: bool) -> bool {
+        scoped || self.left_out
+    }
+}
+
 /// [`QueuesSet`] as last looked up.
 #[derive(Debug, Default)]
 pub(crate) struct QueuesSeen {
@@ -673,7 +703,7 @@ impl WaitingKey {
 /// loose index scan), as the common table expression `waiting_queues`:
 /// one text for both stores, `{waiting}` being each one's test for a
 /// waiting row of `t`.
-pub(crate) const WAITING_QUEUES: &str = "waiting_queues(queue) AS (
+const WAITING_QUEUES: &str = "waiting_queues(queue) AS (
     SELECT (SELECT min(t.queue) FROM tasks t WHERE {waiting})
     UNION ALL
     SELECT (SELECT min(t.queue) FROM tasks t WHERE {waiting} AND t.queue > w.queue)
@@ -704,18 +734,21 @@ pub(crate) fn served_queues(waiting: &str, named: &str, none_named: &str, skip: 
 pub(crate) const PAUSED: &str =
     "EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue AND q.paused_at IS NOT NULL)";
 
-/// Whether the queue `s.queue` is one the plain claim leaves out: paused,
-/// or claimed under its limits alone.
-pub(crate) const LEFT_OUT: &str = "EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue
-    AND (q.paused_at IS NOT NULL OR q.max_running IS NOT NULL
-         OR q.key_limit IS NOT NULL OR q.rate_count IS NOT NULL))";
+/// Whether the queue `s.queue` is one the plain claim leaves out.
+pub(crate) const LEFT_OUT: &str = concat!(
+    "EXISTS (SELECT 1 FROM queues q WHERE q.name = s.queue AND ",
+    left_out_queue!(),
+    ")"
+);
 
 /// [`QueuesSet`]: one statement for both stores.
-pub(crate) const QUEUES_SET: &str = "SELECT
-    EXISTS (SELECT 1 FROM queues WHERE max_running IS NOT NULL OR key_limit IS NOT NULL
-                                    OR rate_count IS NOT NULL) AS limited,
-    EXISTS (SELECT 1 FROM queues WHERE paused_at IS NOT NULL OR max_running IS NOT NULL
-                                    OR key_limit IS NOT NULL OR rate_count IS NOT NULL) AS left_out";
+pub(crate) const QUEUES_SET: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM queues WHERE ",
+    limited_queue!(),
+    ") AS limited, EXISTS (SELECT 1 FROM queues WHERE ",
+    left_out_queue!(),
+    ") AS left_out"
+);
 
 #[cfg(test)]
 mod tests {

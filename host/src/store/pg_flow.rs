@@ -19,15 +19,19 @@ use super::{ClaimRequest, ClaimedTask, MAX_TASK_TIMEOUT, StoreResult, refused_ti
 /// the transaction's clock in microseconds since the epoch: the time the
 /// claim gives its tasks as `started_at`, so that the starts a rate counts
 /// are the ones the rows show. Paused queues are left alone.
-const LOCK_LIMITED: &str = "
+const LOCK_LIMITED: &str = concat!(
+    "
 SELECT name, max_running, key_limit, rate_count, rate_window_ms, rate_per_key, starts, key_cursor,
        (extract(epoch FROM now()) * 1000000)::bigint AS now
 FROM queues
-WHERE (max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)
+WHERE ",
+    flow::limited_queue!(),
+    "
   AND paused_at IS NULL
   AND ($1::text[] IS NULL OR name = ANY($1))
 ORDER BY name
-FOR UPDATE";
+FOR UPDATE"
+);
 
 static WAITING_KEYS: LazyLock<String> =
     LazyLock::new(|| flow::WAITING_KEYS.replace("{waiting}", "t.is_waiting"));
@@ -216,9 +220,11 @@ fn joined(starts: &[i64]) -> String {
 
 /// Whether queue `$1` had a limit or a rate, its row locked (made first
 /// by [`flow::MAKE_QUEUE`]).
-const QUEUE_LIMITED: &str = "
-SELECT max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL
-FROM queues WHERE name = $1 FOR UPDATE";
+const QUEUE_LIMITED: &str = concat!(
+    "SELECT ",
+    flow::limited_queue!(),
+    " FROM queues WHERE name = $1 FOR UPDATE"
+);
 
 /// Apply `change` to `queue`, in the caller's transaction.
 ///

@@ -83,16 +83,18 @@ const TASK_COLUMNS: &str = "id, queue, key, plugin, args, args_json::text AS arg
 /// so that the row satisfies the bound, and is not handed out.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     claim_statement(
-        "SELECT id FROM tasks
+        concat!(
+            "SELECT id FROM tasks
     WHERE is_waiting AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
       AND ($7::text[] IS NULL OR plugin = ANY($7))
-      AND (queue || '') <> ALL (ARRAY(SELECT name FROM queues WHERE paused_at IS NOT NULL
-                                         OR max_running IS NOT NULL OR key_limit IS NOT NULL
-                                         OR rate_count IS NOT NULL))
+      AND (queue || '') <> ALL (ARRAY(SELECT name FROM queues WHERE ",
+            flow::left_out_queue!(),
+            "))
     ORDER BY priority, run_at, id
     LIMIT $1
-    FOR UPDATE SKIP LOCKED",
+    FOR UPDATE SKIP LOCKED"
+        ),
         "",
     )
 });
@@ -159,7 +161,7 @@ SELECT EXISTS (SELECT 1 FROM tasks t
 /// The claim of queues without a limit or a rate: one walk over every
 /// queue while it passes no task it leaves, else one walk per queue.
 fn plain_claim(scoped: bool, set: QueuesSet) -> &'static str {
-    if scoped || set.left_out {
+    if set.claims_by_queue(scoped) {
         &CLAIM_BY_QUEUE
     } else {
         &CLAIM

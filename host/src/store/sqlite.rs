@@ -88,17 +88,17 @@ const TASK_COLUMNS: &str = "id, queue, key, plugin, args, status, priority, atte
 // Paused queues and queues with a limit or a rate are left out: those are
 // claimed by `flow::claim_limited` alone.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
-    claim_statement(
+    claim_statement(concat!(
         "SELECT id FROM tasks
     WHERE status = 'waiting' AND run_at <= ?1
       AND (?2 IS NULL OR queue IN (SELECT value FROM json_each(?2)))
       AND (?8 IS NULL OR plugin IN (SELECT value FROM json_each(?8)))
-      AND queue NOT IN (SELECT name FROM queues WHERE paused_at IS NOT NULL
-                        OR max_running IS NOT NULL OR key_limit IS NOT NULL
-                        OR rate_count IS NOT NULL)
+      AND queue NOT IN (SELECT name FROM queues WHERE ",
+        flow::left_out_queue!(),
+        ")
     ORDER BY priority, run_at, id
-    LIMIT ?3",
-    )
+    LIMIT ?3"
+    ))
 });
 
 /// The queues a claim takes one by one: `?1` (a JSON array; NULL: every
@@ -304,7 +304,7 @@ struct Shared {
     wake: broadcast::Sender<Notification>,
     /// The locked lock file while this process may run a worker.
     worker_lock: Mutex<Option<File>>,
-    /// Whether any queue has a limit or a rate, as last looked up.
+    /// Whether any queue is limited, or paused, as last looked up.
     queues_seen: QueuesSeen,
 }
 
@@ -708,15 +708,14 @@ impl TaskStore for SqliteStore {
         };
         let limit = request.limit.saturating_sub(claimed.len());
         if limit > 0 {
-            // One walk over every queue while it passes no task it leaves.
-            let mut rows = if request.scope.queues.is_empty() && !set.left_out {
-                claim_rows(&mut tx, &CLAIM, request, limit, now, |query| query).await?
-            } else {
+            let mut rows = if set.claims_by_queue(!request.scope.queues.is_empty()) {
                 let picked = json_array(&pick_by_queue(&mut tx, request, limit, now).await?);
                 claim_rows(&mut tx, &CLAIM_PICKED, request, limit, now, |query| {
                     query.bind(picked)
                 })
                 .await?
+            } else {
+                claim_rows(&mut tx, &CLAIM, request, limit, now, |query| query).await?
             };
             // RETURNING has no order of its own; hand tasks out in claim order.
             rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));

@@ -17,14 +17,18 @@ use super::{ClaimRequest, ClaimedTask, StoreResult};
 
 /// The limited queues among `?1` (a JSON array, NULL: all), by name;
 /// paused ones are left alone.
-const LIMITED: &str = "
+const LIMITED: &str = concat!(
+    "
 SELECT name, max_running, key_limit, rate_count, rate_window_ms, rate_per_key = 1, starts,
        key_cursor
 FROM queues
-WHERE (max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)
+WHERE ",
+    flow::limited_queue!(),
+    "
   AND paused_at IS NULL
   AND (?1 IS NULL OR name IN (SELECT value FROM json_each(?1)))
-ORDER BY name";
+ORDER BY name"
+);
 
 static WAITING_KEYS: LazyLock<String> =
     LazyLock::new(|| flow::WAITING_KEYS.replace("{waiting}", "t.status = 'waiting'"));
