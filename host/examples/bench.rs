@@ -726,32 +726,32 @@ fn key_figures(
     fifo: &SkewedWaits,
     count: usize,
 ) -> Vec<String> {
-    let per_round: Vec<String> = rounds
-        .iter()
-        .map(|round| ratio(round.keyed, Some(round.plain)))
-        .collect();
-    let plain = median(rounds.iter().map(|round| round.plain));
-    let keyed = median(rounds.iter().map(|round| round.keyed));
-    let beside = median(rounds.iter().map(|round| round.beside_paused));
+    let keyed = against(
+        &rounds
+            .iter()
+            .map(|r| (r.keyed, r.plain))
+            .collect::<Vec<_>>(),
+    );
+    let beside = against(
+        &rounds
+            .iter()
+            .map(|r| (r.beside_paused, r.plain))
+            .collect::<Vec<_>>(),
+    );
     vec![
         format!(
-            "{count} `add` tasks over {STAGE_KEYS} keys, key limit {STAGE_KEY_LIMIT}, one worker at the defaults: **{keyed:.0} tasks/s** (median of {} round{}, range {}); the same drain with no settings in the same rounds: {plain:.0} tasks/s (range {}); keyed ÷ plain: **{}** (round by round: {})",
-            rounds.len(),
-            if rounds.len() == 1 { "" } else { "s" },
-            range(rounds.iter().map(|round| round.keyed)),
-            range(rounds.iter().map(|round| round.plain)),
-            ratio(keyed, Some(plain)),
-            per_round.join(", "),
+            "{count} `add` tasks over {STAGE_KEYS} keys, key limit {STAGE_KEY_LIMIT}, one worker at the defaults: **{:.0} tasks/s** (median of {}, range {}); the same drain with no settings in the same rounds: {:.0} tasks/s (range {}); keyed ÷ plain: **{}** (round by round: {})",
+            keyed.median,
+            rounds_of(rounds.len()),
+            keyed.range,
+            keyed.reference,
+            keyed.reference_range,
+            keyed.ratio,
+            keyed.per_round,
         ),
         format!(
-            "The same {count} `add` tasks with {STAGE_PAUSED_BACKLOG} waiting ahead of them in a paused queue: **{beside:.0} tasks/s** (range {}); ÷ the drain with no settings: **{}** (round by round: {})",
-            range(rounds.iter().map(|round| round.beside_paused)),
-            ratio(beside, Some(plain)),
-            rounds
-                .iter()
-                .map(|round| ratio(round.beside_paused, Some(round.plain)))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "The same {count} `add` tasks with {STAGE_PAUSED_BACKLOG} waiting ahead of them in a paused queue: **{:.0} tasks/s** (range {}); ÷ the drain with no settings: **{}** (round by round: {})",
+            beside.median, beside.range, beside.ratio, beside.per_round,
         ),
         format!(
             "Skewed: {count} `add` tasks, 90% of one key enqueued first, the rest over {} small keys. p99 wait from the drain's first start to a task's start: with key limit {STAGE_KEY_LIMIT}, small keys **{:.0} ms**, the big key {:.0} ms ({:.0} tasks/s in all: the big key runs {STAGE_KEY_LIMIT} at a time); with no limit, small keys {:.0} ms, the big key {:.0} ms ({:.0} tasks/s)",
@@ -768,20 +768,16 @@ fn key_figures(
 
 /// The outbound HTTP stage's figures in one line.
 fn fetch_figures(rounds: &[FetchRound], count: usize) -> String {
-    let per_round: Vec<String> = rounds
-        .iter()
-        .map(|round| ratio(round.fetch, Some(round.add)))
-        .collect();
-    let fetch = median(rounds.iter().map(|round| round.fetch));
-    let add = median(rounds.iter().map(|round| round.add));
+    let fetch = against(&rounds.iter().map(|r| (r.fetch, r.add)).collect::<Vec<_>>());
     format!(
-        "{count} `fetch` tasks, one worker: **{fetch:.0} tasks/s** (median of {} round{}, range {}); {count} `add` tasks in the same rounds: {add:.0} tasks/s (range {}); `fetch` ÷ `add`: **{}** (round by round: {})",
-        rounds.len(),
-        if rounds.len() == 1 { "" } else { "s" },
-        range(rounds.iter().map(|round| round.fetch)),
-        range(rounds.iter().map(|round| round.add)),
-        ratio(fetch, Some(add)),
-        per_round.join(", "),
+        "{count} `fetch` tasks, one worker: **{:.0} tasks/s** (median of {}, range {}); {count} `add` tasks in the same rounds: {:.0} tasks/s (range {}); `fetch` ÷ `add`: **{}** (round by round: {})",
+        fetch.median,
+        rounds_of(rounds.len()),
+        fetch.range,
+        fetch.reference,
+        fetch.reference_range,
+        fetch.ratio,
+        fetch.per_round,
     )
 }
 
@@ -1092,6 +1088,41 @@ fn range(rates: impl Iterator<Item = f64>) -> String {
         (low.min(x), high.max(x))
     });
     format!("{low:.0}–{high:.0}")
+}
+
+/// A drain measured against another in the same rounds: each one's median
+/// and range, and their ratio, of the medians and round by round.
+struct Against {
+    median: f64,
+    range: String,
+    reference: f64,
+    reference_range: String,
+    ratio: String,
+    per_round: String,
+}
+
+/// `(measured, reference)` rates of each round, compared.
+fn against(rounds: &[(f64, f64)]) -> Against {
+    let median_of = |pick: fn(&(f64, f64)) -> f64| median(rounds.iter().map(pick));
+    let range_of = |pick: fn(&(f64, f64)) -> f64| range(rounds.iter().map(pick));
+    let (measured, reference) = (median_of(|r| r.0), median_of(|r| r.1));
+    Against {
+        median: measured,
+        range: range_of(|r| r.0),
+        reference,
+        reference_range: range_of(|r| r.1),
+        ratio: ratio(measured, Some(reference)),
+        per_round: rounds
+            .iter()
+            .map(|(ours, theirs)| ratio(*ours, Some(*theirs)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// "N rounds" or "1 round".
+fn rounds_of(count: usize) -> String {
+    format!("{count} round{}", if count == 1 { "" } else { "s" })
 }
 
 fn ratio(ours: f64, theirs: Option<f64>) -> String {
