@@ -78,6 +78,12 @@ async fn most_running(
     }
 }
 
+/// `taskbox queue ARGS`, which must succeed.
+fn set_on_queue(pool: &PgPool, args: &[&str]) {
+    let set = run(taskbox(pool).arg("queue").args(args));
+    assert!(set.status.success(), "{}", stderr_of(&set));
+}
+
 async fn assert_all_succeeded(store: &taskbox::store::PgStore, logs: &tempfile::TempDir) {
     let rows = all_tasks(store).await;
     let failed: Vec<_> = rows
@@ -97,8 +103,7 @@ async fn three_workers_never_run_more_than_the_queue_limit(pool: PgPool) {
         ..task(&plugins, "sleep", json!(200)).await
     };
     store.enqueue(&vec![sleep; 40]).await.unwrap();
-    let limited = run(taskbox(&pool).args(["queue", "limit", "limited", "2"]));
-    assert!(limited.status.success(), "{}", stderr_of(&limited));
+    set_on_queue(&pool, &["limit", "limited", "2"]);
 
     let logs = tempfile::tempdir().unwrap();
     let mut running = workers(&pool, 3, &logs);
@@ -120,8 +125,7 @@ async fn a_rate_holds_over_every_window_across_workers(pool: PgPool) {
         ..task(&plugins, "add", json!({"a": 1, "b": 2})).await
     };
     store.enqueue(&vec![add; 3 * RATE]).await.unwrap();
-    let rated = run(taskbox(&pool).args(["queue", "rate", "rated", "20/1s"]));
-    assert!(rated.status.success(), "{}", stderr_of(&rated));
+    set_on_queue(&pool, &["rate", "rated", "20/1s"]);
 
     let logs = tempfile::tempdir().unwrap();
     let mut running = workers(&pool, 2, &logs);
@@ -167,8 +171,7 @@ async fn a_key_limit_lets_small_keys_finish_before_a_big_keys_median(pool: PgPoo
         .map(keyed)
         .collect();
     let small = store.enqueue(&small).await.unwrap();
-    let limited = run(taskbox(&pool).args(["queue", "key-limit", "default", "4"]));
-    assert!(limited.status.success(), "{}", stderr_of(&limited));
+    set_on_queue(&pool, &["key-limit", "default", "4"]);
 
     let logs = tempfile::tempdir().unwrap();
     let mut running = workers(&pool, 1, &logs);
