@@ -1369,3 +1369,65 @@ mod walk_tests {
         assert!(read < 1_000.0, "the drain check read {read} rows");
     }
 }
+
+#[cfg(test)]
+mod heap_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    use crate::store::{NewTask, Transition};
+
+    /// The page each task's row is on, by id.
+    async fn pages(pool: &PgPool) -> HashMap<i64, i64> {
+        sqlx::query_as("SELECT id, (ctid::text::point)[0]::bigint FROM taskbox.tasks")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+
+    /// A task's run, claimed and finished in batches as a worker does,
+    /// leaves its row on the page it was enqueued on: the completion is a
+    /// heap-only update, with no new page and no index entry.
+    #[sqlx::test(migrations = false)]
+    async fn a_finished_task_stays_on_its_page(pool: PgPool) {
+        let store = PgStore::from_pool(pool.clone());
+        store.migrate().await.unwrap();
+        // `add`'s args, `{"a": 1, "b": 2}`.
+        let tasks: Vec<NewTask> = (0..1_000)
+            .map(|_| NewTask::new("add", vec![2, 4]))
+            .collect();
+        store.enqueue(&tasks).await.unwrap();
+        let enqueued = pages(&pool).await;
+        let digest = format!("sha256:{}", "0f".repeat(32));
+        loop {
+            let claimed = store
+                .claim(&ClaimRequest {
+                    worker_id: "vm-40211-7c2e",
+                    limit: 256,
+                    scope: Scope::default(),
+                    default_timeout: Duration::from_secs(1),
+                })
+                .await
+                .unwrap();
+            if claimed.is_empty() {
+                break;
+            }
+            let finished: Vec<Completion> = claimed
+                .iter()
+                .map(|task| Completion {
+                    plugin_digest: Some(digest.clone()),
+                    ..Completion::new(task, Transition::Succeeded { result: vec![6] })
+                })
+                .collect();
+            store.complete(&finished).await.unwrap();
+        }
+        let moved = pages(&pool)
+            .await
+            .into_iter()
+            .filter(|(id, page)| enqueued[id] != *page)
+            .count();
+        assert_eq!(moved, 0, "{moved} of 1000 finished rows left their page");
+    }
+}
