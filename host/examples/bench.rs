@@ -16,7 +16,9 @@
 //! tasks drained against a loopback HTTP server, each round beside as many
 //! `add` tasks; 0 skips it), `--fetch-only` (print that stage's figures and
 //! stop: nothing written), `--no-keys` (skip the key-limit stage),
-//! `--keys-only` (print that stage's figures and stop: nothing written).
+//! `--keys-only` (print that stage's figures and stop: nothing written),
+//! `--drains-only` (print the headline drains' figures and stop: nothing
+//! written).
 //!
 //! The one-process `add` drain and the peers' drains run in interleaved
 //! rounds and are compared by their medians, so a slow stretch of a noisy
@@ -98,6 +100,7 @@ struct Options {
     fetch_only: bool,
     keys: bool,
     keys_only: bool,
+    drains_only: bool,
 }
 
 fn options() -> Result<Options> {
@@ -115,6 +118,7 @@ fn options() -> Result<Options> {
         fetch_only: false,
         keys: true,
         keys_only: false,
+        drains_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -138,6 +142,7 @@ fn options() -> Result<Options> {
             "--fetch-only" => options.fetch_only = true,
             "--no-keys" => options.keys = false,
             "--keys-only" => options.keys_only = true,
+            "--drains-only" => options.drains_only = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -1129,6 +1134,122 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
     theirs.map_or("–".into(), |theirs| format!("{:.2}×", ours / theirs))
 }
 
+/// The headline: one-process `add` drains at the defaults and tuned, and
+/// each peer's, in interleaved rounds.
+struct Rounds {
+    /// Enqueue rate and drain, per round.
+    ours: Vec<(f64, Drain)>,
+    ours_tuned: Vec<Drain>,
+    theirs: Vec<(&'static str, Vec<Value>)>,
+}
+
+impl Rounds {
+    /// The peers' median of `key`, each.
+    fn peer_figure(results: &[Value], key: &str) -> f64 {
+        median(results.iter().filter_map(|v| v[key].as_f64()))
+    }
+
+    /// The faster peer's median of `key`.
+    fn best_peer(&self, key: &str) -> Option<f64> {
+        self.theirs
+            .iter()
+            .map(|(_, results)| Self::peer_figure(results, key))
+            .reduce(f64::max)
+    }
+
+    /// Our drain ÷ the faster peer's, round by round.
+    fn per_round(&self) -> Vec<String> {
+        (0..self.ours.len())
+            .filter_map(|round| {
+                let fastest = self
+                    .theirs
+                    .iter()
+                    .filter_map(|(_, results)| results.get(round)?["drain_per_s"].as_f64())
+                    .reduce(f64::max)?;
+                Some(ratio(self.ours[round].1.rate, Some(fastest)))
+            })
+            .collect()
+    }
+
+    /// The drains' medians and ratios, as `--drains-only` prints them.
+    fn summary(&self) -> Vec<String> {
+        let our_drain = median(self.ours.iter().map(|(_, d)| d.rate));
+        let mut lines = vec![
+            format!(
+                "taskbox `add` at the defaults: {our_drain:.0} tasks/s (range {})",
+                range(self.ours.iter().map(|(_, d)| d.rate))
+            ),
+            format!(
+                "taskbox `add` tuned: {:.0} tasks/s (range {})",
+                median(self.ours_tuned.iter().map(|d| d.rate)),
+                range(self.ours_tuned.iter().map(|d| d.rate))
+            ),
+        ];
+        for (name, results) in &self.theirs {
+            lines.push(format!(
+                "{name}: {:.0} jobs/s (range {})",
+                Self::peer_figure(results, "drain_per_s"),
+                range(results.iter().filter_map(|v| v["drain_per_s"].as_f64()))
+            ));
+        }
+        lines.push(format!(
+            "defaults ÷ the faster peer: {} (round by round: {})",
+            ratio(our_drain, self.best_peer("drain_per_s")),
+            self.per_round().join(", ")
+        ));
+        lines
+    }
+}
+
+/// [`Rounds`]: each round drains taskbox `add` on one process at the
+/// defaults, then tuned, then each peer at the same concurrency.
+async fn headline_rounds(
+    options: &Options,
+    base: &str,
+    bin: &Path,
+    plugins_dir: &Path,
+    root: &Path,
+    add_args: &[u8],
+) -> Result<Rounds> {
+    let jobs = options.jobs;
+    let concurrency = options.concurrency;
+    let slots = concurrency.unwrap_or_else(taskbox::worker::default_concurrency);
+    let mut rounds = Rounds {
+        ours: Vec::new(),
+        ours_tuned: Vec::new(),
+        theirs: if options.peers {
+            PEERS.iter().map(|(name, _)| (*name, Vec::new())).collect()
+        } else {
+            Vec::new()
+        },
+    };
+    for round in 1..=options.rounds {
+        eprintln!("bench: round {round}: taskbox add, enqueue {jobs} and drain with one worker");
+        let url = fresh_database(base, "taskbox_bench").await?;
+        let store = open_store(&url).await?;
+        let enqueue_rate = enqueue(&store, "add", add_args, jobs).await?;
+        let one = drain(&url, bin, plugins_dir, 1, concurrency, jobs, None).await?;
+        rounds.ours.push((enqueue_rate, one));
+        eprintln!(
+            "bench: round {round}: taskbox add, tuned to --concurrency {}",
+            options.tuned
+        );
+        let url = fresh_database(base, "taskbox_bench").await?;
+        let store = open_store(&url).await?;
+        enqueue(&store, "add", add_args, jobs).await?;
+        let tuned = drain(&url, bin, plugins_dir, 1, Some(options.tuned), jobs, None).await?;
+        rounds.ours_tuned.push(tuned);
+        for ((name, results), (_, script)) in rounds.theirs.iter_mut().zip(PEERS) {
+            eprintln!("bench: round {round}: peer {name}");
+            let url = fresh_database(base, "taskbox_bench_peer").await?;
+            let result = run_peer(root, script, &url, jobs, slots, 0)
+                .with_context(|| format!("the {name} peer failed"))?;
+            results.push(result);
+        }
+    }
+    Ok(rounds)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = options()?;
@@ -1182,8 +1303,15 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let root = env_path("TASKBOX_ROOT")?;
+    if options.drains_only {
+        let add_args = args_for(&plugins, "add").await?;
+        let rounds = headline_rounds(&options, &base, &bin, &plugins_dir, &root, &add_args).await?;
+        for line in rounds.summary() {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let jobs = options.jobs;
-    let tuned = Some(options.tuned);
     // The peers run at the concurrency taskbox's headline drain uses.
     let slots = concurrency.unwrap_or_else(taskbox::worker::default_concurrency);
     let mut report = String::new();
@@ -1205,38 +1333,8 @@ async fn main() -> Result<()> {
             .status()
             .is_ok_and(|s| s.success());
 
-    // Rounds: taskbox `add` on one process, then each peer.
     let add_args = args_for(&plugins, "add").await?;
-    let mut ours: Vec<(f64, Drain)> = Vec::new();
-    let mut ours_tuned: Vec<Drain> = Vec::new();
-    let mut theirs: Vec<(&str, Vec<Value>)> = if options.peers {
-        PEERS.iter().map(|(name, _)| (*name, Vec::new())).collect()
-    } else {
-        Vec::new()
-    };
-    for round in 1..=options.rounds {
-        eprintln!("bench: round {round}: taskbox add, enqueue {jobs} and drain with one worker");
-        let url = fresh_database(&base, "taskbox_bench").await?;
-        let store = open_store(&url).await?;
-        let enqueue_rate = enqueue(&store, "add", &add_args, jobs).await?;
-        let one = drain(&url, &bin, &plugins_dir, 1, concurrency, jobs, None).await?;
-        ours.push((enqueue_rate, one));
-        eprintln!(
-            "bench: round {round}: taskbox add, tuned to --concurrency {}",
-            options.tuned
-        );
-        let url = fresh_database(&base, "taskbox_bench").await?;
-        let store = open_store(&url).await?;
-        enqueue(&store, "add", &add_args, jobs).await?;
-        ours_tuned.push(drain(&url, &bin, &plugins_dir, 1, tuned, jobs, None).await?);
-        for ((name, results), (_, script)) in theirs.iter_mut().zip(PEERS) {
-            eprintln!("bench: round {round}: peer {name}");
-            let url = fresh_database(&base, "taskbox_bench_peer").await?;
-            let result = run_peer(&root, script, &url, jobs, slots, 0)
-                .with_context(|| format!("the {name} peer failed"))?;
-            results.push(result);
-        }
-    }
+    let rounds = headline_rounds(&options, &base, &bin, &plugins_dir, &root, &add_args).await?;
     // The I/O-bound end: tasks that wait, at the same concurrency.
     eprintln!("bench: sleep {SLEEP_MS} ms: {SLEEP_JOBS} tasks, taskbox then graphile-worker");
     let sleep_args = args_for(&plugins, "sleep").await?;
@@ -1375,28 +1473,18 @@ async fn main() -> Result<()> {
     drop_database(&base, "taskbox_bench").await?;
 
     // Medians over the rounds, and the ratio to the faster peer round by round.
+    let Rounds {
+        ours,
+        ours_tuned,
+        theirs,
+    } = &rounds;
     let our_drain = median(ours.iter().map(|(_, d)| d.rate));
     let our_wall = median(ours.iter().map(|(_, d)| d.wall_rate));
     let our_enqueue = median(ours.iter().map(|(rate, _)| *rate));
-    let figure =
-        |results: &[Value], key: &str| median(results.iter().filter_map(|v| v[key].as_f64()));
-    let best_peer = |key: &str| {
-        theirs
-            .iter()
-            .map(|(_, results)| figure(results, key))
-            .reduce(f64::max)
-    };
-    let best_drain = best_peer("drain_per_s");
-    let best_enqueue = best_peer("enqueue_per_s");
-    let per_round: Vec<String> = (0..options.rounds)
-        .filter_map(|round| {
-            let fastest = theirs
-                .iter()
-                .filter_map(|(_, results)| results.get(round)?["drain_per_s"].as_f64())
-                .reduce(f64::max)?;
-            Some(ratio(ours[round].1.rate, Some(fastest)))
-        })
-        .collect();
+    let best_drain = rounds.best_peer("drain_per_s");
+    let best_enqueue = rounds.best_peer("enqueue_per_s");
+    let per_round = rounds.per_round();
+    let figure = Rounds::peer_figure;
 
     say("# Benchmarks".into());
     say(String::new());
@@ -1442,7 +1530,7 @@ async fn main() -> Result<()> {
         range(ours_tuned.iter().map(|d| d.rate)),
         median(ours_tuned.iter().map(|d| d.wall_rate)),
     ));
-    for (name, results) in &theirs {
+    for (name, results) in theirs {
         let drain_rate = figure(results, "drain_per_s");
         let enqueue_rate = figure(results, "enqueue_per_s");
         say(format!(
