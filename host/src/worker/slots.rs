@@ -18,8 +18,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
-/// Claimed tasks a worker may hold beyond those it runs.
-pub const DEFAULT_CLAIM_AHEAD: usize = 512;
+/// Claimed tasks a worker may hold beyond those it runs: two full claims.
+/// A busy worker claims once half of what it may hold is free, so each
+/// claim is a full one and a full one's worth still runs while it is in
+/// flight. At 512, a claim took about 270 rows at the default concurrency,
+/// and 60,000-task drains ran 17% slower (median of 4 alternating runs:
+/// 23.1k against 27.1k tasks/s; 2048 gave 27.5k).
+pub const DEFAULT_CLAIM_AHEAD: usize = 2 * super::DEFAULT_MAX_CLAIM;
 /// A worker holds no more ahead than it expects to start within this long.
 pub const DEFAULT_CLAIM_AHEAD_HORIZON: Duration = Duration::from_millis(50);
 /// The pace is measured over at least this long, so a burst of a few
