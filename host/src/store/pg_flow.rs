@@ -33,7 +33,7 @@ ORDER BY name
 FOR UPDATE"
 );
 
-static WAITING_KEYS: LazyLock<String> =
+pub(super) static WAITING_KEYS: LazyLock<String> =
     LazyLock::new(|| flow::WAITING_KEYS.replace("{waiting}", "t.is_waiting"));
 
 /// The recent starts of the keys `$2` of queue `$1`.
