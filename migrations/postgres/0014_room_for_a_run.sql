@@ -1,11 +1,11 @@
--- Room on every page for each task's whole run: its claimed version and its
--- finished one (0002 meant fillfactor 40 for this, but a finished row, with
--- its worker, result and plugin digest, is twice a waiting one's size).
--- A claim's version goes beside the waiting one; the completion prunes that
--- dead version and must find room for the finished one on the same page, or
--- it is no heap-only update: a new page, a primary-key entry, and for the
--- table that has lived, more pages to read. At 40, a page of 23 small tasks
--- gave half its completions elsewhere (10,822 of 20,000 heap-only in a
--- drain of `add` tasks); at 25, 14 per page, all of them stay.
--- New pages only: existing rows keep where they are.
-ALTER TABLE tasks SET (fillfactor = 25);
+-- Room on every page for each task's whole run: its waiting, claimed and
+-- finished versions side by side (0002 meant fillfactor 40 for this, but a
+-- finished row, with its worker, result and plugin digest, is about twice a
+-- waiting one's size). A completion that finds no room on its row's page is
+-- no heap-only update: a new page and a primary-key entry. At 40, a page of
+-- 23 small tasks gave half its completions elsewhere (10,822 of 20,000
+-- heap-only in a drain of `add` tasks). At 20, 13 small tasks a page, all
+-- three versions fit even before the claimed one's predecessor is pruned
+-- (pruning is opportunistic: it is skipped while another process has the
+-- page pinned). New pages only: existing rows keep where they are.
+ALTER TABLE tasks SET (fillfactor = 20);
