@@ -1231,16 +1231,11 @@ mod tests {
     /// the plugins a filter on the rows it walks, not a scan of the table.
     #[sqlx::test(migrations = false)]
     async fn the_claim_walks_its_index_with_the_plugin_filter(pool: PgPool) {
-        let store = PgStore::from_pool(pool.clone());
-        store.migrate().await.unwrap();
-        let tasks: Vec<NewTask> = (0..20_000)
-            .map(|n| NewTask::new(["add", "puts", "fib"][n % 3], vec![0]))
-            .collect();
-        store.enqueue(&tasks).await.unwrap();
-        sqlx::query("ANALYZE taskbox.tasks")
-            .execute(&pool)
-            .await
-            .unwrap();
+        let store = analyzed_store_of(
+            &pool,
+            (0..20_000).map(|n| NewTask::new(["add", "puts", "fib"][n % 3], vec![0])),
+        )
+        .await;
         let plugins = vec!["add".to_owned(), "puts".to_owned()];
         let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", *CLAIM))
             .bind(512i64)
@@ -1254,9 +1249,7 @@ mod tests {
             .fetch_all(&store.claims)
             .await
             .unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("Index Scan using tasks_claim"), "{plan}");
-        assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+        assert_walks(&plan.join("\n"), "Index Scan using tasks_claim");
 
         // The worker's own plan: the claims pool's generic one.
         let plan = generic_plan(
@@ -1265,7 +1258,24 @@ mod tests {
             "512, 'w', 1000, NULL, 604800000, 'refused', ARRAY['add', 'puts'], 0",
         )
         .await;
-        assert!(plan.contains("Index Scan using tasks_claim"), "{plan}");
+        assert_walks(&plan, "Index Scan using tasks_claim");
+    }
+
+    /// A store with `tasks` enqueued and the table analyzed.
+    async fn analyzed_store_of(pool: &PgPool, tasks: impl Iterator<Item = NewTask>) -> PgStore {
+        let store = PgStore::from_pool(pool.clone());
+        store.migrate().await.unwrap();
+        store.enqueue(&tasks.collect::<Vec<_>>()).await.unwrap();
+        sqlx::query("ANALYZE taskbox.tasks")
+            .execute(pool)
+            .await
+            .unwrap();
+        store
+    }
+
+    /// `plan` walks `index` and scans no table.
+    fn assert_walks(plan: &str, index: &str) {
+        assert!(plan.contains(index), "{plan}");
         assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
     }
 
@@ -1292,16 +1302,11 @@ mod tests {
     /// per-queue index, for the keys and for their tasks.
     #[sqlx::test(migrations = false)]
     async fn a_keyed_claim_walks_each_keys_index_range(pool: PgPool) {
-        let store = PgStore::from_pool(pool.clone());
-        store.migrate().await.unwrap();
-        let tasks: Vec<NewTask> = (0..20_000)
-            .map(|n| NewTask::new("add", vec![0]).key(format!("k{}", n % 100)))
-            .collect();
-        store.enqueue(&tasks).await.unwrap();
-        sqlx::query("ANALYZE taskbox.tasks")
-            .execute(&pool)
-            .await
-            .unwrap();
+        let store = analyzed_store_of(
+            &pool,
+            (0..20_000).map(|n| NewTask::new("add", vec![0]).key(format!("k{}", n % 100))),
+        )
+        .await;
         let plan = generic_plan(
             &store,
             &CLAIM_KEYED,
@@ -1309,11 +1314,9 @@ mod tests {
              ARRAY['k1', 'k2'], ARRAY[10, 10]::bigint[]",
         )
         .await;
-        assert!(plan.contains("using tasks_queue_claim on tasks"), "{plan}");
-        assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+        assert_walks(&plan, "using tasks_queue_claim on tasks");
         let plan = generic_plan(&store, &pg_flow::WAITING_KEYS, "'default', NULL, NULL, 64").await;
-        assert!(plan.contains("using tasks_queue_claim on tasks"), "{plan}");
-        assert!(!plan.contains("Seq Scan on tasks"), "{plan}");
+        assert_walks(&plan, "using tasks_queue_claim on tasks");
     }
 }
 
