@@ -10,6 +10,12 @@
 //! run the statements of [`FlowTransaction`]; the numbers are decided here.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{ClaimRequest, ClaimedTask, StoreResult};
 
 /// SQL: whether a `queues` row has a limit or a rate, the one test of a
 /// limited queue in every statement of both stores. (A macro, so that
@@ -19,6 +25,7 @@ macro_rules! limited_queue {
         "(max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)"
     };
 }
+
 /// SQL: whether a `queues` row is one the plain claim leaves out: paused,
 /// or claimed under its limits alone.
 macro_rules! left_out_queue {
@@ -30,13 +37,8 @@ macro_rules! left_out_queue {
         )
     };
 }
-use std::fmt;
-use std::future::Future;
-use std::str::FromStr;
-use std::time::Duration;
-pub(crate) use {left_out_queue, limited_queue};
 
-use super::{ClaimRequest, ClaimedTask, StoreResult};
+pub(crate) use {left_out_queue, limited_queue};
 
 /// Most starts a rate may allow per window: its recent starts are kept, one
 /// number each, on the queue's row.

@@ -1262,7 +1262,10 @@ mod tests {
     }
 
     /// A store with `tasks` enqueued and the table analyzed.
-    async fn analyzed_store_of(pool: &PgPool, tasks: impl Iterator<Item = NewTask>) -> PgStore {
+    pub(super) async fn analyzed_store_of(
+        pool: &PgPool,
+        tasks: impl Iterator<Item = NewTask>,
+    ) -> PgStore {
         let store = PgStore::from_pool(pool.clone());
         store.migrate().await.unwrap();
         store.enqueue(&tasks.collect::<Vec<_>>()).await.unwrap();
@@ -1384,21 +1387,9 @@ mod walk_tests {
     /// A store with 20,000 tasks waiting in queue `bulk`, then `wanted` in
     /// `default`, analyzed.
     async fn with_backlog(pool: &PgPool, wanted: usize) -> PgStore {
-        let store = PgStore::from_pool(pool.clone());
-        store.migrate().await.unwrap();
-        let backlog: Vec<NewTask> = (0..20_000)
-            .map(|_| NewTask::new("add", vec![0]).queue("bulk"))
-            .collect();
-        store.enqueue(&backlog).await.unwrap();
-        let wanted: Vec<NewTask> = (0..wanted).map(|_| NewTask::new("add", vec![0])).collect();
-        if !wanted.is_empty() {
-            store.enqueue(&wanted).await.unwrap();
-        }
-        sqlx::query("ANALYZE taskbox.tasks")
-            .execute(pool)
-            .await
-            .unwrap();
-        store
+        let backlog = (0..20_000).map(|_| NewTask::new("add", vec![0]).queue("bulk"));
+        let wanted = (0..wanted).map(|_| NewTask::new("add", vec![0]));
+        super::tests::analyzed_store_of(pool, backlog.chain(wanted)).await
     }
 
     /// A queue's backlog that a claim does not take (a paused queue, or one
@@ -1460,13 +1451,9 @@ mod heap_tests {
     /// heap-only update, with no new page and no index entry.
     #[sqlx::test(migrations = false)]
     async fn a_finished_task_stays_on_its_page(pool: PgPool) {
-        let store = PgStore::from_pool(pool.clone());
-        store.migrate().await.unwrap();
         // `add`'s args, `{"a": 1, "b": 2}`.
-        let tasks: Vec<NewTask> = (0..1_000)
-            .map(|_| NewTask::new("add", vec![2, 4]))
-            .collect();
-        store.enqueue(&tasks).await.unwrap();
+        let tasks = (0..1_000).map(|_| NewTask::new("add", vec![2, 4]));
+        let store = super::tests::analyzed_store_of(&pool, tasks).await;
         let enqueued = pages(&pool).await;
         let digest = format!("sha256:{}", "0f".repeat(32));
         loop {
