@@ -8,6 +8,7 @@ use crate::common;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::LogTail;
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -115,24 +116,26 @@ async fn sigterm_finishes_what_it_can_and_gives_back_the_rest(pool: PgPool) {
     let short_ids = store.enqueue(&[short.clone(), short]).await.unwrap();
     let long_ids = store.enqueue(&vec![long; 6]).await.unwrap();
 
-    let worker = spawn_worker(
-        &pool,
-        &[
-            "--concurrency",
-            "4",
-            "--shutdown-timeout",
-            &format!("{}ms", grace.as_millis()),
-        ],
-    );
-    wait::until("four running tasks", Duration::from_secs(30), || async {
-        store.stats().await.unwrap().running == 4
+    let mut worker = taskbox(&pool)
+        .env("TASKBOX_LOG", "taskbox=debug")
+        .args(["worker", "--concurrency", "4", "--shutdown-timeout"])
+        .arg(format!("{}ms", grace.as_millis()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the worker starts");
+    let log = LogTail::follow(worker.stderr.take().expect("stderr is piped"));
+    // Started, not only claimed: a claimed task the worker has not started
+    // yet goes back at a SIGTERM.
+    wait::until("four started attempts", Duration::from_secs(30), || async {
+        log.text().matches("attempt started").count() >= 4
     })
     .await;
     let signalled = Instant::now();
     kill(Pid::from_raw(worker.id() as i32), Signal::SIGTERM).unwrap();
-    let output = worker.wait_with_output().unwrap();
+    let status = worker.wait().unwrap();
     let took = signalled.elapsed();
-    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_eq!(status.code(), Some(0), "{}", log.text());
     assert!(took < grace + Duration::from_secs(1), "exit took {took:?}");
 
     for id in short_ids {

@@ -140,6 +140,7 @@ async fn consume(consumers: Arc<Consumers>, held: Held, how: Begin) {
     let interrupting = || consumers.shutdown.interrupt.is_cancelled();
     let completion = match how {
         Begin::Run(slot) => {
+            tracing::debug!(task = task.id, plugin = %task.plugin, attempt = task.attempt, "attempt started");
             let cause = || {
                 if interrupting() {
                     InterruptCause::Shutdown
