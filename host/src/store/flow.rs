@@ -55,7 +55,14 @@ pub const MAX_LIMIT: u32 = 1_000_000;
 /// these and the next claim goes on after them. Each key costs the claim an
 /// index probe or two, so a claim over every key of a queue with many would
 /// cost more than the tasks it takes.
-pub const KEYS_PER_CLAIM: usize = 32;
+pub const KEYS_PER_CLAIM: usize = 256;
+/// How long a claim trusts its last look at a queue's keys, when the queue
+/// had at most [`KEYS_PER_CLAIM`] of them: finding them walks the queue's
+/// index once per key, which cost a keyed drain more than the tasks the
+/// claims took. A key whose first task arrives meanwhile gets its turn
+/// within this long; a claim that finds nothing under the keys it knows
+/// looks again at once, so an idle worker starts a new key's task at once.
+pub const KEYS_RECHECK: Duration = Duration::from_millis(100);
 /// A rate also holds, rounded up, over this fraction of its window, so a
 /// queue idle for a while does not start a whole window's worth at once:
 /// `20/1s` starts at most 2 in any 100 ms.
@@ -320,16 +327,21 @@ pub(crate) trait FlowTransaction: Send {
     fn running(&mut self, queue: &str) -> impl Future<Output = StoreResult<Running>> + Send;
 
     /// Up to `count` keys of the queue with waiting tasks, in key order
-    /// after `after` (from the first, when `None`), but not past `until`;
-    /// with each key's recent starts when `with_starts`.
+    /// after `after` (from the first, when `None`), but not past `until`.
     fn waiting_keys(
         &mut self,
         queue: &str,
         after: Option<&str>,
         until: Option<&str>,
         count: usize,
-        with_starts: bool,
-    ) -> impl Future<Output = StoreResult<Vec<WaitingKey>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
+    /// The recent starts of the queue's `keys` (those with none left out).
+    fn key_starts(
+        &mut self,
+        queue: &str,
+        keys: &[String],
+    ) -> impl Future<Output = StoreResult<HashMap<String, Vec<i64>>>> + Send;
 
     /// Whether the queue has waiting tasks without a key.
     fn has_keyless(&mut self, queue: &str) -> impl Future<Output = StoreResult<bool>> + Send;
@@ -358,6 +370,7 @@ pub(crate) trait FlowTransaction: Send {
 pub(crate) async fn claim_limited<T: FlowTransaction>(
     tx: &mut T,
     request: &ClaimRequest<'_>,
+    keys_seen: &KeysSeen,
 ) -> StoreResult<Vec<ClaimedTask>> {
     let (queues, now) = tx.lock_limited(request.scope.queues).await?;
     let mut claimed = Vec::new();
@@ -375,21 +388,36 @@ pub(crate) async fn claim_limited<T: FlowTransaction>(
         if room == 0 {
             continue;
         }
-        let waiting = if flow.keyed() {
-            turn_of_keys(tx, flow, &running, room).await?
-        } else {
-            Vec::new()
+        let mut looked_again = false;
+        let (waiting, allowance, tasks) = loop {
+            let (waiting, seen_before) = if flow.keyed() {
+                turn_of_keys(tx, flow, &running, room, keys_seen).await?
+            } else {
+                (Vec::new(), false)
+            };
+            let shares = flow
+                .keyed()
+                .then(|| shares_of(flow, &waiting, &running, now));
+            let allowance = Allowance { room, shares };
+            let tasks = match &allowance.shares {
+                Some(shares) if shares.keys.is_empty() => Vec::new(),
+                _ => {
+                    tx.claim_queue(&flow.name, &allowance, flow.counts_runs(), request)
+                        .await?
+                }
+            };
+            // Nothing under the keys an earlier claim saw: look at the keys
+            // afresh, once, for one that came since.
+            if tasks.is_empty() && seen_before && !looked_again {
+                keys_seen.forget(&flow.name);
+                looked_again = true;
+                continue;
+            }
+            break (waiting, allowance, tasks);
         };
-        let shares = flow
-            .keyed()
-            .then(|| shares_of(flow, &waiting, &running, now));
-        if shares.as_ref().is_some_and(|s| s.keys.is_empty()) {
+        if allowance.shares.as_ref().is_some_and(|s| s.keys.is_empty()) {
             continue;
         }
-        let allowance = Allowance { room, shares };
-        let tasks = tx
-            .claim_queue(&flow.name, &allowance, flow.counts_runs(), request)
-            .await?;
         let record = record_of(flow, &allowance, &waiting, &tasks, now);
         if record != FlowRecord::default() {
             tx.record(&flow.name, &record).await?;
@@ -402,13 +430,16 @@ pub(crate) async fn claim_limited<T: FlowTransaction>(
 /// The keys whose turn it is: after the cursor, wrapping around to the
 /// first, one per task of `room` up to [`KEYS_PER_CLAIM`], and as many more
 /// as are at their limit (they give none); the keyless tasks take the turn
-/// after the last key.
+/// after the last key. A queue with few keys has them all looked up at
+/// most once per [`KEYS_RECHECK`]; one with more is walked from the cursor
+/// by every claim. With whether the keys are an earlier claim's look.
 async fn turn_of_keys<T: FlowTransaction>(
     tx: &mut T,
     flow: &QueueFlow,
     running: &Running,
     room: usize,
-) -> StoreResult<Vec<WaitingKey>> {
+    keys_seen: &KeysSeen,
+) -> StoreResult<(Vec<WaitingKey>, bool)> {
     let full = match flow.key_limit {
         Some(limit) => running
             .by_key
@@ -418,27 +449,144 @@ async fn turn_of_keys<T: FlowTransaction>(
         None => 0,
     };
     let wanted = room.min(KEYS_PER_CLAIM) + full;
-    let with_starts = flow.key_rate().is_some();
     let cursor = flow.key_cursor.as_deref();
-    let mut keys = tx
-        .waiting_keys(&flow.name, cursor, None, wanted, with_starts)
-        .await?;
+    let fresh = keys_seen.fresh(&flow.name);
+    let seen_before = matches!(fresh, Some(KnownKeys::All(_)));
+    let known = match fresh {
+        Some(known) => known,
+        None => {
+            let first = tx
+                .waiting_keys(&flow.name, None, None, KEYS_PER_CLAIM + 1)
+                .await?;
+            let known = if first.len() > KEYS_PER_CLAIM {
+                KnownKeys::Many
+            } else {
+                let keyless = tx.has_keyless(&flow.name).await?;
+                KnownKeys::All(
+                    first
+                        .into_iter()
+                        .map(Some)
+                        .chain(keyless.then_some(None))
+                        .collect(),
+                )
+            };
+            keys_seen.note(&flow.name, known.clone());
+            known
+        }
+    };
+    let keys = match known {
+        KnownKeys::All(all) => in_turn(&all, cursor, wanted),
+        KnownKeys::Many => walk_from(tx, &flow.name, cursor, wanted).await?,
+    };
+    let mut starts = if flow.key_rate().is_some() {
+        let named: Vec<String> = keys.iter().flatten().cloned().collect();
+        tx.key_starts(&flow.name, &named).await?
+    } else {
+        HashMap::new()
+    };
+    let keys = keys
+        .into_iter()
+        .map(|key| WaitingKey {
+            starts: key
+                .as_ref()
+                .and_then(|k| starts.remove(k))
+                .unwrap_or_default(),
+            key,
+        })
+        .collect();
+    Ok((keys, seen_before))
+}
+
+/// Up to `wanted` of `all` (the named keys in key order, then `None` for
+/// the keyless tasks if any wait) in turn order after `cursor`: the keys
+/// after it, the keyless, then the keys from the first up to the cursor.
+fn in_turn(all: &[Option<String>], cursor: Option<&str>, wanted: usize) -> Vec<Option<String>> {
+    let after = |key: &Option<String>| match (key, cursor) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(key), Some(cursor)) => key.as_str() > cursor,
+    };
+    let later = all.iter().filter(|key| after(key));
+    let keyless = all.iter().filter(|key| key.is_none());
+    let wrapped = all.iter().filter(|key| key.is_some() && !after(key));
+    later
+        .chain(keyless)
+        .chain(wrapped)
+        .take(wanted)
+        .cloned()
+        .collect()
+}
+
+/// The turn walked in the store from `cursor`, for a queue with too many
+/// keys to keep: as [`in_turn`] over all of them.
+async fn walk_from<T: FlowTransaction>(
+    tx: &mut T,
+    queue: &str,
+    cursor: Option<&str>,
+    wanted: usize,
+) -> StoreResult<Vec<Option<String>>> {
+    let mut keys: Vec<Option<String>> = tx
+        .waiting_keys(queue, cursor, None, wanted)
+        .await?
+        .into_iter()
+        .map(Some)
+        .collect();
     // Past the last key: the keyless tasks' turn, then the first keys again.
     if keys.len() < wanted {
-        if tx.has_keyless(&flow.name).await? {
-            keys.push(WaitingKey {
-                key: None,
-                starts: Vec::new(),
-            });
+        if tx.has_keyless(queue).await? {
+            keys.push(None);
         }
         if keys.len() < wanted && cursor.is_some() {
             let wrapped = tx
-                .waiting_keys(&flow.name, None, cursor, wanted - keys.len(), with_starts)
+                .waiting_keys(queue, None, cursor, wanted - keys.len())
                 .await?;
-            keys.extend(wrapped);
+            keys.extend(wrapped.into_iter().map(Some));
         }
     }
     Ok(keys)
+}
+
+/// What a claim last found of a queue's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KnownKeys {
+    /// Every key with waiting tasks, in key order, then `None` when tasks
+    /// without a key wait.
+    All(Vec<Option<String>>),
+    /// More than [`KEYS_PER_CLAIM`]: each claim walks its own turn.
+    Many,
+}
+
+/// Each limited queue's [`KnownKeys`], as last looked up.
+#[derive(Debug, Default)]
+pub(crate) struct KeysSeen {
+    last: std::sync::Mutex<HashMap<String, (std::time::Instant, KnownKeys)>>,
+}
+
+impl KeysSeen {
+    /// The queue's keys as last seen, while younger than [`KEYS_RECHECK`].
+    pub fn fresh(&self, queue: &str) -> Option<KnownKeys> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.get(queue)
+            .filter(|(at, _)| at.elapsed() < KEYS_RECHECK)
+            .map(|(_, known)| known.clone())
+    }
+
+    pub fn note(&self, queue: &str, known: KnownKeys) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.insert(queue.to_owned(), (std::time::Instant::now(), known));
+    }
+
+    /// Look again at the queue's keys on the next claim; whether any were
+    /// kept.
+    pub fn forget(&self, queue: &str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.remove(queue).is_some()
+    }
+
+    /// Look again at every queue's keys (this process enqueued).
+    pub fn forget_all(&self) {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// Each key's share: its room, in turn order; keys with none are left out.
@@ -569,10 +717,11 @@ impl QueuesSet {
     }
 }
 
-/// [`QueuesSet`] as last looked up.
+/// [`QueuesSet`] as last looked up, and the limited queues' keys.
 #[derive(Debug, Default)]
 pub(crate) struct QueuesSeen {
     last: std::sync::Mutex<Option<(std::time::Instant, QueuesSet)>>,
+    pub keys: KeysSeen,
 }
 
 impl QueuesSeen {
@@ -590,6 +739,7 @@ impl QueuesSeen {
     /// Look again on the next claim (this process changed a setting).
     pub fn forget(&self) {
         *self.last.lock().expect("not poisoned") = None;
+        self.keys.forget_all();
     }
 }
 
@@ -683,21 +833,6 @@ impl QueueFlow {
             starts,
             key_cursor,
         }
-    }
-}
-
-impl WaitingKey {
-    /// `keys`, each with its recent starts from `starts` (none when absent).
-    pub(crate) fn each(
-        keys: Vec<String>,
-        mut starts: HashMap<String, Vec<i64>>,
-    ) -> Vec<WaitingKey> {
-        keys.into_iter()
-            .map(|key| WaitingKey {
-                starts: starts.remove(&key).unwrap_or_default(),
-                key: Some(key),
-            })
-            .collect()
     }
 }
 
@@ -895,6 +1030,8 @@ mod tests {
         flow: QueueFlow,
         waiting: Vec<(i64, Option<String>)>,
         running: Vec<(i64, Option<String>)>,
+        /// Statements that looked up the queue's keys.
+        walks: usize,
     }
 
     impl FlowTransaction for Memory {
@@ -916,8 +1053,7 @@ mod tests {
             after: Option<&str>,
             until: Option<&str>,
             count: usize,
-            _: bool,
-        ) -> StoreResult<Vec<WaitingKey>> {
+        ) -> StoreResult<Vec<String>> {
             let mut keys: Vec<String> = self
                 .waiting
                 .iter()
@@ -928,7 +1064,16 @@ mod tests {
             keys.sort();
             keys.dedup();
             keys.truncate(count);
-            Ok(WaitingKey::each(keys, HashMap::new()))
+            self.walks += 1;
+            Ok(keys)
+        }
+
+        async fn key_starts(
+            &mut self,
+            _: &str,
+            _: &[String],
+        ) -> StoreResult<HashMap<String, Vec<i64>>> {
+            Ok(HashMap::new())
         }
 
         async fn has_keyless(&mut self, _: &str) -> StoreResult<bool> {
@@ -1006,32 +1151,115 @@ mod tests {
             },
             waiting,
             running: Vec::new(),
+            walks: 0,
         };
+        let seen = KeysSeen::default();
         let claim = |limit| ClaimRequest {
             worker_id: "w",
             limit,
             scope: Default::default(),
             default_timeout: Duration::from_secs(1),
         };
-        let first = claim_limited(&mut memory, &claim(3)).await.unwrap();
+        let first = claim_limited(&mut memory, &claim(3), &seen).await.unwrap();
         assert_eq!(
             keys_of(&first),
             ["a", "big", "c"],
             "one of each, in key order"
         );
         assert_eq!(memory.flow.key_cursor.as_deref(), Some("c"));
-        let second = claim_limited(&mut memory, &claim(3)).await.unwrap();
+        let second = claim_limited(&mut memory, &claim(3), &seen).await.unwrap();
         assert_eq!(
             keys_of(&second),
             ["-", "a", "big"],
             "after the last key the keyless, then from the first"
         );
-        let third = claim_limited(&mut memory, &claim(10)).await.unwrap();
+        let third = claim_limited(&mut memory, &claim(10), &seen).await.unwrap();
         assert_eq!(keys_of(&third), ["c"], "a and big are at their limit");
         memory
             .running
             .retain(|(_, key)| key.as_deref() != Some("big"));
-        let fourth = claim_limited(&mut memory, &claim(10)).await.unwrap();
+        let fourth = claim_limited(&mut memory, &claim(10), &seen).await.unwrap();
         assert_eq!(keys_of(&fourth), ["big", "big"], "a key's limit, not more");
+    }
+
+    fn memory(key_limit: u32, waiting: &[(i64, &str)]) -> Memory {
+        Memory {
+            flow: QueueFlow {
+                name: "q".into(),
+                key_limit: Some(key_limit),
+                ..QueueFlow::default()
+            },
+            waiting: waiting
+                .iter()
+                .map(|(id, key)| (*id, Some((*key).to_owned())))
+                .collect(),
+            running: Vec::new(),
+            walks: 0,
+        }
+    }
+
+    fn claim_of(limit: usize) -> ClaimRequest<'static> {
+        ClaimRequest {
+            worker_id: "w",
+            limit,
+            scope: Default::default(),
+            default_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_look_up_a_few_keys_once_and_again_when_they_give_nothing() {
+        let mut memory = memory(1, &[(0, "a"), (1, "a"), (2, "b")]);
+        let seen = KeysSeen::default();
+        let first = claim_limited(&mut memory, &claim_of(10), &seen).await;
+        assert_eq!(keys_of(&first.unwrap()), ["a", "b"]);
+        assert_eq!(memory.walks, 1);
+        // Both finish; a key this store was not told of arrives.
+        memory.running.clear();
+        memory.waiting.push((3, Some("c".to_owned())));
+        let second = claim_limited(&mut memory, &claim_of(10), &seen).await;
+        assert_eq!(keys_of(&second.unwrap()), ["a"], "the keys seen");
+        assert_eq!(memory.walks, 1, "not looked up again");
+        // a is at its limit and b has nothing: look again, at once.
+        let third = claim_limited(&mut memory, &claim_of(10), &seen).await;
+        assert_eq!(keys_of(&third.unwrap()), ["c"]);
+        assert_eq!(memory.walks, 2);
+    }
+
+    #[tokio::test]
+    async fn claims_walk_their_own_turn_of_a_queue_with_many_keys() {
+        let names: Vec<String> = (0..=KEYS_PER_CLAIM).map(|n| format!("k{n:04}")).collect();
+        let waiting: Vec<(i64, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(id, key)| (id as i64, key.as_str()))
+            .collect();
+        let mut memory = memory(1, &waiting);
+        let seen = KeysSeen::default();
+        let first = claim_limited(&mut memory, &claim_of(2), &seen).await;
+        assert_eq!(keys_of(&first.unwrap()), ["k0000", "k0001"]);
+        let walks = memory.walks;
+        let second = claim_limited(&mut memory, &claim_of(2), &seen).await;
+        assert_eq!(keys_of(&second.unwrap()), ["k0002", "k0003"]);
+        assert_eq!(memory.walks, walks + 1, "one walk from the cursor");
+    }
+
+    #[test]
+    fn a_turn_starts_after_the_cursor_and_the_keyless_follow_the_last_key() {
+        let all = [
+            Some("a".to_owned()),
+            Some("b".to_owned()),
+            Some("c".to_owned()),
+            None,
+        ];
+        let names = |keys: Vec<Option<String>>| {
+            keys.into_iter()
+                .map(|k| k.unwrap_or_else(|| "-".into()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(in_turn(&all, None, 9)), ["a", "b", "c", "-"]);
+        assert_eq!(names(in_turn(&all, Some("a"), 9)), ["b", "c", "-", "a"]);
+        assert_eq!(names(in_turn(&all, Some("bb"), 2)), ["c", "-"]);
+        assert_eq!(names(in_turn(&all[..3], Some("c"), 9)), ["a", "b", "c"]);
     }
 }

@@ -8,9 +8,7 @@ use std::sync::LazyLock;
 
 use sqlx::PgConnection;
 
-use super::flow::{
-    self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Running, WaitingKey,
-};
+use super::flow::{self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Running};
 use super::postgres::{CLAIM_KEYED, CLAIM_LIMITED, ClaimedRow, millis};
 use super::{ClaimRequest, ClaimedTask, MAX_TASK_TIMEOUT, StoreResult, refused_timeout_reason};
 
@@ -117,8 +115,7 @@ impl FlowTransaction for PgFlow<'_> {
         after: Option<&str>,
         until: Option<&str>,
         count: usize,
-        with_starts: bool,
-    ) -> StoreResult<Vec<WaitingKey>> {
+    ) -> StoreResult<Vec<String>> {
         let keys: Vec<String> = sqlx::query_scalar(&WAITING_KEYS)
             .bind(queue)
             .bind(after)
@@ -126,18 +123,24 @@ impl FlowTransaction for PgFlow<'_> {
             .bind(i64::try_from(count).unwrap_or(i64::MAX))
             .fetch_all(&mut *self.conn)
             .await?;
-        let starts: HashMap<String, Vec<i64>> = if with_starts && !keys.is_empty() {
-            sqlx::query_as(KEY_STARTS)
-                .bind(queue)
-                .bind(&keys)
-                .fetch_all(&mut *self.conn)
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        Ok(WaitingKey::each(keys, starts))
+        Ok(keys)
+    }
+
+    async fn key_starts(
+        &mut self,
+        queue: &str,
+        keys: &[String],
+    ) -> StoreResult<HashMap<String, Vec<i64>>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(sqlx::query_as(KEY_STARTS)
+            .bind(queue)
+            .bind(keys)
+            .fetch_all(&mut *self.conn)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     async fn has_keyless(&mut self, queue: &str) -> StoreResult<bool> {

@@ -648,7 +648,7 @@ impl PgStore {
             token: new_claim_token(),
             leases: Vec::new(),
         };
-        let claimed = flow::claim_limited(&mut flow, request).await?;
+        let claimed = flow::claim_limited(&mut flow, request, &self.queues_seen.keys).await?;
         let leases = std::mem::take(&mut flow.leases);
         tx.commit().await?;
         for (lease, ids) in leases {
@@ -757,7 +757,10 @@ impl TaskStore for PgStore {
     async fn enqueue(&self, tasks: &[NewTask]) -> StoreResult<Vec<i64>> {
         self.explain(async {
             taskbox_client::task::check(tasks, self.max_args_bytes, Utc::now())?;
-            Ok(taskbox_client::postgres::insert(&self.pool, &self.schema, tasks).await?)
+            let ids = taskbox_client::postgres::insert(&self.pool, &self.schema, tasks).await?;
+            // A key new to its queue gets its turn at this process's next claim.
+            self.queues_seen.keys.forget_all();
+            Ok(ids)
         })
         .await
     }

@@ -681,6 +681,8 @@ impl TaskStore for SqliteStore {
         let mut tx = self.writer.begin_with(BEGIN_IMMEDIATE).await?;
         let ids = taskbox_client::sqlite::insert(&mut tx, tasks, now_micros()).await?;
         tx.commit().await?;
+        // A key new to its queue gets its turn at this process's next claim.
+        self.shared.queues_seen.keys.forget_all();
         self.wake(Notification::TasksAvailable);
         Ok(ids)
     }
@@ -702,7 +704,7 @@ impl TaskStore for SqliteStore {
         let now = now_micros();
         let mut claimed = if set.limited {
             let mut flow = SqliteFlow { conn: &mut tx, now };
-            flow::claim_limited(&mut flow, request).await?
+            flow::claim_limited(&mut flow, request, &self.shared.queues_seen.keys).await?
         } else {
             Vec::new()
         };

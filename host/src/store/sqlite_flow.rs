@@ -9,9 +9,7 @@ use std::sync::LazyLock;
 
 use sqlx::SqliteConnection;
 
-use super::flow::{
-    self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Running, WaitingKey,
-};
+use super::flow::{self, Allowance, FlowChange, FlowRecord, FlowTransaction, QueueFlow, Running};
 use super::sqlite::{CLAIM_KEYED, CLAIM_LIMITED, claim_rows};
 use super::{ClaimRequest, ClaimedTask, StoreResult};
 
@@ -121,8 +119,7 @@ impl FlowTransaction for SqliteFlow<'_> {
         after: Option<&str>,
         until: Option<&str>,
         count: usize,
-        with_starts: bool,
-    ) -> StoreResult<Vec<WaitingKey>> {
+    ) -> StoreResult<Vec<String>> {
         let keys: Vec<String> = sqlx::query_scalar(&WAITING_KEYS)
             .bind(queue)
             .bind(after)
@@ -130,19 +127,26 @@ impl FlowTransaction for SqliteFlow<'_> {
             .bind(i64::try_from(count).unwrap_or(i64::MAX))
             .fetch_all(&mut *self.conn)
             .await?;
-        let starts: HashMap<String, Vec<i64>> = if with_starts && !keys.is_empty() {
-            let rows: Vec<(String, String)> = sqlx::query_as(KEY_STARTS)
-                .bind(queue)
-                .bind(json(&keys))
-                .fetch_all(&mut *self.conn)
-                .await?;
-            rows.into_iter()
-                .map(|(key, starts)| (key, starts_of(&starts)))
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        Ok(WaitingKey::each(keys, starts))
+        Ok(keys)
+    }
+
+    async fn key_starts(
+        &mut self,
+        queue: &str,
+        keys: &[String],
+    ) -> StoreResult<HashMap<String, Vec<i64>>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(KEY_STARTS)
+            .bind(queue)
+            .bind(json(keys))
+            .fetch_all(&mut *self.conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, starts)| (key, starts_of(&starts)))
+            .collect())
     }
 
     async fn has_keyless(&mut self, queue: &str) -> StoreResult<bool> {

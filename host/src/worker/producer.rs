@@ -347,14 +347,18 @@ fn first_claim_cap(max_claim: usize) -> usize {
     FIRST_CLAIM.min(max_claim).max(1)
 }
 
-/// Slow start: a full claim doubles the next one's cap; a short one (the
-/// queue ran low) starts the next burst small again, so its first tasks wait
-/// for a short statement rather than a long one.
+/// Slow start: a full claim doubles the next one's cap; a short one caps the
+/// next at about what it got. A queue that ran low ends its burst with an
+/// empty claim, so the next burst starts small again and its first tasks
+/// wait for a short statement rather than a long one; a queue whose limits
+/// leave room for only so many at a time keeps claiming that many at once,
+/// instead of starting over small after every claim.
 fn next_claim_cap(cap: usize, asked: usize, got: usize, max_claim: usize) -> usize {
+    let first = first_claim_cap(max_claim);
     if got == asked {
-        (cap * 2).min(max_claim).max(1)
+        (cap * 2).min(max_claim).max(first)
     } else {
-        first_claim_cap(max_claim)
+        got.next_power_of_two().clamp(first, max_claim.max(first))
     }
 }
 
@@ -363,7 +367,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claims_grow_while_full_and_restart_small_after_a_short_one() {
+    fn claims_grow_while_full_and_restart_small_after_an_empty_one() {
         let mut cap = first_claim_cap(512);
         let mut caps = vec![cap];
         for _ in 0..5 {
@@ -371,7 +375,10 @@ mod tests {
             caps.push(cap);
         }
         assert_eq!(caps, [64, 128, 256, 512, 512, 512]);
-        assert_eq!(next_claim_cap(512, 512, 100, 512), 64);
+        assert_eq!(next_claim_cap(512, 512, 0, 512), 64, "the queue ran dry");
+        assert_eq!(next_claim_cap(512, 512, 3, 512), 64, "the queue ran low");
+        // Limits left room for 177: the next claim asks for about as many.
+        assert_eq!(next_claim_cap(512, 512, 177, 512), 256);
         assert_eq!(first_claim_cap(10), 10);
         assert_eq!(next_claim_cap(10, 10, 10, 10), 10);
     }
