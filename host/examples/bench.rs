@@ -1634,7 +1634,7 @@ async fn main() -> Result<()> {
         for line in key_figures(rounds, limited, fifo, jobs) {
             say(format!("- {line}"));
         }
-        say("- The keyed drain claims under its queue's lock: per claim, a few statements instead of one, and a walk of up to 32 keys' index ranges. A paused queue's backlog is not read by the claims of the queue beside it, which walk that queue's own tasks. The skewed run's small keys start in the first turns instead of behind the big key's backlog; the big key, held to its limit, drains at the pace of one claim per few tasks.".into());
+        say("- The keyed drain claims under its queue's lock: per claim, a few statements instead of one, an index probe per key with room (up to 256 keys), and a look at which keys have waiting tasks once per 100 ms. A paused queue's backlog is not read by the claims of the queue beside it, which walk that queue's own tasks. The skewed run's small keys start in the first turns instead of behind the big key's backlog; the big key, held to its limit, drains at the pace of one claim per few tasks.".into());
     }
     say(String::new());
     say("## Where the hot path spends its time".into());
