@@ -336,7 +336,8 @@ pub(crate) trait FlowTransaction: Send {
         count: usize,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 
-    /// The recent starts of the queue's `keys` (those with none left out).
+    /// The recent starts of the queue's `keys`, at least one (those with
+    /// none left out).
     fn key_starts(
         &mut self,
         queue: &str,
@@ -478,8 +479,8 @@ async fn turn_of_keys<T: FlowTransaction>(
         KnownKeys::All(all) => in_turn(&all, cursor, wanted),
         KnownKeys::Many => walk_from(tx, &flow.name, cursor, wanted).await?,
     };
-    let mut starts = if flow.key_rate().is_some() {
-        let named: Vec<String> = keys.iter().flatten().cloned().collect();
+    let named: Vec<String> = keys.iter().flatten().cloned().collect();
+    let mut starts = if flow.key_rate().is_some() && !named.is_empty() {
         tx.key_starts(&flow.name, &named).await?
     } else {
         HashMap::new()

@@ -131,9 +131,6 @@ impl FlowTransaction for PgFlow<'_> {
         queue: &str,
         keys: &[String],
     ) -> StoreResult<HashMap<String, Vec<i64>>> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
         Ok(sqlx::query_as(KEY_STARTS)
             .bind(queue)
             .bind(keys)

@@ -135,9 +135,6 @@ impl FlowTransaction for SqliteFlow<'_> {
         queue: &str,
         keys: &[String],
     ) -> StoreResult<HashMap<String, Vec<i64>>> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
         let rows: Vec<(String, String)> = sqlx::query_as(KEY_STARTS)
             .bind(queue)
             .bind(json(keys))
