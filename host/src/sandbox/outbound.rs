@@ -206,8 +206,10 @@ impl Exchange {
 
     async fn run(
         self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
     ) -> Result<(http::Response<WasiBody>, Connection), Error> {
+        let (parts, body) = request.into_parts();
+        let mut request = http::Request::from_parts(parts, outgoing_body(body).await?);
         let addresses = self.addresses().await?;
         let stream = TcpStream::connect(&addresses[..])
             .await
@@ -418,6 +420,58 @@ impl Scrub {
     }
 }
 
+/// The plugin's request body as it goes out. One the plugin finishes
+/// without writing a byte (every body-less request through `wstd`, which
+/// still writes its empty body) goes out as no body at all, read to its end
+/// here first: handed to hyper as it was, the body of a `GET` without a
+/// length was dropped as soon as the head went out, and a plugin still
+/// writing its empty body found the stream closed and its request failed
+/// ("connection reset") while the answer was on its way. A body with data
+/// goes out as it comes.
+async fn outgoing_body(mut body: WasiBody) -> Result<WasiBody, Error> {
+    loop {
+        match body.frame().await {
+            None => {
+                return Ok(http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync());
+            }
+            Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            Some(Ok(frame)) => {
+                let first = Some(frame);
+                return Ok(AfterFirst { first, rest: body }.boxed_unsync());
+            }
+            Some(Err(err)) => return Err(err),
+        }
+    }
+}
+
+/// A request body whose first frame was read ahead.
+struct AfterFirst {
+    first: Option<Frame<Bytes>>,
+    rest: WasiBody,
+}
+
+impl Body for AfterFirst {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        match this.first.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut this.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyState {
     Open,
@@ -558,6 +612,26 @@ mod tests {
             out.extend_from_slice(&scrub.body(&mut pending, piece, end));
         }
         assert_eq!(out, b"xx PLACEHOLDER yy PLACEHOLDER");
+    }
+
+    /// A request body of `frames`, ended after the last.
+    fn body_of(frames: Vec<Frame<Bytes>>) -> WasiBody {
+        let frames = futures::stream::iter(frames.into_iter().map(Ok::<_, Error>));
+        http_body_util::StreamBody::new(frames).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn a_body_finished_without_data_goes_out_as_none() {
+        let empty = outgoing_body(body_of(vec![Frame::data(Bytes::new())]));
+        let empty = empty.await.unwrap();
+        assert!(
+            empty.is_end_stream(),
+            "hyper takes it for a body to come, and may drop it under the plugin"
+        );
+        let data = [&b"ab"[..], b"", b"cd"].map(|piece| Frame::data(Bytes::from_static(piece)));
+        let sent = outgoing_body(body_of(data.into())).await.unwrap();
+        assert!(!sent.is_end_stream());
+        assert_eq!(sent.collect().await.unwrap().to_bytes(), "abcd");
     }
 
     #[test]
