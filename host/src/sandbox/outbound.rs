@@ -18,6 +18,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -438,37 +439,12 @@ async fn outgoing_body(mut body: WasiBody) -> Result<WasiBody, Error> {
             }
             Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
             Some(Ok(frame)) => {
-                let first = Some(frame);
-                return Ok(AfterFirst { first, rest: body }.boxed_unsync());
+                let first = futures::stream::once(std::future::ready(Ok(frame)));
+                let rest = http_body_util::BodyStream::new(body);
+                return Ok(http_body_util::StreamBody::new(first.chain(rest)).boxed_unsync());
             }
             Some(Err(err)) => return Err(err),
         }
-    }
-}
-
-/// A request body whose first frame was read ahead.
-struct AfterFirst {
-    first: Option<Frame<Bytes>>,
-    rest: WasiBody,
-}
-
-impl Body for AfterFirst {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let this = self.get_mut();
-        match this.first.take() {
-            Some(frame) => Poll::Ready(Some(Ok(frame))),
-            None => Pin::new(&mut this.rest).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
     }
 }
 
