@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ClaimRequest, ClaimedTask, StoreResult};
@@ -389,33 +390,19 @@ pub(crate) async fn claim_limited<T: FlowTransaction>(
         if room == 0 {
             continue;
         }
-        let mut looked_again = false;
-        let (waiting, allowance, tasks) = loop {
-            let (waiting, seen_before) = if flow.keyed() {
-                turn_of_keys(tx, flow, &running, room, keys_seen).await?
-            } else {
-                (Vec::new(), false)
-            };
-            let shares = flow
-                .keyed()
-                .then(|| shares_of(flow, &waiting, &running, now));
-            let allowance = Allowance { room, shares };
-            let tasks = match &allowance.shares {
-                Some(shares) if shares.keys.is_empty() => Vec::new(),
-                _ => {
-                    tx.claim_queue(&flow.name, &allowance, flow.counts_runs(), request)
-                        .await?
-                }
-            };
-            // Nothing under the keys an earlier claim saw: look at the keys
-            // afresh, once, for one that came since.
-            if tasks.is_empty() && seen_before && !looked_again {
-                keys_seen.forget(&flow.name);
-                looked_again = true;
-                continue;
-            }
-            break (waiting, allowance, tasks);
-        };
+        let mut turn = claim_turn(tx, flow, &running, room, now, keys_seen, request).await?;
+        // Nothing under the keys an earlier claim saw: look at the keys
+        // afresh, once, for one that came since.
+        if turn.tasks.is_empty() && turn.keys_seen_before {
+            keys_seen.forget(&flow.name);
+            turn = claim_turn(tx, flow, &running, room, now, keys_seen, request).await?;
+        }
+        let Turn {
+            waiting,
+            allowance,
+            tasks,
+            ..
+        } = turn;
         if allowance.shares.as_ref().is_some_and(|s| s.keys.is_empty()) {
             continue;
         }
@@ -426,6 +413,51 @@ pub(crate) async fn claim_limited<T: FlowTransaction>(
         claimed.extend(tasks);
     }
     Ok(claimed)
+}
+
+/// One claim of a limited queue: the keys whose turn it is, what each may
+/// give, and the tasks taken.
+struct Turn {
+    waiting: Vec<WaitingKey>,
+    allowance: Allowance,
+    tasks: Vec<ClaimedTask>,
+    /// The keys are an earlier claim's look at them.
+    keys_seen_before: bool,
+}
+
+/// Claim up to `room` of `flow`'s tasks, by keys in turn when it has any;
+/// nothing when no key has room.
+async fn claim_turn<T: FlowTransaction>(
+    tx: &mut T,
+    flow: &QueueFlow,
+    running: &Running,
+    room: usize,
+    now: i64,
+    keys_seen: &KeysSeen,
+    request: &ClaimRequest<'_>,
+) -> StoreResult<Turn> {
+    let (waiting, keys_seen_before) = if flow.keyed() {
+        turn_of_keys(tx, flow, running, room, keys_seen).await?
+    } else {
+        (Vec::new(), false)
+    };
+    let shares = flow
+        .keyed()
+        .then(|| shares_of(flow, &waiting, running, now));
+    let allowance = Allowance { room, shares };
+    let tasks = match &allowance.shares {
+        Some(shares) if shares.keys.is_empty() => Vec::new(),
+        _ => {
+            tx.claim_queue(&flow.name, &allowance, flow.counts_runs(), request)
+                .await?
+        }
+    };
+    Ok(Turn {
+        waiting,
+        allowance,
+        tasks,
+        keys_seen_before,
+    })
 }
 
 /// The keys whose turn it is: after the cursor, wrapping around to the
@@ -468,7 +500,8 @@ async fn turn_of_keys<T: FlowTransaction>(
                         .into_iter()
                         .map(Some)
                         .chain(keyless.then_some(None))
-                        .collect(),
+                        .collect::<Vec<_>>()
+                        .into(),
                 )
             };
             keys_seen.note(&flow.name, known.clone());
@@ -548,11 +581,11 @@ async fn walk_from<T: FlowTransaction>(
 }
 
 /// What a claim last found of a queue's keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum KnownKeys {
     /// Every key with waiting tasks, in key order, then `None` when tasks
-    /// without a key wait.
-    All(Vec<Option<String>>),
+    /// without a key wait (shared: every claim within the recheck reads it).
+    All(Arc<[Option<String>]>),
     /// More than [`KEYS_PER_CLAIM`]: each claim walks its own turn.
     Many,
 }
@@ -577,11 +610,10 @@ impl KeysSeen {
         last.insert(queue.to_owned(), (std::time::Instant::now(), known));
     }
 
-    /// Look again at the queue's keys on the next claim; whether any were
-    /// kept.
-    pub fn forget(&self, queue: &str) -> bool {
+    /// Look again at the queue's keys on the next claim.
+    pub fn forget(&self, queue: &str) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.remove(queue).is_some()
+        last.remove(queue);
     }
 
     /// Look again at every queue's keys (this process enqueued).
@@ -1155,12 +1187,7 @@ mod tests {
             walks: 0,
         };
         let seen = KeysSeen::default();
-        let claim = |limit| ClaimRequest {
-            worker_id: "w",
-            limit,
-            scope: Default::default(),
-            default_timeout: Duration::from_secs(1),
-        };
+        let claim = claim_of;
         let first = claim_limited(&mut memory, &claim(3), &seen).await.unwrap();
         assert_eq!(
             keys_of(&first),
