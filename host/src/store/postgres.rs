@@ -75,28 +75,19 @@ const TASK_COLUMNS: &str = "id, queue, key, plugin, args, args_json::text AS arg
 /// nearly every row, the planner took "not that queue" to match nothing and
 /// swapped the index walk for a sequential scan and a sort. Limited queues
 /// are claimed by [`super::flow::claim_limited`] alone.
-///
-/// A row whose own timeout is over `$5` (the bound, written before the schema
-/// held it) could not be given a deadline: instead of failing the whole claim
-/// it ends `error` with the reason `$6` and the timeout it had (the refusal
-/// transition, `waiting -> error`, its attempt counted), its timeout cleared
-/// so that the row satisfies the bound, and is not handed out.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
-    claim_statement(
-        concat!(
-            "SELECT id FROM tasks
+    plain_claim_statement(concat!(
+        "SELECT id, timeout_ms FROM tasks
     WHERE is_waiting AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
       AND ($7::text[] IS NULL OR plugin = ANY($7))
       AND (queue || '') <> ALL (ARRAY(SELECT name FROM queues WHERE ",
-            flow::left_out_queue!(),
-            "))
+        flow::left_out_queue!(),
+        "))
     ORDER BY priority, run_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED"
-        ),
-        "",
-    )
+    ))
 });
 
 /// The claim of queues without a limit or a rate, one index walk per
@@ -107,11 +98,10 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 /// leaves before reaching one it takes. Paused and limited queues are left
 /// out before their tasks are walked.
 static CLAIM_BY_QUEUE: LazyLock<String> = LazyLock::new(|| {
-    claim_statement(
-        &format!(
-            "WITH RECURSIVE {served}
-    SELECT t.id FROM served s CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM tasks
+    plain_claim_statement(&format!(
+        "WITH RECURSIVE {served}
+    SELECT t.id, t.timeout_ms FROM served s CROSS JOIN LATERAL (
+        SELECT id, timeout_ms, priority, run_at FROM tasks
         WHERE is_waiting AND queue = s.queue AND run_at <= now()
           AND ($7::text[] IS NULL OR plugin = ANY($7))
         ORDER BY priority, run_at, id
@@ -120,10 +110,8 @@ static CLAIM_BY_QUEUE: LazyLock<String> = LazyLock::new(|| {
     ) t
     ORDER BY t.priority, t.run_at, t.id
     LIMIT $1",
-            served = served_queues_named(4, flow::LEFT_OUT),
-        ),
-        "",
-    )
+        served = served_queues_named(4, flow::LEFT_OUT),
+    ))
 });
 
 /// [`flow::served_queues`] of the names `$n` (NULL: every queue with
@@ -218,8 +206,72 @@ const COUNT_RUNS: &str = ", counted AS (
     SELECT id, queue, key FROM runnable WHERE $10
 )";
 
-/// A claim: the rows `picked` selects (ids, in claim order) become
-/// `running`, and `more` (further CTEs over `runnable`) runs with it.
+/// The claim of queues without a limit or a rate: the rows `picked`
+/// selects (`id, timeout_ms`, locked) become `running`, in one lease.
+///
+/// Cheaper than [`claim_statement`] by a tenth to a seventh of the
+/// statement (measured on claims of 256 and 512): the update is the
+/// statement itself, so its rows stream out instead of being kept for a
+/// join that restores claim order and for the lease; the lease is written
+/// from `picked`, whose rows are all locked and still waiting; and the
+/// caller sorts the batch into claim order (`priority, run_at, id`, the
+/// order both plain claims walk in).
+///
+/// A row whose own timeout is over `$5` (the bound, written before the
+/// schema held it) could not be given a deadline: it takes the refusal
+/// transition (`waiting -> error`, its attempt counted) with the reason
+/// `$6` and the timeout it had, which is cleared so that the row satisfies
+/// the bound, and is not handed out.
+fn plain_claim_statement(picked: &str) -> String {
+    format!(
+        "
+WITH picked AS (
+    SELECT id, timeout_ms FROM ({picked}) p
+), refused AS (
+    UPDATE tasks t
+    SET status = 'error',
+        is_waiting = false,
+        attempt = t.attempt + 1,
+        started_at = now(),
+        deadline_at = NULL,
+        worker_id = $2,
+        claim_token = $8,
+        finished_at = now(),
+        timeout_ms = NULL,
+        error = $6 || ' (it was ' || t.timeout_ms || ' ms)',
+        errors = array_append(t.errors, $6 || ' (it was ' || t.timeout_ms || ' ms)')
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE timeout_ms > $5)) AND t.is_waiting
+), lease AS (
+    INSERT INTO leases (worker_id, task_ids, expires_at)
+    SELECT $2, array_agg(id), now() + make_interval(secs => max(coalesce(timeout_ms, $3)) / 1000.0)
+    FROM picked WHERE coalesce(timeout_ms <= $5, true)
+    HAVING count(*) > 0
+    RETURNING id
+)
+UPDATE tasks t
+SET status = 'running',
+    is_waiting = false,
+    attempt = t.attempt + 1,
+    started_at = now(),
+    deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
+    worker_id = $2,
+    claim_token = $8
+WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE coalesce(timeout_ms <= $5, true)))
+  AND t.is_waiting
+RETURNING t.id, t.key, t.plugin, t.args, t.args_json::text AS args_json, t.attempt,
+          t.max_attempts, coalesce(t.timeout_ms, $3) AS timeout_ms, t.claim_token AS token,
+          (SELECT id FROM lease) AS lease, t.priority, t.run_at"
+    )
+}
+
+/// The claim of a limited queue: the rows `picked` selects (ids, in claim
+/// order) become `running`, and `more` (further CTEs over `runnable`) runs
+/// with it. Unlike [`plain_claim_statement`] it keeps the updated rows for
+/// `more`, which must count exactly the runs that started (a keyed pick
+/// locks nothing, so a picked row may have been cancelled since), and it
+/// returns them in the keyed claim's order of turns, which the caller
+/// could not rebuild. Refused rows (see [`plain_claim_statement`]) take
+/// the same transition here.
 ///
 /// The batch is recorded as one lease in the same statement, so no claimed
 /// row is ever without one. The update finds its rows by `id = ANY(...)`,
@@ -417,6 +469,15 @@ pub(super) struct ClaimedRow {
     #[sqlx(flatten)]
     pub task: ClaimedTask,
     pub lease: i64,
+}
+
+/// A row of a plain claim, with what puts it in claim order.
+#[derive(sqlx::FromRow)]
+struct PlainClaimedRow {
+    #[sqlx(flatten)]
+    claimed: ClaimedRow,
+    priority: i32,
+    run_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Postgres-backed [`TaskStore`].
@@ -780,7 +841,7 @@ impl TaskStore for PgStore {
             let scope = &request.scope;
             let queues = (!scope.queues.is_empty()).then_some(scope.queues);
             let statement = plain_claim(!scope.queues.is_empty(), set);
-            let query = sqlx::query_as::<_, ClaimedRow>(statement)
+            let query = sqlx::query_as::<_, PlainClaimedRow>(statement)
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .bind(request.worker_id)
                 .bind(millis(request.default_timeout.min(MAX_TASK_TIMEOUT)))
@@ -789,13 +850,14 @@ impl TaskStore for PgStore {
                 .bind(refused_timeout_reason())
                 .bind(scope.plugins)
                 .bind(new_claim_token());
-            let rows = query.fetch_all(&self.claims).await?;
+            let mut rows = query.fetch_all(&self.claims).await?;
+            rows.sort_unstable_by_key(|row| (row.priority, row.run_at, row.claimed.task.id));
             // One claim, one lease: every row of the batch carries it.
             if let Some(first) = rows.first() {
-                let ids: Vec<i64> = rows.iter().map(|row| row.task.id).collect();
-                self.leases.opened(first.lease, &ids);
+                let ids: Vec<i64> = rows.iter().map(|row| row.claimed.task.id).collect();
+                self.leases.opened(first.claimed.lease, &ids);
             }
-            claimed.extend(rows.into_iter().map(|row| row.task));
+            claimed.extend(rows.into_iter().map(|row| row.claimed.task));
             Ok(claimed)
         })
         .await
