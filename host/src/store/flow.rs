@@ -18,12 +18,25 @@ use std::time::Duration;
 
 use super::{ClaimRequest, ClaimedTask, StoreResult};
 
+/// SQL: whether a `queues` row has a limit or a key limit, whose runs are
+/// counted in `counted_runs`. Only such a queue has counted runs: a change
+/// of settings counts or forgets a queue's runs in its own transaction.
+/// (A macro, so that constant statements are built from it with `concat!`.)
+macro_rules! counting_queue {
+    () => {
+        "(max_running IS NOT NULL OR key_limit IS NOT NULL)"
+    };
+}
+
 /// SQL: whether a `queues` row has a limit or a rate, the one test of a
-/// limited queue in every statement of both stores. (A macro, so that
-/// constant statements are built from it with `concat!`.)
+/// limited queue in every statement of both stores.
 macro_rules! limited_queue {
     () => {
-        "(max_running IS NOT NULL OR key_limit IS NOT NULL OR rate_count IS NOT NULL)"
+        concat!(
+            "(",
+            $crate::store::flow::counting_queue!(),
+            " OR rate_count IS NOT NULL)"
+        )
     };
 }
 
@@ -39,7 +52,7 @@ macro_rules! left_out_queue {
     };
 }
 
-pub(crate) use {left_out_queue, limited_queue};
+pub(crate) use {counting_queue, left_out_queue, limited_queue};
 
 /// Most starts a rate may allow per window: its recent starts are kept, one
 /// number each, on the queue's row.
@@ -802,9 +815,11 @@ pub(crate) const MAKE_QUEUE: &str =
     "INSERT INTO queues (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 
 /// Whether queue `$1`'s runs are counted (it has a limit or a key limit).
-pub(crate) const COUNTS_RUNS: &str = "
-SELECT coalesce((SELECT max_running IS NOT NULL OR key_limit IS NOT NULL
-                 FROM queues WHERE name = $1), false)";
+pub(crate) const COUNTS_RUNS: &str = concat!(
+    "SELECT coalesce((SELECT ",
+    counting_queue!(),
+    " FROM queues WHERE name = $1), false)"
+);
 
 /// Count queue `$1`'s running tasks afresh, for a limit that starts
 /// counting them now.
