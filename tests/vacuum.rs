@@ -9,10 +9,44 @@ use std::time::Duration;
 use common::process::PROCESS_WAIT;
 use common::*;
 use sqlx::PgPool;
-use taskbox::store::{NewTask, TaskStore, VACUUM_DEAD_ROWS};
+use taskbox::store::{ANALYZE_EVERY, NewTask, TaskStore, VACUUM_DEAD_ROWS};
 use taskbox::worker::{Shutdown, Worker};
 
 const ROWS: i64 = 2 * VACUUM_DEAD_ROWS;
+
+/// Rewrite every task row twice, as claims and completions do, and wait for
+/// the dead rows to show in the statistics.
+async fn rewrite_twice(pool: &PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let before = dead_rows_and_vacuums(pool).await.0;
+    for _ in 0..2 {
+        sqlx::query("UPDATE taskbox.tasks SET priority = priority + 1")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    wait::until(
+        "the dead rows to show in the statistics",
+        PROCESS_WAIT,
+        || async { dead_rows_and_vacuums(pool).await.0 >= before + ROWS },
+    )
+    .await;
+}
+
+async fn analyzes(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT analyze_count FROM pg_stat_user_tables
+         WHERE schemaname = 'taskbox' AND relname = 'tasks'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
 
 async fn dead_rows_and_vacuums(pool: &PgPool) -> (i64, i64) {
     sqlx::query_as(
@@ -32,25 +66,7 @@ async fn a_worker_vacuums_the_tasks_table_once_dead_rows_pile_up(pool: PgPool) {
     for chunk in tasks.chunks(5_000) {
         store.enqueue(chunk).await.unwrap();
     }
-    // What claims and completions leave behind: every row rewritten twice.
-    let mut conn = pool.acquire().await.unwrap();
-    for _ in 0..2 {
-        sqlx::query("UPDATE taskbox.tasks SET priority = priority + 1")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
-    wait::until(
-        "the dead rows to show in the statistics",
-        PROCESS_WAIT,
-        || async { dead_rows_and_vacuums(&pool).await.0 >= ROWS },
-    )
-    .await;
+    rewrite_twice(&pool).await;
     assert_eq!(dead_rows_and_vacuums(&pool).await.1, 0, "vacuumed already");
 
     let config = taskbox::worker::WorkerConfig {
@@ -76,4 +92,32 @@ async fn a_worker_vacuums_the_tasks_table_once_dead_rows_pile_up(pool: PgPool) {
     .await;
     shutdown.stop.cancel();
     worker.await.unwrap().unwrap();
+}
+
+/// Statistics are refreshed at most every [`ANALYZE_EVERY`], not at every
+/// vacuum: on a table that has lived, each analyze read a sample of a
+/// million rows every few seconds of a drain.
+#[sqlx::test(migrations = false)]
+async fn a_vacuum_soon_after_an_analyze_does_not_analyze_again(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let tasks: Vec<NewTask> = (0..ROWS).map(|_| NewTask::new("absent", vec![0])).collect();
+    for chunk in tasks.chunks(5_000) {
+        store.enqueue(chunk).await.unwrap();
+    }
+    rewrite_twice(&pool).await;
+    let first = store.tidy().await.unwrap();
+    assert_eq!(first.analyzed, ["tasks"], "never analyzed: {first:?}");
+    assert_eq!(analyzes(&pool).await, 1);
+
+    rewrite_twice(&pool).await;
+    let second = store.tidy().await.unwrap();
+    assert!(
+        second.vacuumed.iter().any(|(table, _)| table == "tasks"),
+        "the dead rows are vacuumed: {second:?}"
+    );
+    assert_eq!(
+        analyzes(&pool).await,
+        1,
+        "analyzed again {ANALYZE_EVERY:?} before it was due"
+    );
 }

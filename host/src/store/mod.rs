@@ -543,6 +543,14 @@ pub(crate) fn refused_timeout_reason() -> String {
 pub const VACUUM_DEAD_ROWS: i64 = 20_000;
 pub const VACUUM_DEAD_FRACTION: f64 = 0.05;
 
+/// A table's statistics are refreshed (`ANALYZE`) once its rows changed as
+/// many times as would have it vacuumed, and no more often than this,
+/// whoever analyzed it last. Analyzing at every vacuum read a sample of a
+/// table that has lived (1,000,000 rows: 350 ms, twice the vacuum) every
+/// few seconds of a drain, and the 20,000-task drain after a 1,000,000-task
+/// one ran at 0.64–0.77× of a fresh one, against 0.83–1.0× without it.
+pub const ANALYZE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What [`TaskStore::tidy`] found and did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tidied {
@@ -550,6 +558,8 @@ pub struct Tidied {
     pub autovacuum_off: bool,
     /// Each table vacuumed, with its dead row versions before.
     pub vacuumed: Vec<(String, i64)>,
+    /// Each table whose statistics were refreshed.
+    pub analyzed: Vec<String>,
 }
 
 /// The operations taskbox needs from a database. Implementations must make

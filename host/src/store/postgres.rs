@@ -23,11 +23,11 @@ use super::pg_flow::{self, PgFlow};
 use super::pg_leases::LeaseBook;
 use super::pg_schema::{self, SchemaName};
 use super::{
-    ADOPTED_RUN_NOTE, CancelOutcome, ClaimRequest, ClaimedTask, Completion, DEFAULT_MAX_ARGS_BYTES,
-    LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask, Notification, PluginSchemas,
-    QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest, SCHEMAS_OF, Scope, Stats, Status,
-    StoreError, StoreResult, TaskRecord, TaskStore, Tidied, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
-    new_claim_token, refused_timeout_reason,
+    ADOPTED_RUN_NOTE, ANALYZE_EVERY, CancelOutcome, ClaimRequest, ClaimedTask, Completion,
+    DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask,
+    Notification, PluginSchemas, QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest,
+    SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore, Tidied,
+    VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS, new_claim_token, refused_timeout_reason,
 };
 
 pub use taskbox_client::postgres::WAIT_RECHECK;
@@ -836,7 +836,9 @@ fn connect_error(target: &str, err: &sqlx::Error) -> Option<StoreError> {
     })
 }
 
-/// Vacuum (and analyze) the tables of `schema` past the dead-row threshold.
+/// Vacuum the tables of `schema` past the dead-row threshold, and analyze
+/// those whose statistics are due ([`ANALYZE_EVERY`]).
+///
 /// VACUUM takes a lock that claims, completions and enqueues never wait
 /// for; it cannot run in a transaction, so each is a statement of its own.
 async fn vacuum_where_dead(
@@ -846,26 +848,44 @@ async fn vacuum_where_dead(
     let autovacuum_off: bool = sqlx::query_scalar("SELECT current_setting('autovacuum') = 'off'")
         .fetch_one(&mut *conn)
         .await?;
-    let due: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables
-         WHERE schemaname = $1 AND n_dead_tup >= $2 + $3 * n_live_tup
+    let due: Vec<(String, i64, bool, bool)> = sqlx::query_as(
+        "SELECT relname::text, n_dead_tup, dead, stale FROM (
+             SELECT relname, n_dead_tup, n_dead_tup >= $2 + $3 * n_live_tup AS dead,
+                    n_mod_since_analyze >= $2 + $3 * n_live_tup
+                    AND coalesce(greatest(last_analyze, last_autoanalyze)
+                                 < now() - make_interval(secs => $4), true) AS stale
+             FROM pg_stat_user_tables WHERE schemaname = $1) t
+         WHERE dead OR stale
          ORDER BY n_dead_tup DESC",
     )
     .bind(schema.as_str())
     .bind(VACUUM_DEAD_ROWS)
     .bind(VACUUM_DEAD_FRACTION)
+    .bind(ANALYZE_EVERY.as_secs_f64())
     .fetch_all(&mut *conn)
     .await?;
-    for (table, _) in &due {
+    let mut tidied = Tidied {
+        autovacuum_off,
+        ..Tidied::default()
+    };
+    for (table, dead_rows, dead, stale) in due {
         let name = format!("{}.\"{}\"", schema.quoted(), table.replace('"', "\"\""));
-        sqlx::query(&format!("VACUUM (ANALYZE) {name}"))
+        let command = match (dead, stale) {
+            (true, true) => "VACUUM (ANALYZE)",
+            (true, false) => "VACUUM",
+            _ => "ANALYZE",
+        };
+        sqlx::query(&format!("{command} {name}"))
             .execute(&mut *conn)
             .await?;
+        if stale {
+            tidied.analyzed.push(table.clone());
+        }
+        if dead {
+            tidied.vacuumed.push((table, dead_rows));
+        }
     }
-    Ok(Tidied {
-        autovacuum_off,
-        vacuumed: due,
-    })
+    Ok(tidied)
 }
 
 pub(super) fn millis(duration: Duration) -> i64 {

@@ -47,6 +47,9 @@ pub(crate) async fn run<S: TaskStore>(store: S, interval: Duration, stop: Cancel
                 for (table, dead) in tidied.vacuumed {
                     tracing::info!(%table, dead_rows = dead, "vacuumed");
                 }
+                for table in tidied.analyzed {
+                    tracing::debug!(%table, "statistics refreshed");
+                }
             }
             Err(err) => {
                 if !failing {
