@@ -10,7 +10,7 @@
 //! `--concurrency N` (default: the worker's own default), `--tuned N`
 //! (default 2048: the tuned drain's concurrency), `--lived N` (default
 //! 1,000,000: tasks drained before the drain on a table that has lived; 0
-//! skips it), `--rounds N` (default 3), `--no-peers`,
+//! skips it), `--rounds N` (default 5), `--no-peers`,
 //! `--no-profile`, `--sandbox-only` (print the sandbox's cost per task and
 //! stop: no database, nothing written), `--fetch N` (default 2,000: `fetch`
 //! tasks drained against a loopback HTTP server, each round beside as many
@@ -50,7 +50,10 @@ const DEFAULT_BIG: usize = 100_000;
 /// headline drains run with the worker's defaults, as a user starts it).
 /// 2048 slots keep a whole claim queued while the next one is in flight.
 const DEFAULT_TUNED_CONCURRENCY: usize = 2048;
-const DEFAULT_ROUNDS: usize = 3;
+/// Interleaved rounds of each compared drain. The median of five: on this
+/// kind of shared machine one round in three or four lands 20-40% off the
+/// others (rounds of one run measured 0.75x, 1.25x and 1.56x).
+const DEFAULT_ROUNDS: usize = 5;
 /// Tasks a table has seen before the drain on a table that has lived.
 const DEFAULT_LIVED: usize = 1_000_000;
 /// The I/O-bound drain: this many tasks that each wait [`SLEEP_MS`].
