@@ -1275,6 +1275,34 @@ async fn a_row_the_claim_cannot_run_ends_error_and_the_queue_moves<S: Backdoor>(
     store.complete(&[success(&claimed[0])]).await.unwrap();
     assert!(store.claim(&claim_by("w", 10)).await.unwrap().is_empty());
     assert!(!store.has_pending(&Scope::default()).await.unwrap());
+
+    // A keyed queue's claim refuses such a row the same way.
+    let ids = store
+        .enqueue(&[
+            NewTask {
+                priority: -1,
+                key: Some("k".into()),
+                ..new_task("poison")
+            },
+            NewTask {
+                key: Some("k".into()),
+                ..new_task("healthy")
+            },
+        ])
+        .await
+        .unwrap();
+    store
+        .set_flow("default", &FlowChange::KeyLimit(Some(5)))
+        .await
+        .unwrap();
+    store.set_timeout_unchecked(ids[0], i64::MAX).await;
+    let claimed = store.claim(&claim_by("w", 10)).await.unwrap();
+    assert_eq!(claimed_ids(&claimed), [ids[1]], "keyed: the healthy task");
+    let poison = record(&store, ids[0]).await;
+    assert_eq!(poison.status, Status::Error, "keyed");
+    assert_eq!(poison.timeout_ms, None, "keyed");
+    store.complete(&[success(&claimed[0])]).await.unwrap();
+    assert!(!store.has_pending(&Scope::default()).await.unwrap());
 }
 
 /// A retry's `run_at` is the database's `now()` plus the delay, whatever

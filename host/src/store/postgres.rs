@@ -160,7 +160,7 @@ fn plain_claim(scoped: bool, set: QueuesSet) -> &'static str {
 /// by the caller, recording each run in `counted_runs` when `$10`.
 pub(super) static CLAIM_LIMITED: LazyLock<String> = LazyLock::new(|| {
     claim_statement(
-        "SELECT id FROM tasks
+        "SELECT id, timeout_ms FROM tasks
     WHERE is_waiting AND queue = $9 AND run_at <= now()
       AND ($4::text[] IS NULL OR queue = ANY($4))
       AND ($7::text[] IS NULL OR plugin = ANY($7))
@@ -177,17 +177,17 @@ pub(super) static CLAIM_LIMITED: LazyLock<String> = LazyLock::new(|| {
 /// so on, up to `$1` in all. Each key's tasks are one index range.
 pub(super) static CLAIM_KEYED: LazyLock<String> = LazyLock::new(|| {
     claim_statement(
-        "SELECT p.id FROM unnest($11::text[], $12::bigint[]) WITH ORDINALITY AS k(key, share, turn)
+        "SELECT p.id, p.timeout_ms FROM unnest($11::text[], $12::bigint[]) WITH ORDINALITY AS k(key, share, turn)
     CROSS JOIN LATERAL (
-        SELECT x.id, row_number() OVER () AS rank FROM (
-            SELECT id FROM tasks
+        SELECT x.id, x.timeout_ms, row_number() OVER () AS rank FROM (
+            SELECT id, timeout_ms FROM tasks
             WHERE is_waiting AND queue = $9 AND k.key IS NOT NULL AND key = k.key
               AND run_at <= now() AND ($7::text[] IS NULL OR plugin = ANY($7))
             ORDER BY key, priority, run_at, id LIMIT k.share
         ) x
         UNION ALL
-        SELECT x.id, row_number() OVER () AS rank FROM (
-            SELECT id FROM tasks
+        SELECT x.id, x.timeout_ms, row_number() OVER () AS rank FROM (
+            SELECT id, timeout_ms FROM tasks
             WHERE is_waiting AND queue = $9 AND k.key IS NULL AND key IS NULL
               AND run_at <= now() AND ($7::text[] IS NULL OR plugin = ANY($7))
             ORDER BY key, priority, run_at, id LIMIT k.share
@@ -218,16 +218,37 @@ const COUNT_RUNS: &str = ", counted AS (
 /// order both plain claims walk in).
 ///
 /// A row whose own timeout is over `$5` (the bound, written before the
-/// schema held it) could not be given a deadline: it takes the refusal
-/// transition (`waiting -> error`, its attempt counted) with the reason
-/// `$6` and the timeout it had, which is cleared so that the row satisfies
-/// the bound, and is not handed out.
+/// schema held it) could not be given a deadline: it is refused
+/// ([`REFUSE`]) instead of failing the whole claim, and not handed out.
 fn plain_claim_statement(picked: &str) -> String {
     format!(
         "
 WITH picked AS (
     SELECT id, timeout_ms FROM ({picked}) p
-), refused AS (
+), refused AS ({REFUSE}
+), lease AS (
+    INSERT INTO leases (worker_id, task_ids, expires_at)
+    SELECT $2, array_agg(id), now() + make_interval(secs => max(coalesce(timeout_ms, $3)) / 1000.0)
+    FROM picked WHERE {RUNNABLE}
+    HAVING count(*) > 0
+    RETURNING id
+)
+UPDATE tasks t{START}
+WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE {RUNNABLE})) AND t.is_waiting
+RETURNING t.id, t.key, t.plugin, t.args, t.args_json::text AS args_json, t.attempt,
+          t.max_attempts, coalesce(t.timeout_ms, $3) AS timeout_ms, t.claim_token AS token,
+          (SELECT id FROM lease) AS lease, t.priority, t.run_at"
+    )
+}
+
+/// Whether a picked row (`timeout_ms` its own timeout) can be given a
+/// deadline: its timeout is within the bound `$5`.
+const RUNNABLE: &str = "coalesce(timeout_ms <= $5, true)";
+
+/// The refusal transition (`waiting -> error`, its attempt counted) of the
+/// picked rows whose own timeout is over the bound `$5`, with the reason
+/// `$6` and the timeout they had, cleared so that the row satisfies it.
+const REFUSE: &str = "
     UPDATE tasks t
     SET status = 'error',
         is_waiting = false,
@@ -240,38 +261,27 @@ WITH picked AS (
         timeout_ms = NULL,
         error = $6 || ' (it was ' || t.timeout_ms || ' ms)',
         errors = array_append(t.errors, $6 || ' (it was ' || t.timeout_ms || ' ms)')
-    WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE timeout_ms > $5)) AND t.is_waiting
-), lease AS (
-    INSERT INTO leases (worker_id, task_ids, expires_at)
-    SELECT $2, array_agg(id), now() + make_interval(secs => max(coalesce(timeout_ms, $3)) / 1000.0)
-    FROM picked WHERE coalesce(timeout_ms <= $5, true)
-    HAVING count(*) > 0
-    RETURNING id
-)
-UPDATE tasks t
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE timeout_ms > $5)) AND t.is_waiting";
+
+/// A claimed row starts running (`waiting -> running`) for worker `$2`
+/// under the claim's token `$8`, its deadline its own timeout or `$3`.
+const START: &str = "
 SET status = 'running',
     is_waiting = false,
     attempt = t.attempt + 1,
     started_at = now(),
     deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
     worker_id = $2,
-    claim_token = $8
-WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE coalesce(timeout_ms <= $5, true)))
-  AND t.is_waiting
-RETURNING t.id, t.key, t.plugin, t.args, t.args_json::text AS args_json, t.attempt,
-          t.max_attempts, coalesce(t.timeout_ms, $3) AS timeout_ms, t.claim_token AS token,
-          (SELECT id FROM lease) AS lease, t.priority, t.run_at"
-    )
-}
+    claim_token = $8";
 
-/// The claim of a limited queue: the rows `picked` selects (ids, in claim
-/// order) become `running`, and `more` (further CTEs over `runnable`) runs
-/// with it. Unlike [`plain_claim_statement`] it keeps the updated rows for
+/// The claim of a limited queue: the rows `picked` selects (`id,
+/// timeout_ms`, in claim order) become `running` or are refused as in
+/// [`plain_claim_statement`], and `more` (further CTEs over `runnable`)
+/// runs with it. Unlike the plain claim it keeps the updated rows for
 /// `more`, which must count exactly the runs that started (a keyed pick
 /// locks nothing, so a picked row may have been cancelled since), and it
 /// returns them in the keyed claim's order of turns, which the caller
-/// could not rebuild. Refused rows (see [`plain_claim_statement`]) take
-/// the same transition here.
+/// could not rebuild.
 ///
 /// The batch is recorded as one lease in the same statement, so no claimed
 /// row is ever without one. The update finds its rows by `id = ANY(...)`,
@@ -287,30 +297,16 @@ fn claim_statement(picked: &str, more: &str) -> String {
     format!(
         "
 WITH picked AS (
-    SELECT id, row_number() OVER () AS place FROM ({picked}) p
+    SELECT id, timeout_ms, row_number() OVER () AS place FROM ({picked}) p
+), refused AS ({REFUSE}
 ), claimed AS (
-    UPDATE tasks t
-    SET status = CASE WHEN t.timeout_ms > $5 THEN 'error' ELSE 'running' END,
-        is_waiting = false,
-        attempt = t.attempt + 1,
-        started_at = now(),
-        deadline_at = CASE WHEN t.timeout_ms > $5 THEN NULL
-                      ELSE now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0) END,
-        worker_id = $2,
-        claim_token = $8,
-        finished_at = CASE WHEN t.timeout_ms > $5 THEN now() END,
-        timeout_ms = CASE WHEN t.timeout_ms > $5 THEN NULL ELSE t.timeout_ms END,
-        error = CASE WHEN t.timeout_ms > $5 THEN $6 || ' (it was ' || t.timeout_ms || ' ms)'
-                ELSE t.error END,
-        errors = CASE WHEN t.timeout_ms > $5
-                 THEN array_append(t.errors, $6 || ' (it was ' || t.timeout_ms || ' ms)')
-                 ELSE t.errors END
-    WHERE t.id = ANY(ARRAY(SELECT id FROM picked)) AND t.is_waiting
+    UPDATE tasks t{START}
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE {RUNNABLE})) AND t.is_waiting
     RETURNING t.id, t.queue, t.key, t.plugin, t.args, t.args_json::text AS args_json, t.attempt,
-              t.max_attempts, coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at, t.status,
+              t.max_attempts, coalesce(t.timeout_ms, $3) AS timeout_ms, t.deadline_at,
               t.claim_token AS token
 ), runnable AS (
-    SELECT c.*, p.place FROM claimed c JOIN picked p ON p.id = c.id WHERE c.status = 'running'
+    SELECT c.*, p.place FROM claimed c JOIN picked p ON p.id = c.id
 ), lease AS (
     INSERT INTO leases (worker_id, task_ids, expires_at)
     SELECT $2, array_agg(id), max(deadline_at) FROM runnable
