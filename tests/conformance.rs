@@ -1281,13 +1281,9 @@ async fn a_row_the_claim_cannot_run_ends_error_and_the_queue_moves<S: Backdoor>(
         .enqueue(&[
             NewTask {
                 priority: -1,
-                key: Some("k".into()),
-                ..new_task("poison")
+                ..keyed(Some("k"))
             },
-            NewTask {
-                key: Some("k".into()),
-                ..new_task("healthy")
-            },
+            keyed(Some("k")),
         ])
         .await
         .unwrap();

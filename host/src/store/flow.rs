@@ -1202,26 +1202,33 @@ mod tests {
             walks: 0,
         };
         let seen = KeysSeen::default();
-        let claim = claim_of;
-        let first = claim_limited(&mut memory, &claim(3), &seen).await.unwrap();
+        let first = claim_limited(&mut memory, &claim_of(3), &seen)
+            .await
+            .unwrap();
         assert_eq!(
             keys_of(&first),
             ["a", "big", "c"],
             "one of each, in key order"
         );
         assert_eq!(memory.flow.key_cursor.as_deref(), Some("c"));
-        let second = claim_limited(&mut memory, &claim(3), &seen).await.unwrap();
+        let second = claim_limited(&mut memory, &claim_of(3), &seen)
+            .await
+            .unwrap();
         assert_eq!(
             keys_of(&second),
             ["-", "a", "big"],
             "after the last key the keyless, then from the first"
         );
-        let third = claim_limited(&mut memory, &claim(10), &seen).await.unwrap();
+        let third = claim_limited(&mut memory, &claim_of(10), &seen)
+            .await
+            .unwrap();
         assert_eq!(keys_of(&third), ["c"], "a and big are at their limit");
         memory
             .running
             .retain(|(_, key)| key.as_deref() != Some("big"));
-        let fourth = claim_limited(&mut memory, &claim(10), &seen).await.unwrap();
+        let fourth = claim_limited(&mut memory, &claim_of(10), &seen)
+            .await
+            .unwrap();
         assert_eq!(keys_of(&fourth), ["big", "big"], "a key's limit, not more");
     }
 

@@ -206,6 +206,14 @@ const COUNT_RUNS: &str = ", counted AS (
     SELECT id, queue, key FROM runnable WHERE $10
 )";
 
+/// SQL: the deadline of a run starting now, after the row's own timeout
+/// (`timeout_ms`) or the default `$3`.
+macro_rules! deadline {
+    () => {
+        "now() + make_interval(secs => coalesce(timeout_ms, $3) / 1000.0)"
+    };
+}
+
 /// The claim of queues without a limit or a rate: the rows `picked`
 /// selects (`id, timeout_ms`, locked) become `running`, in one lease.
 ///
@@ -221,6 +229,7 @@ const COUNT_RUNS: &str = ", counted AS (
 /// schema held it) could not be given a deadline: it is refused
 /// ([`REFUSE`]) instead of failing the whole claim, and not handed out.
 fn plain_claim_statement(picked: &str) -> String {
+    const DEADLINE: &str = deadline!();
     format!(
         "
 WITH picked AS (
@@ -228,8 +237,7 @@ WITH picked AS (
 ), refused AS ({REFUSE}
 ), lease AS (
     INSERT INTO leases (worker_id, task_ids, expires_at)
-    SELECT $2, array_agg(id), now() + make_interval(secs => max(coalesce(timeout_ms, $3)) / 1000.0)
-    FROM picked WHERE {RUNNABLE}
+    SELECT $2, array_agg(id), max({DEADLINE}) FROM picked WHERE {RUNNABLE}
     HAVING count(*) > 0
     RETURNING id
 )
@@ -264,15 +272,19 @@ const REFUSE: &str = "
     WHERE t.id = ANY(ARRAY(SELECT id FROM picked WHERE timeout_ms > $5)) AND t.is_waiting";
 
 /// A claimed row starts running (`waiting -> running`) for worker `$2`
-/// under the claim's token `$8`, its deadline its own timeout or `$3`.
-const START: &str = "
+/// under the claim's token `$8`, until its deadline (`deadline!`).
+const START: &str = concat!(
+    "
 SET status = 'running',
     is_waiting = false,
     attempt = t.attempt + 1,
     started_at = now(),
-    deadline_at = now() + make_interval(secs => coalesce(t.timeout_ms, $3) / 1000.0),
+    deadline_at = ",
+    deadline!(),
+    ",
     worker_id = $2,
-    claim_token = $8";
+    claim_token = $8"
+);
 
 /// The claim of a limited queue: the rows `picked` selects (`id,
 /// timeout_ms`, in claim order) become `running` or are refused as in
@@ -964,7 +976,7 @@ impl TaskStore for PgStore {
     async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
         self.explain(async {
             let columns = CompletionColumns::of(completions);
-            let taken = self.leases.take(completions.iter().map(|c| c.id));
+            let taken = self.leases.take(columns.ids.iter().copied());
             let written = columns
                 .bind(COMPLETE, &taken.ends, &self.schema)
                 .fetch_one(&self.completions)
