@@ -456,7 +456,7 @@ async fn claim_turn<T: FlowTransaction>(
     };
     let shares = flow
         .keyed()
-        .then(|| shares_of(flow, &waiting, running, now));
+        .then(|| shares_of(flow, &waiting, running, now, room));
     let allowance = Allowance { room, shares };
     let tasks = match &allowance.shares {
         Some(shares) if shares.keys.is_empty() => Vec::new(),
@@ -635,20 +635,54 @@ impl KeysSeen {
     }
 }
 
-/// Each key's share: its room, in turn order; keys with none are left out.
-fn shares_of(flow: &QueueFlow, keys: &[WaitingKey], running: &Running, now: i64) -> KeyShares {
-    let mut shares = KeyShares {
-        keys: Vec::new(),
-        shares: Vec::new(),
-    };
-    for key in keys {
-        let room = flow.key_room(key, running, now);
-        if room > 0 {
-            shares.keys.push(key.key.clone());
-            shares.shares.push(i64::try_from(room).unwrap_or(i64::MAX));
-        }
+/// Each key's share of a claim of `room` tasks, in turn order; keys with no
+/// room are left out. A share is the key's room, but no more than the
+/// claim's round can take from it: the claim takes every key's first task,
+/// then every key's second, and so on, so past the round where the shares
+/// add up to `room` it takes nothing. Each task of a share is an index
+/// entry the claim reads: a key limit of 100 over 100 keys read 10,000
+/// rows for a claim of 512.
+fn shares_of(
+    flow: &QueueFlow,
+    keys: &[WaitingKey],
+    running: &Running,
+    now: i64,
+    room: usize,
+) -> KeyShares {
+    let (keys, rooms): (Vec<Option<String>>, Vec<usize>) = keys
+        .iter()
+        .map(|key| (key.key.clone(), flow.key_room(key, running, now)))
+        .filter(|&(_, room)| room > 0)
+        .unzip();
+    let last_round = last_round(&rooms, room);
+    KeyShares {
+        keys,
+        shares: rooms
+            .into_iter()
+            .map(|room| i64::try_from(room.min(last_round)).unwrap_or(i64::MAX))
+            .collect(),
     }
-    shares
+}
+
+/// The fewest rounds of one task per key (each key giving at most its
+/// room among `rooms`) that add up to `wanted` tasks, or the most any key
+/// can give when all of them together give fewer.
+fn last_round(rooms: &[usize], wanted: usize) -> usize {
+    let mut sorted = rooms.to_vec();
+    sorted.sort_unstable();
+    // Keys from `i` on all give a full round each while `rounds` is below
+    // their room; the keys before `i` are spent.
+    let mut spent = 0usize;
+    for (i, &key_room) in sorted.iter().enumerate() {
+        let giving = sorted.len() - i;
+        // Rounds past what the spent keys gave that the rest need.
+        let needed = wanted.saturating_sub(spent).div_ceil(giving);
+        if needed <= key_room {
+            return needed;
+        }
+        spent = spent.saturating_add(key_room);
+    }
+    sorted.last().copied().unwrap_or(0)
 }
 
 /// What the claim of `tasks` leaves on the queue's and its keys' rows.
@@ -1065,12 +1099,40 @@ mod tests {
             starts: vec![0],
         };
         assert_eq!(q.key_room(&started, &now, 1), 0);
-        let shares = shares_of(&q, &[busy.clone(), started, idle.clone()], &now, 1);
+        let shares = shares_of(&q, &[busy.clone(), started, idle.clone()], &now, 1, 10);
         assert_eq!(
             shares.keys,
             vec![Some("a".to_owned()), Some("b".to_owned())]
         );
         assert_eq!(shares.shares, vec![1, 1]);
+    }
+
+    /// A claim of 512 over 100 keys, each with room for 100, takes at most
+    /// six of any key's tasks, so each key gives no more than six: the
+    /// claim reads a share's worth of index entries from every key.
+    #[test]
+    fn a_keys_share_is_no_more_than_the_claims_rounds_take_from_it() {
+        let mut q = flow();
+        q.key_limit = Some(100);
+        let keys: Vec<WaitingKey> = (0..100)
+            .map(|k| WaitingKey {
+                key: Some(format!("k{k:02}")),
+                starts: vec![],
+            })
+            .collect();
+        let shares = shares_of(&q, &keys, &Running::default(), 0, 512);
+        assert_eq!(shares.keys.len(), 100);
+        assert!(
+            shares.shares.iter().all(|&share| share == 6),
+            "shares {:?}",
+            shares.shares
+        );
+        // Keys short of room give all of it; the others make up the rest.
+        assert_eq!(last_round(&[1, 2, 10, 10], 12), 5);
+        assert_eq!(last_round(&[1, 2, 10, 10], 11), 4);
+        // All together short of the claim: every key gives its room.
+        assert_eq!(last_round(&[1, 2, 3], 100), 3);
+        assert_eq!(last_round(&[4, 4], 1), 1);
     }
 
     /// A store in memory: one queue, its waiting tasks in claim order.
