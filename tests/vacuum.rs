@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::process::PROCESS_WAIT;
 use common::*;
 use sqlx::PgPool;
-use taskbox::store::{ANALYZE_EVERY, NewTask, TaskStore, VACUUM_DEAD_ROWS};
+use taskbox::store::{
+    ANALYZE_EVERY, NewTask, TaskStore, VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
+};
 use taskbox::worker::{Shutdown, Worker};
 
 const ROWS: i64 = 2 * VACUUM_DEAD_ROWS;
@@ -105,12 +107,12 @@ async fn a_vacuum_soon_after_an_analyze_does_not_analyze_again(pool: PgPool) {
         store.enqueue(chunk).await.unwrap();
     }
     rewrite_twice(&pool).await;
-    let first = store.tidy().await.unwrap();
+    let first = store.tidy(false).await.unwrap();
     assert_eq!(first.analyzed, ["tasks"], "never analyzed: {first:?}");
     assert_eq!(analyzes(&pool).await, 1);
 
     rewrite_twice(&pool).await;
-    let second = store.tidy().await.unwrap();
+    let second = store.tidy(false).await.unwrap();
     assert!(
         second.vacuumed.iter().any(|(table, _)| table == "tasks"),
         "the dead rows are vacuumed: {second:?}"
@@ -119,5 +121,34 @@ async fn a_vacuum_soon_after_an_analyze_does_not_analyze_again(pool: PgPool) {
         analyzes(&pool).await,
         1,
         "analyzed again {ANALYZE_EVERY:?} before it was due"
+    );
+}
+
+/// A worker in the middle of work leaves dead rows past the threshold, but
+/// short of [`VACUUM_BUSY_FACTOR`] times it, for a quiet moment: a vacuum
+/// beside a short burst took one of its two cores (a drain right after a
+/// 1,000,000-task one ran at about half a fresh table's rate).
+#[sqlx::test(migrations = false)]
+async fn a_busy_worker_leaves_a_vacuum_for_a_quiet_moment(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    let tasks: Vec<NewTask> = (0..ROWS).map(|_| NewTask::new("absent", vec![0])).collect();
+    for chunk in tasks.chunks(5_000) {
+        store.enqueue(chunk).await.unwrap();
+    }
+    rewrite_twice(&pool).await;
+    let (dead, _) = dead_rows_and_vacuums(&pool).await;
+    let threshold = VACUUM_DEAD_ROWS + (VACUUM_DEAD_FRACTION * ROWS as f64) as i64;
+    assert!(
+        dead >= threshold && dead < VACUUM_BUSY_FACTOR * threshold,
+        "{dead} dead rows: not between the quiet and the busy thresholds"
+    );
+
+    let busy = store.tidy(true).await.unwrap();
+    assert!(busy.vacuumed.is_empty(), "vacuumed while busy: {busy:?}");
+    assert_eq!(dead_rows_and_vacuums(&pool).await.1, 0);
+    let quiet = store.tidy(false).await.unwrap();
+    assert!(
+        quiet.vacuumed.iter().any(|(table, _)| table == "tasks"),
+        "the dead rows are vacuumed once quiet: {quiet:?}"
     );
 }

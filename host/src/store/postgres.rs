@@ -27,7 +27,8 @@ use super::{
     DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask,
     Notification, PluginSchemas, QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest,
     SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore, Tidied,
-    VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS, new_claim_token, refused_timeout_reason,
+    VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS, new_claim_token,
+    refused_timeout_reason,
 };
 
 pub use taskbox_client::postgres::WAIT_RECHECK;
@@ -844,21 +845,23 @@ fn connect_error(target: &str, err: &sqlx::Error) -> Option<StoreError> {
     })
 }
 
-/// Vacuum the tables of `schema` past the dead-row threshold, and analyze
-/// those whose statistics are due ([`ANALYZE_EVERY`]).
+/// Vacuum the tables of `schema` past the dead-row threshold (raised by
+/// [`VACUUM_BUSY_FACTOR`] for a `busy` worker), and analyze those whose
+/// statistics are due ([`ANALYZE_EVERY`]).
 ///
 /// VACUUM takes a lock that claims, completions and enqueues never wait
 /// for; it cannot run in a transaction, so each is a statement of its own.
 async fn vacuum_where_dead(
     conn: &mut sqlx::PgConnection,
     schema: &SchemaName,
+    busy: bool,
 ) -> StoreResult<Tidied> {
     let autovacuum_off: bool = sqlx::query_scalar("SELECT current_setting('autovacuum') = 'off'")
         .fetch_one(&mut *conn)
         .await?;
     let due: Vec<(String, i64, bool, bool)> = sqlx::query_as(
         "SELECT relname::text, n_dead_tup, dead, stale FROM (
-             SELECT relname, n_dead_tup, n_dead_tup >= $2 + $3 * n_live_tup AS dead,
+             SELECT relname, n_dead_tup, n_dead_tup >= $5 * ($2 + $3 * n_live_tup) AS dead,
                     n_mod_since_analyze >= $2 + $3 * n_live_tup
                     AND coalesce(greatest(last_analyze, last_autoanalyze)
                                  < now() - make_interval(secs => $4), true) AS stale
@@ -870,6 +873,7 @@ async fn vacuum_where_dead(
     .bind(VACUUM_DEAD_ROWS)
     .bind(VACUUM_DEAD_FRACTION)
     .bind(ANALYZE_EVERY.as_secs_f64())
+    .bind(if busy { VACUUM_BUSY_FACTOR } else { 1 })
     .fetch_all(&mut *conn)
     .await?;
     let mut tidied = Tidied {
@@ -1157,7 +1161,7 @@ impl TaskStore for PgStore {
         .await
     }
 
-    async fn tidy(&self) -> StoreResult<Tidied> {
+    async fn tidy(&self, busy: bool) -> StoreResult<Tidied> {
         let mut conn = self.pool.acquire().await?;
         let lock = format!("{}.vacuum", self.schema.as_str());
         let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
@@ -1167,7 +1171,7 @@ impl TaskStore for PgStore {
         if !mine {
             return Ok(Tidied::default());
         }
-        let tidied = vacuum_where_dead(&mut conn, &self.schema).await;
+        let tidied = vacuum_where_dead(&mut conn, &self.schema, busy).await;
         // Unlocked even when the vacuum failed; a lost connection drops the
         // lock with it.
         sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")

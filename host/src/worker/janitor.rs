@@ -5,6 +5,9 @@
 //! configurations) never clears them, and one with it on often lags a
 //! queue's churn. Every `interval` the janitor asks the store to vacuum the
 //! tables past the threshold; the store lets one worker at a time do it.
+//! While the worker is in the middle of work the threshold is higher
+//! ([`crate::store::VACUUM_BUSY_FACTOR`]), so a short burst runs on both cores and the
+//! vacuum follows it.
 
 use std::time::Duration;
 
@@ -17,8 +20,14 @@ use crate::store::{TaskStore, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS};
 /// dead rows to clear, not a long stretch of them.
 pub const DEFAULT_TIDY_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Tidy at once and then every `interval`, until `stop` fires.
-pub(crate) async fn run<S: TaskStore>(store: S, interval: Duration, stop: CancellationToken) {
+/// Tidy at once and then every `interval`, until `stop` fires; `busy` tells
+/// whether the worker is in the middle of work.
+pub(crate) async fn run<S: TaskStore>(
+    store: S,
+    interval: Duration,
+    busy: impl Fn() -> bool + Send,
+    stop: CancellationToken,
+) {
     let mut told_autovacuum_off = false;
     let mut failing = false;
     // The first tick is at once: a worker started on a table that has lived
@@ -31,7 +40,7 @@ pub(crate) async fn run<S: TaskStore>(store: S, interval: Duration, stop: Cancel
             _ = stop.cancelled() => return,
         }
         let tidied = tokio::select! {
-            tidied = store.tidy() => tidied,
+            tidied = store.tidy(busy()) => tidied,
             _ = stop.cancelled() => return,
         };
         match tidied {

@@ -15,7 +15,7 @@ pub mod slots;
 mod starter;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -216,6 +216,13 @@ struct InFlightTask {
 }
 
 impl InFlight {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     pub(crate) fn ids(&self) -> Vec<i64> {
         self.tasks
             .lock()
@@ -366,9 +373,16 @@ impl<S: TaskStore> Worker<S> {
             rescuer_stop.clone(),
         ));
 
+        // In the middle of work: holding tasks, or the last claim found
+        // some (and, until the first claim, starting).
+        let found_work = Arc::new(AtomicBool::new(true));
         let janitor = tokio::spawn(janitor::run(
             self.store.clone(),
             config.tidy_interval,
+            {
+                let (found_work, in_flight) = (found_work.clone(), in_flight.clone());
+                move || found_work.load(Ordering::Relaxed) || !in_flight.is_empty()
+            },
             rescuer_stop.clone(),
         ));
 
@@ -411,6 +425,7 @@ impl<S: TaskStore> Worker<S> {
             drained: CancellationToken::new(),
             plugins_scanned: plugins_scanned.clone(),
             claimed: AtomicU64::new(0),
+            found_work,
             unanswered_since: Mutex::new(None),
             gave_up: Mutex::new(None),
         };

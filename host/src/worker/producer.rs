@@ -6,7 +6,7 @@
 //! queues ([`QueueCaps`]) claims each capped queue for what its cap has
 //! room for, then the others for the rest.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,8 @@ pub(super) struct Producer<S: TaskStore> {
     /// Fired once the plugin watcher has looked at every file once.
     pub plugins_scanned: CancellationToken,
     pub claimed: AtomicU64,
+    /// The last claim found tasks (true until the first claim answers).
+    pub found_work: Arc<AtomicBool>,
     /// Since when the database has not answered a claim or drain check.
     pub unanswered_since: Mutex<Option<Instant>>,
     /// Why a drain stopped without an answer (see `drain_patience`).
@@ -140,6 +142,7 @@ impl<S: TaskStore> Producer<S> {
                     continue;
                 }
             };
+            self.found_work.store(got > 0, Ordering::Relaxed);
             cap = next_claim_cap(cap, asked, got, config.max_claim);
             drop(permits);
             if got > 0 {
