@@ -10,7 +10,8 @@ use common::process::PROCESS_WAIT;
 use common::*;
 use sqlx::PgPool;
 use taskbox::store::{
-    ANALYZE_EVERY, NewTask, TaskStore, VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS,
+    ANALYZE_EVERY, NewTask, PgStore, TaskStore, VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION,
+    VACUUM_DEAD_ROWS,
 };
 use taskbox::worker::{Shutdown, Worker};
 
@@ -40,6 +41,17 @@ async fn rewrite_twice(pool: &PgPool) {
     .await;
 }
 
+/// A store of [`ROWS`] tasks no worker here runs, each rewritten twice.
+async fn with_dead_rows(pool: &PgPool) -> PgStore {
+    let store = store(pool.clone()).await;
+    let tasks: Vec<NewTask> = (0..ROWS).map(|_| NewTask::new("absent", vec![0])).collect();
+    for chunk in tasks.chunks(5_000) {
+        store.enqueue(chunk).await.unwrap();
+    }
+    rewrite_twice(pool).await;
+    store
+}
+
 async fn analyzes(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
         "SELECT analyze_count FROM pg_stat_user_tables
@@ -63,12 +75,7 @@ async fn dead_rows_and_vacuums(pool: &PgPool) -> (i64, i64) {
 #[sqlx::test(migrations = false)]
 async fn a_worker_vacuums_the_tasks_table_once_dead_rows_pile_up(pool: PgPool) {
     init_logging();
-    let store = store(pool.clone()).await;
-    let tasks: Vec<NewTask> = (0..ROWS).map(|_| NewTask::new("absent", vec![0])).collect();
-    for chunk in tasks.chunks(5_000) {
-        store.enqueue(chunk).await.unwrap();
-    }
-    rewrite_twice(&pool).await;
+    let store = with_dead_rows(&pool).await;
     assert_eq!(dead_rows_and_vacuums(&pool).await.1, 0, "vacuumed already");
 
     let config = taskbox::worker::WorkerConfig {
@@ -101,12 +108,7 @@ async fn a_worker_vacuums_the_tasks_table_once_dead_rows_pile_up(pool: PgPool) {
 /// million rows every few seconds of a drain.
 #[sqlx::test(migrations = false)]
 async fn a_vacuum_soon_after_an_analyze_does_not_analyze_again(pool: PgPool) {
-    let store = store(pool.clone()).await;
-    let tasks: Vec<NewTask> = (0..ROWS).map(|_| NewTask::new("absent", vec![0])).collect();
-    for chunk in tasks.chunks(5_000) {
-        store.enqueue(chunk).await.unwrap();
-    }
-    rewrite_twice(&pool).await;
+    let store = with_dead_rows(&pool).await;
     let first = store.tidy(false).await.unwrap();
     assert_eq!(first.analyzed, ["tasks"], "never analyzed: {first:?}");
     assert_eq!(analyzes(&pool).await, 1);
@@ -130,12 +132,7 @@ async fn a_vacuum_soon_after_an_analyze_does_not_analyze_again(pool: PgPool) {
 /// 1,000,000-task one ran at about half a fresh table's rate).
 #[sqlx::test(migrations = false)]
 async fn a_busy_worker_leaves_a_vacuum_for_a_quiet_moment(pool: PgPool) {
-    let store = store(pool.clone()).await;
-    let tasks: Vec<NewTask> = (0..ROWS).map(|_| NewTask::new("absent", vec![0])).collect();
-    for chunk in tasks.chunks(5_000) {
-        store.enqueue(chunk).await.unwrap();
-    }
-    rewrite_twice(&pool).await;
+    let store = with_dead_rows(&pool).await;
     let (dead, _) = dead_rows_and_vacuums(&pool).await;
     let threshold = VACUUM_DEAD_ROWS + (VACUUM_DEAD_FRACTION * ROWS as f64) as i64;
     assert!(
