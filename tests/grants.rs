@@ -261,6 +261,31 @@ async fn a_server_that_never_answers_ends_the_task_on_its_deadline(pool: PgPool)
     assert_eq!(server.seen().len(), 1, "the request was sent");
 }
 
+/// A plugin writing a request body that never ends, to a server that never
+/// reads it, soon blocks in the host's write: the deadline ends it there,
+/// and the tasks beside it run.
+#[sqlx::test(migrations = false)]
+async fn a_request_body_that_never_ends_ends_the_task_on_its_deadline(pool: PgPool) {
+    const DEADLINE: Duration = Duration::from_millis(500);
+    const SLACK: Duration = Duration::from_millis(100);
+    let store = store(pool).await;
+    let server = Loopback::on_loopback().await;
+    let (_folder, plugins) = granted("flood", &allowing(&server, ""));
+    let mut flood = task(&plugins, "flood", json!({"url": server.url("/never")})).await;
+    flood.timeout = Some(DEADLINE);
+    let rows = run_beside_others(&store, &plugins, vec![flood]).await;
+
+    assert_eq!(rows[0].status, Status::Timeout, "{:?}", rows[0].error);
+    let ran = (rows[0].finished_at.unwrap() - rows[0].started_at.unwrap())
+        .to_std()
+        .unwrap();
+    assert!(
+        ran >= DEADLINE && ran <= DEADLINE + SLACK,
+        "ended after {ran:?}"
+    );
+    assert_eq!(server.seen().len(), 1, "the request was sent");
+}
+
 #[sqlx::test(migrations = false)]
 async fn requests_past_the_limit_are_denied(pool: PgPool) {
     let store = store(pool).await;
