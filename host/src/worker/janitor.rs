@@ -6,14 +6,14 @@
 //! queue's churn. Every `interval` the janitor asks the store to vacuum the
 //! tables past the threshold; the store lets one worker at a time do it.
 //! While the worker is in the middle of work the threshold is higher
-//! ([`crate::store::VACUUM_BUSY_FACTOR`]), so a short burst runs on both cores and the
+//! ([`VACUUM_BUSY_FACTOR`]), so a short burst runs on both cores and the
 //! vacuum follows it.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{TaskStore, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS};
+use crate::store::{TaskStore, VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS};
 
 /// How often a worker looks at its tables' dead rows (a cheap read of the
 /// server's statistics): often, so each vacuum has a drain's few seconds of
@@ -48,7 +48,7 @@ pub(crate) async fn run<S: TaskStore>(
                 failing = false;
                 if tidied.autovacuum_off && !told_autovacuum_off {
                     tracing::warn!(
-                        "autovacuum is off on this server: workers vacuum taskbox's tables themselves once a table's dead rows pass {VACUUM_DEAD_ROWS} plus {:.0}% of its live rows",
+                        "autovacuum is off on this server: workers vacuum taskbox's tables themselves once a table's dead rows pass {VACUUM_DEAD_ROWS} plus {:.0}% of its live rows ({VACUUM_BUSY_FACTOR} times that while a worker is busy)",
                         VACUUM_DEAD_FRACTION * 100.0
                     );
                     told_autovacuum_off = true;
