@@ -639,8 +639,7 @@ pub trait TaskStore: Send + Sync + Clone + 'static {
     /// live ones; [`VACUUM_BUSY_FACTOR`] times that for a `busy` worker),
     /// if no other worker is doing it now; never blocks claims or
     /// completions. Stores that leave no dead rows do nothing.
-    fn tidy(&self, busy: bool) -> impl Future<Output = StoreResult<Tidied>> + Send {
-        let _ = busy;
+    fn tidy(&self, _busy: bool) -> impl Future<Output = StoreResult<Tidied>> + Send {
         async { Ok(Tidied::default()) }
     }
 

@@ -1367,6 +1367,15 @@ impl TaskStore for PgStore {
 mod tests {
     use super::*;
 
+    /// Every node of a plan (`EXPLAIN (FORMAT JSON)`'s `Plan`), itself
+    /// first, then its children's, depth first.
+    pub(super) fn plan_nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
+        let children = node["Plans"].as_array().into_iter().flatten();
+        std::iter::once(node)
+            .chain(children.flat_map(plan_nodes))
+            .collect()
+    }
+
     /// Issue 12: filtering the claim by the worker's plugins keeps it on
     /// the claim index (`tasks_claim`, priority then run_at then id), with
     /// the plugins a filter on the rows it walks, not a scan of the table.
@@ -1471,19 +1480,17 @@ mod walk_tests {
 
     /// Rows of `tasks` a plan (`EXPLAIN (ANALYZE, FORMAT JSON)`) read: each
     /// node's rows out plus those its filter removed, over all its loops.
-    fn rows_read(node: &serde_json::Value) -> f64 {
-        let own = if node["Relation Name"] == "tasks" {
-            let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
-            (node["Actual Rows"].as_f64().unwrap_or(0.0)
-                + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0))
-                * loops
-        } else {
-            0.0
-        };
-        own + node["Plans"]
-            .as_array()
-            .map(|plans| plans.iter().map(rows_read).sum())
-            .unwrap_or(0.0)
+    fn rows_read(plan: &serde_json::Value) -> f64 {
+        super::tests::plan_nodes(plan)
+            .into_iter()
+            .filter(|node| node["Relation Name"] == "tasks")
+            .map(|node| {
+                let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+                (node["Actual Rows"].as_f64().unwrap_or(0.0)
+                    + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0))
+                    * loops
+            })
+            .sum()
     }
 
     /// The plain claim `store` would make of 10 tasks of `queues` (`None`:
@@ -1629,20 +1636,16 @@ mod heap_tests {
 
     /// How many times each scan of `relation` in a plan (`EXPLAIN
     /// (ANALYZE, FORMAT JSON)`) ran.
-    fn scans_of(node: &serde_json::Value, relation: &str) -> Vec<f64> {
-        let own = (node["Relation Name"] == relation
-            && node["Node Type"]
-                .as_str()
-                .is_some_and(|kind| kind.contains("Scan")))
-        .then(|| node["Actual Loops"].as_f64().unwrap_or(0.0));
-        own.into_iter()
-            .chain(
-                node["Plans"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|plan| scans_of(plan, relation)),
-            )
+    fn scans_of(plan: &serde_json::Value, relation: &str) -> Vec<f64> {
+        super::tests::plan_nodes(plan)
+            .into_iter()
+            .filter(|node| {
+                node["Relation Name"] == relation
+                    && node["Node Type"]
+                        .as_str()
+                        .is_some_and(|kind| kind.contains("Scan"))
+            })
+            .map(|node| node["Actual Loops"].as_f64().unwrap_or(0.0))
             .collect()
     }
 
