@@ -840,10 +840,6 @@ WITH RECURSIVE keys(key) AS (
 )
 SELECT key FROM keys WHERE key IS NOT NULL LIMIT $4";
 
-/// A queue's counted runs per key: one statement for both stores.
-pub(crate) const RUNNING: &str =
-    "SELECT key, count(*) FROM counted_runs WHERE queue = $1 GROUP BY key";
-
 /// Make a queue's row if it has none (`$1`): settings need one.
 pub(crate) const MAKE_QUEUE: &str =
     "INSERT INTO queues (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
@@ -855,15 +851,17 @@ pub(crate) const COUNTS_RUNS: &str = concat!(
     " FROM queues WHERE name = $1), false)"
 );
 
-/// Count queue `$1`'s running tasks afresh, for a limit that starts
-/// counting them now.
-pub(crate) const RECOUNT: &str = "
-INSERT INTO counted_runs (task_id, queue, key)
-SELECT id, queue, key FROM tasks WHERE status = 'running' AND queue = $1
-ON CONFLICT (task_id) DO NOTHING";
-
-/// Forget queue `$1`'s counted runs: nothing counts them any more.
-pub(crate) const FORGET_RUNS: &str = "DELETE FROM counted_runs WHERE queue = $1";
+/// How a store keeps the runs its queues' limits count: its statements,
+/// each of queue `$1`.
+pub(crate) struct RunBook {
+    /// The queue's counted runs per key: `(key, count)` rows.
+    pub running: &'static str,
+    /// Count the queue's running tasks afresh, for a limit that starts
+    /// counting them now.
+    pub recount: &'static str,
+    /// Forget the queue's counted runs: nothing counts them any more.
+    pub forget: &'static str,
+}
 
 impl FlowChange {
     /// The statement that writes the change to queue `$1`'s row: `$2` the
@@ -885,10 +883,10 @@ impl FlowChange {
 /// What the counted runs need once a queue's runs were counted
 /// (`before`) or not and are now (`after`): counting them afresh, forgetting
 /// them, or nothing.
-pub(crate) fn recount(before: bool, after: bool) -> Option<&'static str> {
+pub(crate) fn recount(before: bool, after: bool, book: &RunBook) -> Option<&'static str> {
     match (before, after) {
-        (false, true) => Some(RECOUNT),
-        (true, false) => Some(FORGET_RUNS),
+        (false, true) => Some(book.recount),
+        (true, false) => Some(book.forget),
         _ => None,
     }
 }

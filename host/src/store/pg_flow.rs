@@ -41,6 +41,20 @@ const HAS_KEYLESS: &str = "
 SELECT EXISTS (SELECT 1 FROM tasks WHERE is_waiting AND queue = $1 AND key IS NULL
                AND run_at <= now())";
 
+/// A row per claim: the claim's tasks and their keys (the claim writes
+/// it, and its completions empty it: see [`super::postgres`]).
+const RUN_BOOK: flow::RunBook = flow::RunBook {
+    running: "
+SELECT k.key, count(*) FROM counted_claims c CROSS JOIN LATERAL unnest(c.keys) AS k(key)
+WHERE c.queue = $1
+GROUP BY k.key",
+    recount: "
+INSERT INTO counted_claims (queue, task_ids, keys)
+SELECT $1, array_agg(id), array_agg(key) FROM tasks WHERE status = 'running' AND queue = $1
+HAVING count(*) > 0",
+    forget: "DELETE FROM counted_claims WHERE queue = $1",
+};
+
 const RECORD_QUEUE: &str = "
 UPDATE queues SET starts = coalesce($2, starts),
                   key_cursor = CASE WHEN $3 THEN $4 ELSE key_cursor END
@@ -102,7 +116,7 @@ impl FlowTransaction for PgFlow<'_> {
     }
 
     async fn running(&mut self, queue: &str) -> StoreResult<Running> {
-        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(flow::RUNNING)
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(RUN_BOOK.running)
             .bind(queue)
             .fetch_all(&mut *self.conn)
             .await?;
@@ -259,7 +273,7 @@ pub(super) async fn set_flow(
     }
     query.execute(&mut *conn).await?;
     let after = counts_runs(conn, queue).await?;
-    if let Some(statement) = flow::recount(before, after) {
+    if let Some(statement) = flow::recount(before, after, &RUN_BOOK) {
         sqlx::query(statement)
             .bind(queue)
             .execute(&mut *conn)

@@ -158,7 +158,7 @@ fn plain_claim(scoped: bool, set: QueuesSet) -> &'static str {
 }
 
 /// The claim of one limited queue `$9` in claim order, its queue row locked
-/// by the caller, recording each run in `counted_runs` when `$10`.
+/// by the caller, recording its runs in `counted_claims` when `$10`.
 pub(super) static CLAIM_LIMITED: LazyLock<String> = LazyLock::new(|| {
     claim_statement(
         "SELECT id, timeout_ms FROM tasks
@@ -201,10 +201,15 @@ pub(super) static CLAIM_KEYED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Records the claimed runs of a limited queue for its limits to count.
+/// Records the claimed runs of the limited queue `$9` for its limits to
+/// count, as one row of the claim's tasks and their keys, and removes the
+/// rows of the queue that completions emptied (none of their tasks run).
 const COUNT_RUNS: &str = ", counted AS (
-    INSERT INTO counted_runs (task_id, queue, key)
-    SELECT id, queue, key FROM runnable WHERE $10
+    INSERT INTO counted_claims (queue, task_ids, keys)
+    SELECT $9, array_agg(id), array_agg(key) FROM runnable WHERE $10
+    HAVING count(*) > 0
+), emptied AS (
+    DELETE FROM counted_claims WHERE $10 AND queue = $9 AND task_ids = '{}'
 )";
 
 /// SQL: the deadline of a run starting now, after the row's own timeout
@@ -341,12 +346,12 @@ ORDER BY c.place"
 /// (a trigger for this cost the drain 10–20%).
 ///
 /// A run a queue's limit counted is forgotten here, with the row's own
-/// change (by primary-key probes: as a semi-join the generic plan scanned
-/// the table and every dead row a drain leaves in it), and frees its place:
-/// workers are told on the tasks channel `$15` (once per batch), so one
-/// idle behind the limit claims at once. While no queue counts runs, none
-/// is looked for: a probe per row of an empty index cost a tenth of the
-/// statement.
+/// change: the ended tasks leave the counted claims holding them, each row
+/// recomputed from its current version, so two completions of one claim's
+/// tasks (a rescue beside a slow worker) each keep the other's change.
+/// Freed places are told on the tasks channel `$15` (once per batch), so a
+/// worker idle behind the limit claims at once. While no queue counts
+/// runs, none is looked for: a probe per row cost a tenth of the statement.
 ///
 /// The fence is the claim's token `$13`. A row that waits just as it did
 /// before the completion's claim (one attempt fewer, another token) lost
@@ -386,11 +391,17 @@ WHERE t.id = c.id
            AND t.claim_token IS DISTINCT FROM c.token))
 RETURNING t.id, t.waited, t.status
 ), uncounted AS (
-    DELETE FROM counted_runs WHERE task_id = ANY(ARRAY(SELECT id FROM done))
+    UPDATE counted_claims c
+    SET (task_ids, keys) = (
+        SELECT coalesce(array_agg(u.id ORDER BY u.place), '{}'),
+               coalesce(array_agg(u.key ORDER BY u.place), '{}')
+        FROM unnest(c.task_ids, c.keys) WITH ORDINALITY AS u(id, key, place)
+        WHERE u.id NOT IN (SELECT id FROM done))
+    WHERE c.task_ids && ARRAY(SELECT id FROM done)
       AND EXISTS (SELECT 1 FROM queues WHERE ",
     flow::counting_queue!(),
     ")
-    RETURNING task_id
+    RETURNING c.id
 )
 SELECT count(*),
        count(pg_notify($12, id::text)) FILTER (WHERE waited AND status <> 'waiting'),
@@ -1559,6 +1570,88 @@ mod walk_tests {
         claims_ten_reading_little(&store, &pool, None, "beside a limited backlog").await;
     }
 
+    /// Two completions of one claim's tasks at once (a rescue beside a slow
+    /// worker) each free their own runs: the one held back by the other's
+    /// lock on the claim's counted row works from the row the other left,
+    /// not from what it read before, so no run stays counted for ever.
+    #[sqlx::test(migrations = false)]
+    async fn two_completions_of_one_claim_at_once_free_every_run(pool: PgPool) {
+        const LIMIT: usize = 10;
+        let store = super::tests::analyzed_store_of(
+            &pool,
+            (0..2 * LIMIT).map(|_| NewTask::new("add", vec![0])),
+        )
+        .await;
+        store
+            .set_flow("default", &FlowChange::Limit(Some(LIMIT as u32)))
+            .await
+            .unwrap();
+        let request = ClaimRequest {
+            worker_id: "w",
+            limit: 2 * LIMIT,
+            scope: Scope::default(),
+            default_timeout: Duration::from_secs(60),
+        };
+        let claimed = store.claim(&request).await.unwrap();
+        assert_eq!(claimed.len(), LIMIT, "the limit holds the first claim");
+        let finished: Vec<Completion> = claimed
+            .iter()
+            .map(|task| {
+                Completion::new(
+                    task,
+                    crate::store::Transition::Succeeded { result: vec![6] },
+                )
+            })
+            .collect();
+        let (first, second) = finished.split_at(LIMIT / 2);
+
+        // The first completion writes and holds its transaction open.
+        let mut held = pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL search_path = taskbox")
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        let (written, _, _): (i64, i64, i64) = CompletionColumns::of(first)
+            .bind(COMPLETE, &[], &store.schema)
+            .fetch_one(&mut *held)
+            .await
+            .unwrap();
+        assert_eq!(written as usize, first.len());
+        // The second waits for its lock on the claim's counted row.
+        let racing = store.clone();
+        let second = second.to_vec();
+        let completing = tokio::spawn(async move { racing.complete(&second).await });
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                WHERE wait_event_type = 'Lock' AND query LIKE '%WITH ended%')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        held.commit().await.unwrap();
+        assert_eq!(completing.await.unwrap().unwrap() as usize, LIMIT / 2);
+
+        let still_counted: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(cardinality(task_ids)), 0) FROM taskbox.counted_claims",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(still_counted, 0, "runs that ended are still counted");
+        let again = store.claim(&request).await.unwrap();
+        assert_eq!(
+            again.len(),
+            LIMIT,
+            "the limit has room for a full claim again"
+        );
+    }
+
     /// A drain's check for work left reads no paused queue's backlog.
     #[sqlx::test(migrations = false)]
     async fn the_drain_check_reads_no_paused_backlog(pool: PgPool) {
@@ -1650,7 +1743,7 @@ mod heap_tests {
     }
 
     /// While no queue has a limit or a key limit, no run is counted, and a
-    /// completion does not look for any: a probe of `counted_runs` per
+    /// completion does not look for any: a probe of the counted runs per
     /// completed task cost a tenth of the statement.
     #[sqlx::test(migrations = false)]
     async fn a_completion_looks_for_no_counted_run_while_no_queue_counts_them(pool: PgPool) {
@@ -1682,10 +1775,10 @@ mod heap_tests {
             .await
             .unwrap();
         tx.rollback().await.unwrap();
-        let scans = scans_of(&plan[0]["Plan"], "counted_runs");
+        let scans = scans_of(&plan[0]["Plan"], "counted_claims");
         assert!(
             !scans.is_empty(),
-            "the completion reads no counted_runs at all: {plan}"
+            "the completion reads no counted_claims at all: {plan}"
         );
         assert!(
             scans.iter().all(|&loops| loops == 0.0),

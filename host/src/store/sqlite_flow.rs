@@ -39,6 +39,17 @@ const HAS_KEYLESS: &str = "
 SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting' AND queue = ?1 AND key IS NULL
                AND run_at <= ?2)";
 
+/// A row per counted run: SQLite's one writer makes a row's insert and
+/// delete cheap, and keeps the statements plain.
+const RUN_BOOK: flow::RunBook = flow::RunBook {
+    running: "SELECT key, count(*) FROM counted_runs WHERE queue = $1 GROUP BY key",
+    recount: "
+INSERT INTO counted_runs (task_id, queue, key)
+SELECT id, queue, key FROM tasks WHERE status = 'running' AND queue = $1
+ON CONFLICT (task_id) DO NOTHING",
+    forget: "DELETE FROM counted_runs WHERE queue = $1",
+};
+
 const COUNT_RUNS: &str = "
 INSERT INTO counted_runs (task_id, queue, key)
 SELECT id, queue, key FROM tasks WHERE id IN (SELECT value FROM json_each(?1))";
@@ -106,7 +117,7 @@ impl FlowTransaction for SqliteFlow<'_> {
     }
 
     async fn running(&mut self, queue: &str) -> StoreResult<Running> {
-        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(flow::RUNNING)
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(RUN_BOOK.running)
             .bind(queue)
             .fetch_all(&mut *self.conn)
             .await?;
@@ -241,7 +252,7 @@ pub(super) async fn set_flow(
     }
     query.execute(&mut *conn).await?;
     let after = counts_runs(conn, queue).await?;
-    if let Some(statement) = flow::recount(before, after) {
+    if let Some(statement) = flow::recount(before, after, &RUN_BOOK) {
         sqlx::query(statement)
             .bind(queue)
             .execute(&mut *conn)
