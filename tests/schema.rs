@@ -55,17 +55,40 @@ async fn migrate_like_sqlx(pool: &PgPool, files: &[(String, String)]) {
 /// by a sqlx migrator, as that release did (its history in
 /// `public._sqlx_migrations`).
 async fn previous_release(pool: &PgPool) {
+    let files = migrations_up_to(PREVIOUS_RELEASE_MIGRATIONS);
+    migrate_like_sqlx(pool, &files).await;
+}
+
+/// The migrations (name, SQL) up to version `last`.
+fn migrations_up_to(last: i64) -> Vec<(String, String)> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(migrations_dir()).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
         let version: i64 = name.split('_').next().unwrap().parse().unwrap();
-        if version <= PREVIOUS_RELEASE_MIGRATIONS {
+        if version <= last {
             files.push((name, std::fs::read_to_string(entry.path()).unwrap()));
         }
     }
-    assert_eq!(files.len(), PREVIOUS_RELEASE_MIGRATIONS as usize);
-    migrate_like_sqlx(pool, &files).await;
+    assert_eq!(files.len(), last as usize);
+    files
+}
+
+/// The database a release with migrations up to `last` made in the
+/// `taskbox` schema (its history in `taskbox._sqlx_migrations`).
+async fn release_in_schema_up_to(pool: &PgPool, last: i64) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql) in migrations_up_to(last) {
+        std::fs::write(dir.path().join(name), sql).unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("CREATE SCHEMA taskbox; SET search_path TO taskbox")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let migrator = Migrator::new(dir.path()).await.unwrap();
+    migrator.run(&mut *conn).await.unwrap();
+    conn.close().await.unwrap();
 }
 
 async fn text(pool: &PgPool, sql: &str) -> String {
@@ -130,6 +153,41 @@ fn taskbox_ok(pool: &PgPool, args: &[&str]) -> String {
 fn shown(pool: &PgPool, id: i64) -> Value {
     let out = taskbox_ok(pool, &["show", &id.to_string(), "--json"]);
     serde_json::from_str(&out).expect("show --json prints JSON")
+}
+
+/// The runs a release with a row per counted run (migrations up to 14)
+/// counted stay counted, each under its queue and key, when the database
+/// upgrades to a row per claim: a limit holds across the upgrade.
+#[sqlx::test(migrations = false)]
+async fn counted_runs_stay_counted_through_the_upgrade_to_a_row_per_claim(pool: PgPool) {
+    release_in_schema_up_to(&pool, 14).await;
+    sqlx::raw_sql(
+        "INSERT INTO taskbox.counted_runs (task_id, queue, key)
+         VALUES (7, 'mail', 'tenant-1'), (3, 'mail', NULL), (9, 'mail', 'tenant-1'),
+                (4, 'bulk', 'tenant-2')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    taskbox_ok(&pool, &["migrate"]);
+
+    let counted = text(
+        &pool,
+        "SELECT string_agg(format('%s %s %s', c.queue, coalesce(u.key, '-'), u.id), ', '
+                           ORDER BY c.queue, u.id)
+         FROM taskbox.counted_claims c, unnest(c.task_ids, c.keys) AS u(id, key)",
+    )
+    .await;
+    assert_eq!(
+        counted,
+        "bulk tenant-2 4, mail - 3, mail tenant-1 7, mail tenant-1 9"
+    );
+    assert_eq!(
+        text(&pool, "SELECT to_regclass('taskbox.counted_runs')::text").await,
+        "",
+        "the table of a row per run is gone"
+    );
 }
 
 /// Item 1: a database the previous release made, its tables in `public`
