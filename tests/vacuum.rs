@@ -11,7 +11,7 @@ use common::*;
 use sqlx::PgPool;
 use taskbox::store::{
     ANALYZE_EVERY, NewTask, PgStore, TaskStore, VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION,
-    VACUUM_DEAD_ROWS,
+    VACUUM_DEAD_ROWS, VACUUM_MIN_DEAD_ROWS,
 };
 use taskbox::worker::{Shutdown, Worker};
 
@@ -147,5 +147,67 @@ async fn a_busy_worker_leaves_a_vacuum_for_a_quiet_moment(pool: PgPool) {
     assert!(
         quiet.vacuumed.iter().any(|(table, _)| table == "tasks"),
         "the dead rows are vacuumed once quiet: {quiet:?}"
+    );
+}
+
+/// A small table of wide rows that every claim writes (a claim's counted
+/// runs, its lease) is vacuumed once it is more dead than alive, far short
+/// of the tasks table's 20,000 dead rows: it grew by a page every claim or
+/// two and every completion read it whole.
+#[sqlx::test(migrations = false)]
+async fn a_small_table_more_dead_than_alive_is_vacuumed(pool: PgPool) {
+    let store = store(pool.clone()).await;
+    // Ten claims' rows for each the rule asks for, and far fewer than 20,000.
+    let dead: i64 = 500;
+    assert!((10 * VACUUM_MIN_DEAD_ROWS..VACUUM_DEAD_ROWS).contains(&dead));
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO taskbox.counted_claims (queue, task_ids, keys)
+         SELECT 'mail', array_agg(n), array_agg('tenant-' || n) FROM generate_series(1, 300) n,
+                generate_series(1, $1) claim
+         GROUP BY claim",
+    )
+    .bind(dead)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM taskbox.counted_claims")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let counted_claims = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT n_dead_tup, pg_relation_size(relid) FROM pg_stat_user_tables
+             WHERE schemaname = 'taskbox' AND relname = 'counted_claims'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    wait::until(
+        "the dead rows to show in the statistics",
+        PROCESS_WAIT,
+        || async { counted_claims().await.0 >= dead },
+    )
+    .await;
+    let (_, bytes_before) = counted_claims().await;
+
+    let tidied = store.tidy(false).await.unwrap();
+    assert!(
+        tidied
+            .vacuumed
+            .iter()
+            .any(|(table, _)| table == "counted_claims"),
+        "{dead} dead rows of none alive are left: {tidied:?}"
+    );
+    let (_, bytes_after) = counted_claims().await;
+    assert!(
+        bytes_after < bytes_before,
+        "the table kept its {bytes_before} bytes"
     );
 }

@@ -27,8 +27,8 @@ use super::{
     DEFAULT_MAX_ARGS_BYTES, LIVE_WORKER_TTL, ListFilter, LostRun, MAX_TASK_TIMEOUT, NewTask,
     Notification, PluginSchemas, QUEUES, QueueInfo, QueueRow, RECORD_SCHEMAS, RescueRequest,
     SCHEMAS_OF, Scope, Stats, Status, StoreError, StoreResult, TaskRecord, TaskStore, Tidied,
-    VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS, new_claim_token,
-    refused_timeout_reason,
+    VACUUM_BUSY_FACTOR, VACUUM_DEAD_FRACTION, VACUUM_DEAD_ROWS, VACUUM_MIN_DEAD_ROWS,
+    new_claim_token, refused_timeout_reason,
 };
 
 pub use taskbox_client::postgres::WAIT_RECHECK;
@@ -856,8 +856,10 @@ fn connect_error(target: &str, err: &sqlx::Error) -> Option<StoreError> {
     })
 }
 
-/// Vacuum the tables of `schema` past the dead-row threshold (raised by
-/// [`VACUUM_BUSY_FACTOR`] for a `busy` worker), and analyze those whose
+/// Vacuum the tables of `schema` past the dead-row threshold (the live
+/// rows of a table with fewer than [`VACUUM_DEAD_ROWS`], but at least
+/// [`VACUUM_MIN_DEAD_ROWS`]; raised by [`VACUUM_BUSY_FACTOR`] for a `busy`
+/// worker), and analyze those whose
 /// statistics are due ([`ANALYZE_EVERY`]).
 ///
 /// VACUUM takes a lock that claims, completions and enqueues never wait
@@ -872,7 +874,9 @@ async fn vacuum_where_dead(
         .await?;
     let due: Vec<(String, i64, bool, bool)> = sqlx::query_as(
         "SELECT relname::text, n_dead_tup, dead, stale FROM (
-             SELECT relname, n_dead_tup, n_dead_tup >= $5 * ($2 + $3 * n_live_tup) AS dead,
+             SELECT relname, n_dead_tup,
+                    n_dead_tup >= $5 * (least($2, greatest($6, n_live_tup)) + $3 * n_live_tup)
+                    AS dead,
                     n_mod_since_analyze >= $2 + $3 * n_live_tup
                     AND coalesce(greatest(last_analyze, last_autoanalyze)
                                  < now() - make_interval(secs => $4), true) AS stale
@@ -885,6 +889,7 @@ async fn vacuum_where_dead(
     .bind(VACUUM_DEAD_FRACTION)
     .bind(ANALYZE_EVERY.as_secs_f64())
     .bind(if busy { VACUUM_BUSY_FACTOR } else { 1 })
+    .bind(VACUUM_MIN_DEAD_ROWS)
     .fetch_all(&mut *conn)
     .await?;
     let mut tidied = Tidied {

@@ -48,7 +48,7 @@ pub(crate) async fn run<S: TaskStore>(
                 failing = false;
                 if tidied.autovacuum_off && !told_autovacuum_off {
                     tracing::warn!(
-                        "autovacuum is off on this server: workers vacuum taskbox's tables themselves once a table's dead rows pass {VACUUM_DEAD_ROWS} plus {:.0}% of its live rows ({VACUUM_BUSY_FACTOR} times that while a worker is busy)",
+                        "autovacuum is off on this server: workers vacuum taskbox's tables themselves once a table's dead rows pass {VACUUM_DEAD_ROWS} plus {:.0}% of its live rows, or outnumber the live rows of a smaller table ({VACUUM_BUSY_FACTOR} times that while a worker is busy)",
                         VACUUM_DEAD_FRACTION * 100.0
                     );
                     told_autovacuum_off = true;
