@@ -20,13 +20,17 @@ const ROWS: i64 = 2 * VACUUM_DEAD_ROWS;
 /// Rewrite every task row twice, as claims and completions do, and wait for
 /// the dead rows to show in the statistics.
 async fn rewrite_twice(pool: &PgPool) {
+    let rewrite = "UPDATE taskbox.tasks SET priority = priority + 1";
+    leave_dead_rows(pool, "tasks", &[rewrite, rewrite], ROWS).await;
+}
+
+/// Run `statements` on one connection, and wait for the `added` dead rows
+/// they leave in taskbox's `table` to show in the statistics.
+async fn leave_dead_rows(pool: &PgPool, table: &str, statements: &[&str], added: i64) {
+    let before = dead_rows_of(pool, table).await;
     let mut conn = pool.acquire().await.unwrap();
-    let before = dead_rows_and_vacuums(pool).await.0;
-    for _ in 0..2 {
-        sqlx::query("UPDATE taskbox.tasks SET priority = priority + 1")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+    for statement in statements {
+        sqlx::query(statement).execute(&mut *conn).await.unwrap();
     }
     sqlx::query("SELECT pg_stat_force_next_flush()")
         .execute(&mut *conn)
@@ -36,9 +40,19 @@ async fn rewrite_twice(pool: &PgPool) {
     wait::until(
         "the dead rows to show in the statistics",
         PROCESS_WAIT,
-        || async { dead_rows_and_vacuums(pool).await.0 >= before + ROWS },
+        || async { dead_rows_of(pool, table).await >= before + added },
     )
     .await;
+}
+
+async fn dead_rows_of(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'taskbox' AND relname = $1",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// A store of [`ROWS`] tasks no worker here runs, each rewritten twice.
@@ -160,42 +174,21 @@ async fn a_small_table_more_dead_than_alive_is_vacuumed(pool: PgPool) {
     // Ten claims' rows for each the rule asks for, and far fewer than 20,000.
     let dead: i64 = 500;
     assert!((10 * VACUUM_MIN_DEAD_ROWS..VACUUM_DEAD_ROWS).contains(&dead));
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query(
+    let fill = format!(
         "INSERT INTO taskbox.counted_claims (queue, task_ids, keys)
          SELECT 'mail', array_agg(n), array_agg('tenant-' || n) FROM generate_series(1, 300) n,
-                generate_series(1, $1) claim
-         GROUP BY claim",
-    )
-    .bind(dead)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query("DELETE FROM taskbox.counted_claims")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
-    let counted_claims = || async {
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT n_dead_tup, pg_relation_size(relid) FROM pg_stat_user_tables
-             WHERE schemaname = 'taskbox' AND relname = 'counted_claims'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
+                generate_series(1, {dead}) claim
+         GROUP BY claim"
+    );
+    let empty = "DELETE FROM taskbox.counted_claims";
+    leave_dead_rows(&pool, "counted_claims", &[&fill, empty], dead).await;
+    let bytes = || async {
+        sqlx::query_scalar::<_, i64>("SELECT pg_relation_size('taskbox.counted_claims')")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
     };
-    wait::until(
-        "the dead rows to show in the statistics",
-        PROCESS_WAIT,
-        || async { counted_claims().await.0 >= dead },
-    )
-    .await;
-    let (_, bytes_before) = counted_claims().await;
+    let bytes_before = bytes().await;
 
     let tidied = store.tidy(false).await.unwrap();
     assert!(
@@ -205,7 +198,7 @@ async fn a_small_table_more_dead_than_alive_is_vacuumed(pool: PgPool) {
             .any(|(table, _)| table == "counted_claims"),
         "{dead} dead rows of none alive are left: {tidied:?}"
     );
-    let (_, bytes_after) = counted_claims().await;
+    let bytes_after = bytes().await;
     assert!(
         bytes_after < bytes_before,
         "the table kept its {bytes_before} bytes"
