@@ -27,7 +27,7 @@ async fn rewrite_twice(pool: &PgPool) {
 /// Run `statements` on one connection, and wait for the `added` dead rows
 /// they leave in taskbox's `table` to show in the statistics.
 async fn leave_dead_rows(pool: &PgPool, table: &str, statements: &[&str], added: i64) {
-    let before = dead_rows_of(pool, table).await;
+    let before = dead_rows_and_vacuums_of(pool, table).await.0;
     let mut conn = pool.acquire().await.unwrap();
     for statement in statements {
         sqlx::query(statement).execute(&mut *conn).await.unwrap();
@@ -40,19 +40,9 @@ async fn leave_dead_rows(pool: &PgPool, table: &str, statements: &[&str], added:
     wait::until(
         "the dead rows to show in the statistics",
         PROCESS_WAIT,
-        || async { dead_rows_of(pool, table).await >= before + added },
+        || async { dead_rows_and_vacuums_of(pool, table).await.0 >= before + added },
     )
     .await;
-}
-
-async fn dead_rows_of(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'taskbox' AND relname = $1",
-    )
-    .bind(table)
-    .fetch_one(pool)
-    .await
-    .unwrap()
 }
 
 /// A store of [`ROWS`] tasks no worker here runs, each rewritten twice.
@@ -76,14 +66,20 @@ async fn analyzes(pool: &PgPool) -> i64 {
     .unwrap()
 }
 
-async fn dead_rows_and_vacuums(pool: &PgPool) -> (i64, i64) {
+/// The dead rows and the vacuums so far of taskbox's `table`.
+async fn dead_rows_and_vacuums_of(pool: &PgPool, table: &str) -> (i64, i64) {
     sqlx::query_as(
         "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables
-         WHERE schemaname = 'taskbox' AND relname = 'tasks'",
+         WHERE schemaname = 'taskbox' AND relname = $1",
     )
+    .bind(table)
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+async fn dead_rows_and_vacuums(pool: &PgPool) -> (i64, i64) {
+    dead_rows_and_vacuums_of(pool, "tasks").await
 }
 
 #[sqlx::test(migrations = false)]

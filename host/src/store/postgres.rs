@@ -859,8 +859,7 @@ fn connect_error(target: &str, err: &sqlx::Error) -> Option<StoreError> {
 /// Vacuum the tables of `schema` past the dead-row threshold (the live
 /// rows of a table with fewer than [`VACUUM_DEAD_ROWS`], but at least
 /// [`VACUUM_MIN_DEAD_ROWS`]; raised by [`VACUUM_BUSY_FACTOR`] for a `busy`
-/// worker), and analyze those whose
-/// statistics are due ([`ANALYZE_EVERY`]).
+/// worker), and analyze those whose statistics are due ([`ANALYZE_EVERY`]).
 ///
 /// VACUUM takes a lock that claims, completions and enqueues never wait
 /// for; it cannot run in a transaction, so each is a statement of its own.

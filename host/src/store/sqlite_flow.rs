@@ -39,8 +39,8 @@ const HAS_KEYLESS: &str = "
 SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'waiting' AND queue = ?1 AND key IS NULL
                AND run_at <= ?2)";
 
-/// A row per counted run: SQLite's one writer makes a row's insert and
-/// delete cheap, and keeps the statements plain.
+/// A row per counted run, written by the claim and deleted by the
+/// completion that ends it.
 const RUN_BOOK: flow::RunBook = flow::RunBook {
     running: "SELECT key, count(*) FROM counted_runs WHERE queue = $1 GROUP BY key",
     recount: "
