@@ -1450,6 +1450,12 @@ mod tests {
         store
     }
 
+    /// A store with `count` `add` tasks over `keys` keys, analyzed.
+    async fn keyed_store_of(pool: &PgPool, count: usize, keys: usize) -> PgStore {
+        let tasks = (0..count).map(|n| NewTask::new("add", vec![0]).key(format!("k{}", n % keys)));
+        analyzed_store_of(pool, tasks).await
+    }
+
     /// `plan` walks `index` and scans no table.
     fn assert_walks(plan: &str, index: &str) {
         assert!(plan.contains(index), "{plan}");
@@ -1491,11 +1497,7 @@ mod tests {
     /// keyed claims alike.
     #[sqlx::test(migrations = false)]
     async fn a_claim_computes_deadlines_without_numeric_arithmetic(pool: PgPool) {
-        let store = analyzed_store_of(
-            &pool,
-            (0..1_000).map(|n| NewTask::new("add", vec![0]).key(format!("k{}", n % 10))),
-        )
-        .await;
+        let store = keyed_store_of(&pool, 1_000, 10).await;
         let plain = "512, 'w', 1000, NULL, 604800000, 'refused', NULL, 0";
         let limited = format!("{plain}, 'default', true");
         let keyed = format!("{limited}, ARRAY['k1', 'k2'], ARRAY[10, 10]::bigint[]");
@@ -1514,11 +1516,7 @@ mod tests {
     /// per-queue index, for the keys and for their tasks.
     #[sqlx::test(migrations = false)]
     async fn a_keyed_claim_walks_each_keys_index_range(pool: PgPool) {
-        let store = analyzed_store_of(
-            &pool,
-            (0..20_000).map(|n| NewTask::new("add", vec![0]).key(format!("k{}", n % 100))),
-        )
-        .await;
+        let store = keyed_store_of(&pool, 20_000, 100).await;
         let plan = generic_plan(
             &store,
             &CLAIM_KEYED,
