@@ -357,8 +357,8 @@ ORDER BY c.place"
 ///
 /// The batch's columns are unnested side by side in the select list, where
 /// they stream row by row; as `unnest(...)` in `FROM` each column was first
-/// stored whole in a tuplestore of its own first, and completions of 512
-/// took an eighth longer.
+/// stored whole in a tuplestore of its own, and completions of 512 took an
+/// eighth longer.
 ///
 /// The fence is the claim's token `$13`. A row that waits just as it did
 /// before the completion's claim (one attempt fewer, another token) lost
