@@ -307,6 +307,31 @@ pub struct KeyShares {
     pub shares: Vec<i64>,
 }
 
+/// A keyed claim's `tasks`, given in claim order (`priority, run_at, id`),
+/// put in its turns: every key's first task in the keys' turn order `keys`
+/// (as the claim's [`KeyShares`] has them), then every key's second, and so
+/// on. A worker starts them in this order.
+pub(crate) fn into_turns(tasks: Vec<ClaimedTask>, keys: &[Option<String>]) -> Vec<ClaimedTask> {
+    let turn: HashMap<Option<&str>, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(turn, key)| (key.as_deref(), turn))
+        .collect();
+    let mut taken: HashMap<Option<&str>, usize> = HashMap::new();
+    let places: Vec<(usize, usize)> = tasks
+        .iter()
+        .map(|task| {
+            let key = task.key.as_deref();
+            let rank = taken.entry(key).or_default();
+            *rank += 1;
+            (*rank, turn.get(&key).copied().unwrap_or(usize::MAX))
+        })
+        .collect();
+    let mut placed: Vec<((usize, usize), ClaimedTask)> = places.into_iter().zip(tasks).collect();
+    placed.sort_by_key(|(place, _)| *place);
+    placed.into_iter().map(|(_, task)| task).collect()
+}
+
 /// What a claim of one limited queue may take: `room` tasks, from any key
 /// (`shares` is `None`) or from each key at most its share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1352,6 +1377,49 @@ mod tests {
         let second = claim_limited(&mut memory, &claim_of(2), &seen).await;
         assert_eq!(keys_of(&second.unwrap()), ["k0002", "k0003"]);
         assert_eq!(memory.walks, walks + 1, "one walk from the cursor");
+    }
+
+    #[test]
+    fn a_keyed_claims_tasks_go_in_turns_whatever_order_they_came_in() {
+        let task = |id: i64, key: Option<&str>| ClaimedTask {
+            id,
+            key: key.map(str::to_owned),
+            plugin: "p".into(),
+            args: Vec::new(),
+            args_json: None,
+            attempt: 1,
+            max_attempts: 1,
+            timeout_ms: 1000,
+            token: 0,
+        };
+        let turns = [Some("b".to_owned()), None, Some("a".to_owned())];
+        // The claim's tasks (id, key) in claim order, and the ids in turns.
+        type Case<'a> = (&'a [(i64, Option<&'a str>)], &'a [i64]);
+        let cases: [Case; 4] = [
+            // Claim order puts a's tasks first; the turn after the cursor
+            // is b's, then the keyless, then a's.
+            (
+                &[
+                    (1, Some("a")),
+                    (2, Some("a")),
+                    (3, Some("b")),
+                    (4, None),
+                    (5, Some("b")),
+                ],
+                &[3, 4, 1, 5, 2],
+            ),
+            (
+                &[(7, Some("a")), (8, Some("a")), (9, Some("a"))],
+                &[7, 8, 9],
+            ),
+            (&[(4, None), (6, None), (5, Some("b"))], &[5, 4, 6]),
+            (&[], &[]),
+        ];
+        for (tasks, expected) in cases {
+            let tasks = tasks.iter().map(|&(id, key)| task(id, key)).collect();
+            let ids: Vec<i64> = into_turns(tasks, &turns).iter().map(|t| t.id).collect();
+            assert_eq!(ids, expected);
+        }
     }
 
     #[test]

@@ -41,17 +41,19 @@ const HAS_KEYLESS: &str = "
 SELECT EXISTS (SELECT 1 FROM tasks WHERE is_waiting AND queue = $1 AND key IS NULL
                AND run_at <= now())";
 
-/// A row per claim: the claim's tasks and their keys (the claim writes
-/// it, and its completions empty it: see [`super::postgres`]).
+/// A row per claim: the claim's tasks, their keys and its token (the
+/// claim writes it, and its completions empty it: see
+/// [`super::postgres`]).
 const RUN_BOOK: flow::RunBook = flow::RunBook {
     running: "
 SELECT k.key, count(*) FROM counted_claims c CROSS JOIN LATERAL unnest(c.keys) AS k(key)
 WHERE c.queue = $1
 GROUP BY k.key",
     recount: "
-INSERT INTO counted_claims (queue, task_ids, keys)
-SELECT $1, array_agg(id), array_agg(key) FROM tasks WHERE status = 'running' AND queue = $1
-HAVING count(*) > 0",
+INSERT INTO counted_claims (queue, task_ids, keys, token)
+SELECT $1, array_agg(id), array_agg(key), claim_token FROM tasks
+WHERE status = 'running' AND queue = $1
+GROUP BY claim_token",
     forget: "DELETE FROM counted_claims WHERE queue = $1",
 };
 
@@ -187,12 +189,17 @@ impl FlowTransaction for PgFlow<'_> {
         if let Some(shares) = &allowance.shares {
             query = query.bind(&shares.keys).bind(&shares.shares);
         }
-        let rows = query.fetch_all(&mut *self.conn).await?;
+        let mut rows = query.fetch_all(&mut *self.conn).await?;
+        rows.sort_unstable_by_key(ClaimedRow::claim_order);
         if let Some(first) = rows.first() {
             let ids = rows.iter().map(|row| row.task.id).collect();
             self.leases.push((first.lease, ids));
         }
-        Ok(rows.into_iter().map(|row| row.task).collect())
+        let tasks = rows.into_iter().map(|row| row.task).collect();
+        Ok(match &allowance.shares {
+            Some(shares) => flow::into_turns(tasks, &shares.keys),
+            None => tasks,
+        })
     }
 
     async fn record(&mut self, queue: &str, record: &FlowRecord) -> StoreResult<()> {
