@@ -1704,6 +1704,47 @@ mod walk_tests {
         );
     }
 
+    /// A run counted before counted claims carried their claims' tokens
+    /// (a row the upgrade left without one) is still freed by the
+    /// completion of its task, found by its tasks.
+    #[sqlx::test(migrations = false)]
+    async fn a_run_counted_without_a_token_is_freed_by_its_completion(pool: PgPool) {
+        const LIMIT: usize = 4;
+        let store = super::tests::analyzed_store_of(
+            &pool,
+            (0..2 * LIMIT).map(|_| NewTask::new("add", vec![0])),
+        )
+        .await;
+        store
+            .set_flow("default", &FlowChange::Limit(Some(LIMIT as u32)))
+            .await
+            .unwrap();
+        let request = ClaimRequest {
+            worker_id: "w",
+            limit: 2 * LIMIT,
+            scope: Scope::default(),
+            default_timeout: Duration::from_secs(60),
+        };
+        let claimed = store.claim(&request).await.unwrap();
+        assert_eq!(claimed.len(), LIMIT);
+        sqlx::query("UPDATE taskbox.counted_claims SET token = NULL")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let finished: Vec<Completion> = claimed
+            .iter()
+            .map(|task| {
+                Completion::new(
+                    task,
+                    crate::store::Transition::Succeeded { result: vec![6] },
+                )
+            })
+            .collect();
+        store.complete(&finished).await.unwrap();
+        let again = store.claim(&request).await.unwrap();
+        assert_eq!(again.len(), LIMIT, "runs that ended are still counted");
+    }
+
     /// A drain's check for work left reads no paused queue's backlog.
     #[sqlx::test(migrations = false)]
     async fn the_drain_check_reads_no_paused_backlog(pool: PgPool) {
