@@ -1234,17 +1234,7 @@ mod tests {
             self.waiting.retain(|(id, _)| !ids.contains(id));
             let tasks: Vec<ClaimedTask> = picked
                 .into_iter()
-                .map(|(_, _, id, key)| ClaimedTask {
-                    id,
-                    key,
-                    plugin: "p".into(),
-                    args: Vec::new(),
-                    args_json: None,
-                    attempt: 1,
-                    max_attempts: 1,
-                    timeout_ms: 1000,
-                    token: 0,
-                })
+                .map(|(_, _, id, key)| claimed_task(id, key))
                 .collect();
             self.running
                 .extend(tasks.iter().map(|t| (t.id, t.key.clone())));
@@ -1256,6 +1246,21 @@ mod tests {
                 self.flow.key_cursor = cursor.clone();
             }
             Ok(())
+        }
+    }
+
+    /// A claimed task of the tests' queue, by id and key.
+    fn claimed_task(id: i64, key: Option<String>) -> ClaimedTask {
+        ClaimedTask {
+            id,
+            key,
+            plugin: "p".into(),
+            args: Vec::new(),
+            args_json: None,
+            attempt: 1,
+            max_attempts: 1,
+            timeout_ms: 1000,
+            token: 0,
         }
     }
 
@@ -1381,17 +1386,6 @@ mod tests {
 
     #[test]
     fn a_keyed_claims_tasks_go_in_turns_whatever_order_they_came_in() {
-        let task = |id: i64, key: Option<&str>| ClaimedTask {
-            id,
-            key: key.map(str::to_owned),
-            plugin: "p".into(),
-            args: Vec::new(),
-            args_json: None,
-            attempt: 1,
-            max_attempts: 1,
-            timeout_ms: 1000,
-            token: 0,
-        };
         let turns = [Some("b".to_owned()), None, Some("a".to_owned())];
         // The claim's tasks (id, key) in claim order, and the ids in turns.
         type Case<'a> = (&'a [(i64, Option<&'a str>)], &'a [i64]);
@@ -1416,7 +1410,10 @@ mod tests {
             (&[], &[]),
         ];
         for (tasks, expected) in cases {
-            let tasks = tasks.iter().map(|&(id, key)| task(id, key)).collect();
+            let tasks = tasks
+                .iter()
+                .map(|&(id, key)| claimed_task(id, key.map(str::to_owned)))
+                .collect();
             let ids: Vec<i64> = into_turns(tasks, &turns).iter().map(|t| t.id).collect();
             assert_eq!(ids, expected);
         }

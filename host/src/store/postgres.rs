@@ -1482,19 +1482,29 @@ mod tests {
     /// keyed claims alike.
     #[sqlx::test(migrations = false)]
     async fn a_claim_computes_deadlines_without_numeric_arithmetic(pool: PgPool) {
-        let store = keyed_store_of(&pool, 1_000, 10).await;
+        for plan in claim_plans(&pool, "(VERBOSE)").await {
+            assert!(plan.contains("now() +"), "no deadline in {plan}");
+            assert!(!plan.contains("numeric"), "{plan}");
+        }
+    }
+
+    /// The generic plans (as `EXPLAIN` with `options` shows them) of the
+    /// plain, limited and keyed claims of a queue of 1,000 tasks over 10
+    /// keys.
+    async fn claim_plans(pool: &PgPool, options: &str) -> Vec<String> {
+        let store = keyed_store_of(pool, 1_000, 10).await;
         let plain = "512, 'w', 1000, NULL, 604800000, 'refused', NULL, 0";
         let limited = format!("{plain}, 'default', true");
         let keyed = format!("{limited}, ARRAY['k1', 'k2'], ARRAY[10, 10]::bigint[]");
+        let mut plans = Vec::new();
         for (statement, args) in [
             (&*CLAIM, plain),
             (&*CLAIM_LIMITED, limited.as_str()),
             (&*CLAIM_KEYED, keyed.as_str()),
         ] {
-            let plan = explained_generic_plan(&store, "(VERBOSE)", statement, args).await;
-            assert!(plan.contains("now() +"), "no deadline in {plan}");
-            assert!(!plan.contains("numeric"), "{plan}");
+            plans.push(explained_generic_plan(&store, options, statement, args).await);
         }
+        plans
     }
 
     /// Every claim is the update itself, its rows streaming out, with the
@@ -1503,16 +1513,7 @@ mod tests {
     /// to the pick and a sort, a thirteenth of a keyed claim of 300.
     #[sqlx::test(migrations = false)]
     async fn every_claim_streams_the_rows_it_updates(pool: PgPool) {
-        let store = keyed_store_of(&pool, 1_000, 10).await;
-        let plain = "512, 'w', 1000, NULL, 604800000, 'refused', NULL, 0";
-        let limited = format!("{plain}, 'default', true");
-        let keyed = format!("{limited}, ARRAY['k1', 'k2'], ARRAY[10, 10]::bigint[]");
-        for (statement, args) in [
-            (&*CLAIM, plain),
-            (&*CLAIM_LIMITED, limited.as_str()),
-            (&*CLAIM_KEYED, keyed.as_str()),
-        ] {
-            let plan = generic_plan(&store, statement, args).await;
+        for plan in claim_plans(&pool, "").await {
             assert!(plan.starts_with("Update on tasks"), "{plan}");
             assert!(plan.contains("LockRows"), "the pick locks nothing: {plan}");
         }
@@ -1622,31 +1623,31 @@ mod walk_tests {
         claims_ten_reading_little(&store, &pool, None, "beside a limited backlog").await;
     }
 
-    /// Two completions of one claim's tasks at once (a rescue beside a slow
-    /// worker) each free their own runs: the one held back by the other's
-    /// lock on the claim's counted row works from the row the other left,
-    /// not from what it read before, so no run stays counted for ever.
-    #[sqlx::test(migrations = false)]
-    async fn two_completions_of_one_claim_at_once_free_every_run(pool: PgPool) {
-        const LIMIT: usize = 10;
+    /// A store whose queue holds twice `limit` tasks under a limit of
+    /// `limit`, the claim that took `limit` of them (asking for all), and
+    /// the successes that end them.
+    async fn limited_claim(
+        pool: &PgPool,
+        limit: usize,
+    ) -> (PgStore, ClaimRequest<'static>, Vec<Completion>) {
         let store = super::tests::analyzed_store_of(
-            &pool,
-            (0..2 * LIMIT).map(|_| NewTask::new("add", vec![0])),
+            pool,
+            (0..2 * limit).map(|_| NewTask::new("add", vec![0])),
         )
         .await;
         store
-            .set_flow("default", &FlowChange::Limit(Some(LIMIT as u32)))
+            .set_flow("default", &FlowChange::Limit(Some(limit as u32)))
             .await
             .unwrap();
         let request = ClaimRequest {
             worker_id: "w",
-            limit: 2 * LIMIT,
+            limit: 2 * limit,
             scope: Scope::default(),
             default_timeout: Duration::from_secs(60),
         };
         let claimed = store.claim(&request).await.unwrap();
-        assert_eq!(claimed.len(), LIMIT, "the limit holds the first claim");
-        let finished: Vec<Completion> = claimed
+        assert_eq!(claimed.len(), limit, "the limit holds the first claim");
+        let finished = claimed
             .iter()
             .map(|task| {
                 Completion::new(
@@ -1655,6 +1656,17 @@ mod walk_tests {
                 )
             })
             .collect();
+        (store, request, finished)
+    }
+
+    /// Two completions of one claim's tasks at once (a rescue beside a slow
+    /// worker) each free their own runs: the one held back by the other's
+    /// lock on the claim's counted row works from the row the other left,
+    /// not from what it read before, so no run stays counted for ever.
+    #[sqlx::test(migrations = false)]
+    async fn two_completions_of_one_claim_at_once_free_every_run(pool: PgPool) {
+        const LIMIT: usize = 10;
+        let (store, request, finished) = limited_claim(&pool, LIMIT).await;
         let (first, second) = finished.split_at(LIMIT / 2);
 
         // The first completion writes and holds its transaction open.
@@ -1710,36 +1722,11 @@ mod walk_tests {
     #[sqlx::test(migrations = false)]
     async fn a_run_counted_without_a_token_is_freed_by_its_completion(pool: PgPool) {
         const LIMIT: usize = 4;
-        let store = super::tests::analyzed_store_of(
-            &pool,
-            (0..2 * LIMIT).map(|_| NewTask::new("add", vec![0])),
-        )
-        .await;
-        store
-            .set_flow("default", &FlowChange::Limit(Some(LIMIT as u32)))
-            .await
-            .unwrap();
-        let request = ClaimRequest {
-            worker_id: "w",
-            limit: 2 * LIMIT,
-            scope: Scope::default(),
-            default_timeout: Duration::from_secs(60),
-        };
-        let claimed = store.claim(&request).await.unwrap();
-        assert_eq!(claimed.len(), LIMIT);
+        let (store, request, finished) = limited_claim(&pool, LIMIT).await;
         sqlx::query("UPDATE taskbox.counted_claims SET token = NULL")
             .execute(&pool)
             .await
             .unwrap();
-        let finished: Vec<Completion> = claimed
-            .iter()
-            .map(|task| {
-                Completion::new(
-                    task,
-                    crate::store::Transition::Succeeded { result: vec![6] },
-                )
-            })
-            .collect();
         store.complete(&finished).await.unwrap();
         let again = store.claim(&request).await.unwrap();
         assert_eq!(again.len(), LIMIT, "runs that ended are still counted");
