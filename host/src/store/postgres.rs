@@ -262,6 +262,11 @@ const COUNT_RUNS: &str = concat!(
 /// of 256 and 512); the lease, and whatever `more` records, is written from
 /// `picked`; the caller puts the batch in claim order: `priority, run_at,
 /// id`, the order the plain and limited claims walk in, or the keys' turns.
+/// The lease is written in the same statement, so no claimed row is ever
+/// without one. The update finds its rows by `id = ANY(...)`, always a
+/// primary-key probe: as a join, a freshly filled queue without statistics
+/// got a hash join over a sequential scan of the whole table (7 ms instead
+/// of 3 ms for 256 rows of 20,000).
 ///
 /// A row whose own timeout is over `$5` (the bound, written before the
 /// schema held it) could not be given a deadline: it is refused
