@@ -81,6 +81,7 @@ conformance!(
     a_limit_set_while_tasks_run_counts_them,
     a_rate_holds_across_claims,
     a_key_limit_takes_keys_in_turn,
+    a_keyed_claim_hands_its_tasks_out_in_turns,
     a_rate_per_key_holds_each_key_apart,
 );
 
@@ -1701,6 +1702,28 @@ async fn a_key_limit_takes_keys_in_turn<S: TaskStore>(store: S) {
     assert_eq!(keys_claimed(&fourth), ["big"], "a place of big's own");
     let shown = store.queues().await.unwrap();
     assert_eq!(shown[0].key_limit, Some(2));
+}
+
+/// A keyed claim hands its tasks out in its turns, the order a worker
+/// starts them in: every key's first task, then every key's second, each
+/// key's own in claim order, whatever order the rows were written in.
+async fn a_keyed_claim_hands_its_tasks_out_in_turns<S: TaskStore>(store: S) {
+    let mut tasks: Vec<NewTask> = (0..3).map(|_| keyed(Some("big"))).collect();
+    tasks.extend([keyed(Some("a")), keyed(Some("a"))]);
+    // The last one enqueued runs first of its key.
+    tasks.push(NewTask {
+        priority: -1,
+        ..keyed(Some("a"))
+    });
+    let ids = store.enqueue(&tasks).await.unwrap();
+    store
+        .set_flow("default", &FlowChange::KeyLimit(Some(10)))
+        .await
+        .unwrap();
+
+    let claimed = store.claim(&claim_by("w", 6)).await.unwrap();
+    let expected = [ids[5], ids[0], ids[3], ids[1], ids[4], ids[2]];
+    assert_eq!(claimed_ids(&claimed), expected, "a, big, a, big, a, big");
 }
 
 async fn a_rate_per_key_holds_each_key_apart<S: TaskStore>(store: S) {

@@ -311,7 +311,7 @@ pub struct KeyShares {
 /// put in its turns: every key's first task in the keys' turn order `keys`
 /// (as the claim's [`KeyShares`] has them), then every key's second, and so
 /// on. A worker starts them in this order.
-pub(crate) fn into_turns(tasks: Vec<ClaimedTask>, keys: &[Option<String>]) -> Vec<ClaimedTask> {
+fn into_turns(tasks: Vec<ClaimedTask>, keys: &[Option<String>]) -> Vec<ClaimedTask> {
     let turn: HashMap<Option<&str>, usize> = keys
         .iter()
         .enumerate()
@@ -388,7 +388,8 @@ pub(crate) trait FlowTransaction: Send {
 
     /// Claim up to `allowance.room` of the queue's due tasks in claim order
     /// (per key by turns, when it has shares), recording each run for the
-    /// limits to count when `count_runs`.
+    /// limits to count when `count_runs`; the tasks returned in claim order
+    /// (`priority, run_at, id`), which the claim puts in turns.
     fn claim_queue(
         &mut self,
         queue: &str,
@@ -485,9 +486,14 @@ async fn claim_turn<T: FlowTransaction>(
     let allowance = Allowance { room, shares };
     let tasks = match &allowance.shares {
         Some(shares) if shares.keys.is_empty() => Vec::new(),
-        _ => {
-            tx.claim_queue(&flow.name, &allowance, flow.counts_runs(), request)
-                .await?
+        shares => {
+            let tasks = tx
+                .claim_queue(&flow.name, &allowance, flow.counts_runs(), request)
+                .await?;
+            match shares {
+                Some(shares) => into_turns(tasks, &shares.keys),
+                None => tasks,
+            }
         }
     };
     Ok(Turn {

@@ -195,11 +195,7 @@ impl FlowTransaction for PgFlow<'_> {
             let ids = rows.iter().map(|row| row.task.id).collect();
             self.leases.push((first.lease, ids));
         }
-        let tasks = rows.into_iter().map(|row| row.task).collect();
-        Ok(match &allowance.shares {
-            Some(shares) => flow::into_turns(tasks, &shares.keys),
-            None => tasks,
-        })
+        Ok(rows.into_iter().map(|row| row.task).collect())
     }
 
     async fn record(&mut self, queue: &str, record: &FlowRecord) -> StoreResult<()> {

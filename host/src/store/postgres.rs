@@ -182,8 +182,8 @@ pub(super) static CLAIM_LIMITED: LazyLock<String> = LazyLock::new(|| {
 /// (NULL: the tasks without one) each give at most their share `$12` in
 /// claim order; the first task of every key is taken, then the second, and
 /// so on, up to `$1` in all. Each key's tasks are one index range. The rows
-/// come back in no order: the caller puts them in turns
-/// ([`flow::into_turns`]).
+/// come back in no order: the caller sorts them into claim order, and
+/// [`flow::claim_limited`] puts them in turns.
 ///
 /// The pick locks its rows, as the other claims do, though the queue's lock
 /// already keeps other claims away: a locked row is still waiting when the

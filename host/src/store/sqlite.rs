@@ -596,8 +596,9 @@ type SqliteQueryAs<'q> =
     sqlx::query::QueryAs<'q, Sqlite, ClaimRow, sqlx::sqlite::SqliteArguments<'q>>;
 
 /// Run a claim `statement` (its parameters after the ninth bound by
-/// `more`) for up to `limit` tasks: the rows it made `running`. Rows it
-/// refused ended `error` there and are not handed out.
+/// `more`) for up to `limit` tasks: the rows it made `running`, in claim
+/// order (`priority, run_at, id`). Rows it refused ended `error` there and
+/// are not handed out.
 pub(super) async fn claim_rows<'q>(
     conn: &mut SqliteConnection,
     statement: &'q str,
@@ -619,6 +620,8 @@ pub(super) async fn claim_rows<'q>(
         .bind(new_claim_token());
     let mut rows: Vec<ClaimRow> = more(query).fetch_all(&mut *conn).await?;
     rows.retain(|row| row.status == Status::Running.as_str());
+    // RETURNING has no order of its own; hand tasks out in claim order.
+    rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));
     Ok(rows)
 }
 
@@ -710,7 +713,7 @@ impl TaskStore for SqliteStore {
         };
         let limit = request.limit.saturating_sub(claimed.len());
         if limit > 0 {
-            let mut rows = if set.claims_by_queue(!request.scope.queues.is_empty()) {
+            let rows = if set.claims_by_queue(!request.scope.queues.is_empty()) {
                 let picked = json_array(&pick_by_queue(&mut tx, request, limit, now).await?);
                 claim_rows(&mut tx, &CLAIM_PICKED, request, limit, now, |query| {
                     query.bind(picked)
@@ -719,8 +722,6 @@ impl TaskStore for SqliteStore {
             } else {
                 claim_rows(&mut tx, &CLAIM, request, limit, now, |query| query).await?
             };
-            // RETURNING has no order of its own; hand tasks out in claim order.
-            rows.sort_by_key(|row| (row.priority, row.run_at, row.task.id));
             claimed.extend(rows.into_iter().map(|row| row.task));
         }
         tx.commit().await?;
