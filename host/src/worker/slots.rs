@@ -18,7 +18,6 @@
 //!
 //! Held tasks start in the order they were claimed (see the starter).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,20 +45,21 @@ pub(super) struct Slots {
     capacity: usize,
     ahead: usize,
     horizon: Duration,
-    finished: AtomicU64,
-    busy: Mutex<Busy>,
+    tally: Mutex<Tally>,
     pace: Mutex<Pace>,
     /// Told when a waiting task starts or a running one ends.
     progress: Notify,
 }
 
-/// How long the worker has had a task in hand: one that left the wait
-/// (started, or ended unrun) and has not finished. The clock is read only
-/// when the first comes into hand and when the last one leaves.
-struct Busy {
+/// Tasks finished, and how long the worker has had a task in hand: one
+/// that left the wait (started, or ended unrun) and has not finished. The
+/// clock is read only when the first comes into hand and when the last one
+/// leaves.
+struct Tally {
+    finished: u64,
     in_hand: usize,
     since: Instant,
-    total: Duration,
+    busy: Duration,
 }
 
 /// Tasks finished per second of busy time, smoothed.
@@ -67,8 +67,7 @@ struct Pace {
     at: Instant,
     finished: u64,
     busy: Duration,
-    /// `None` until a window has been measured.
-    per_second: Option<f64>,
+    per_second: f64,
 }
 
 impl Slots {
@@ -79,11 +78,11 @@ impl Slots {
             capacity: concurrency + ahead,
             ahead,
             horizon,
-            finished: AtomicU64::new(0),
-            busy: Mutex::new(Busy {
+            tally: Mutex::new(Tally {
+                finished: 0,
                 in_hand: 0,
                 since: Instant::now(),
-                total: Duration::ZERO,
+                busy: Duration::ZERO,
             }),
             pace: Mutex::new(Pace::new(Instant::now())),
             progress: Notify::new(),
@@ -120,47 +119,45 @@ impl Slots {
     /// A held task left the wait: it started, or it ended without running.
     pub(super) fn left_waiting(&self) {
         {
-            let mut busy = self.lock_busy();
-            if busy.in_hand == 0 {
-                busy.since = Instant::now();
+            let mut tally = self.lock_tally();
+            if tally.in_hand == 0 {
+                tally.since = Instant::now();
             }
-            busy.in_hand += 1;
+            tally.in_hand += 1;
         }
         self.progress.notify_one();
     }
 
     /// A held task is done with its slot (run or not).
     pub(super) fn finished(&self) {
-        self.finished.fetch_add(1, Ordering::Relaxed);
         {
-            let mut busy = self.lock_busy();
-            if busy.in_hand == 1 {
-                let stretch = busy.since.elapsed();
-                busy.total += stretch;
+            let mut tally = self.lock_tally();
+            tally.finished += 1;
+            if tally.in_hand == 1 {
+                let stretch = tally.since.elapsed();
+                tally.busy += stretch;
             }
-            busy.in_hand = busy.in_hand.saturating_sub(1);
+            tally.in_hand = tally.in_hand.saturating_sub(1);
         }
         self.progress.notify_one();
     }
 
-    fn lock_busy(&self) -> std::sync::MutexGuard<'_, Busy> {
-        self.busy.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The busy time so far, the stretch in progress included.
-    fn busy_so_far(&self, now: Instant) -> Duration {
-        let busy = self.lock_busy();
-        if busy.in_hand > 0 {
-            busy.total + now.saturating_duration_since(busy.since)
-        } else {
-            busy.total
-        }
+    fn lock_tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn per_second(&self) -> f64 {
         let now = Instant::now();
-        let finished = self.finished.load(Ordering::Relaxed);
-        let busy = self.busy_so_far(now);
+        let (finished, busy) = {
+            let tally = self.lock_tally();
+            // The stretch in hand so far counts too.
+            let ongoing = if tally.in_hand > 0 {
+                now.saturating_duration_since(tally.since)
+            } else {
+                Duration::ZERO
+            };
+            (tally.finished, tally.busy + ongoing)
+        };
         let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
         pace.at(now, finished, busy)
     }
@@ -172,7 +169,7 @@ impl Pace {
             at: now,
             finished: 0,
             busy: Duration::ZERO,
-            per_second: None,
+            per_second: 0.0,
         }
     }
 
@@ -193,15 +190,16 @@ impl Pace {
             // window that saw tasks finish is taken as it is: averaged with
             // the zero before it, a worker starting on a backlog claimed
             // half as far ahead for a window more.
-            self.per_second = Some(match self.per_second {
-                Some(before) if before > 0.0 => (before + recent) / 2.0,
-                _ => recent,
-            });
+            self.per_second = if self.per_second > 0.0 {
+                (self.per_second + recent) / 2.0
+            } else {
+                recent
+            };
             self.at = now;
             self.finished = finished;
             self.busy = busy;
         }
-        self.per_second.unwrap_or_default()
+        self.per_second
     }
 }
 
