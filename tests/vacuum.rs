@@ -52,8 +52,27 @@ async fn with_dead_rows(pool: &PgPool) -> PgStore {
     for chunk in tasks.chunks(5_000) {
         store.enqueue(chunk).await.unwrap();
     }
+    // The thresholds scale with the live rows: until the enqueues' counts
+    // reach the statistics (each backend reports within about a second), a
+    // tidy reads a table of none and its threshold at the floor.
+    wait::until(
+        "the live rows to show in the statistics",
+        PROCESS_WAIT,
+        || async { live_rows(pool).await >= ROWS },
+    )
+    .await;
     rewrite_twice(pool).await;
     store
+}
+
+async fn live_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT n_live_tup FROM pg_stat_user_tables
+         WHERE schemaname = 'taskbox' AND relname = 'tasks'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 async fn analyzes(pool: &PgPool) -> i64 {
