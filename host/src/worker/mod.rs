@@ -393,8 +393,8 @@ impl<S: TaskStore> Worker<S> {
         // guest never delays claiming, the completer or the listener.
         consumers.spawn_on(
             starter::run(
-                queue.clone(),
                 Arc::new(starter::Consumers {
+                    queue: queue.clone(),
                     executor: executor.clone(),
                     slots: slots.clone(),
                     shutdown: shutdown.clone(),
