@@ -55,7 +55,8 @@ pub(super) struct Slots {
     horizon: Duration,
     tally: Mutex<Tally>,
     pace: Mutex<Pace>,
-    /// Told when a waiting task starts or a running one ends.
+    /// Told when a waiting task starts, a running one ends, or a slot
+    /// comes free without either.
     progress: Notify,
 }
 
@@ -114,7 +115,8 @@ impl Slots {
         (self.run.available_permits() + ahead.min(self.ahead)).saturating_sub(waiting)
     }
 
-    /// Resolves when a waiting task starts or a running one ends.
+    /// Resolves when a waiting task starts, a running one ends, or a slot
+    /// comes free.
     pub(super) async fn progressed(&self) {
         self.progress.notified().await;
     }
@@ -133,6 +135,12 @@ impl Slots {
             }
             tally.in_hand += 1;
         }
+        self.progress.notify_one();
+    }
+
+    /// A slot came free without a task ending (taken for a task that
+    /// another took first).
+    pub(super) fn freed(&self) {
         self.progress.notify_one();
     }
 
