@@ -66,20 +66,20 @@ async fn with_dead_rows(pool: &PgPool) -> PgStore {
 }
 
 async fn live_rows(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT n_live_tup FROM pg_stat_user_tables
-         WHERE schemaname = 'taskbox' AND relname = 'tasks'",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    tasks_statistic(pool, "n_live_tup").await
 }
 
 async fn analyzes(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT analyze_count FROM pg_stat_user_tables
-         WHERE schemaname = 'taskbox' AND relname = 'tasks'",
-    )
+    tasks_statistic(pool, "analyze_count").await
+}
+
+/// One of the server's statistics of taskbox's tasks table (`column` of
+/// `pg_stat_user_tables`).
+async fn tasks_statistic(pool: &PgPool, column: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT {column} FROM pg_stat_user_tables
+         WHERE schemaname = 'taskbox' AND relname = 'tasks'"
+    ))
     .fetch_one(pool)
     .await
     .unwrap()

@@ -71,6 +71,18 @@ enum Begin {
     GiveBack,
 }
 
+impl Begin {
+    /// How `held`, given `slot`, begins: it runs there, or, cancelled while
+    /// it waited, ends unrun and leaves the slot free at once.
+    fn in_slot(held: &Held, slot: OwnedSemaphorePermit) -> Begin {
+        if held.token.is_cancelled() {
+            Begin::Cancelled
+        } else {
+            Begin::Run(slot)
+        }
+    }
+}
+
 /// Start held tasks until claiming has `ended` and none is left.
 pub(super) async fn run(
     consumers: Arc<Consumers>,
@@ -122,7 +134,7 @@ pub(super) async fn run(
                     consumers.slots.freed();
                     continue;
                 };
-                let how = if held.token.is_cancelled() { Begin::Cancelled } else { Begin::Run(slot) };
+                let how = Begin::in_slot(&held, slot);
                 begin(&consumers, held, how);
             }
         }
@@ -152,21 +164,18 @@ async fn consume(consumers: Arc<Consumers>, mut held: Held, mut how: Begin) {
         let slot = run_one(&consumers, held, how).await;
         let next = slot
             .filter(|_| !consumers.shutdown.stop.is_cancelled())
-            .and_then(|slot| Some((slot, consumers.queue.lock().pop_front()?)));
+            .and_then(|slot| {
+                let next = consumers.queue.lock().pop_front()?;
+                Some((Begin::in_slot(&next, slot), next))
+            });
         if next.is_some() {
             consumers.slots.left_waiting();
         }
         consumers.slots.finished();
-        let Some((slot, next)) = next else {
+        let Some((begins, next)) = next else {
             return;
         };
-        how = if next.token.is_cancelled() {
-            drop(slot);
-            Begin::Cancelled
-        } else {
-            Begin::Run(slot)
-        };
-        held = next;
+        (held, how) = (next, begins);
     }
 }
 
@@ -181,8 +190,7 @@ async fn run_one(consumers: &Consumers, held: Held, how: Begin) -> Option<OwnedS
         place,
     } = held;
     let interrupting = || consumers.shutdown.interrupt.is_cancelled();
-    let mut kept_slot = None;
-    let completion = match how {
+    let (completion, slot) = match how {
         Begin::Run(slot) => {
             tracing::debug!(task = task.id, plugin = %task.plugin, attempt = task.attempt, "attempt started");
             let cause = || {
@@ -193,13 +201,13 @@ async fn run_one(consumers: &Consumers, held: Held, how: Begin) -> Option<OwnedS
                 }
             };
             let completion = consumers.executor.execute(&mut task, &token, cause).await;
-            kept_slot = Some(slot);
-            completion
+            (completion, Some(slot))
         }
-        Begin::Cancelled if !interrupting() => {
-            Completion::new(&task, Transition::Cancelled { ran: false })
-        }
-        Begin::Cancelled | Begin::GiveBack => Completion::release(&task),
+        Begin::Cancelled if !interrupting() => (
+            Completion::new(&task, Transition::Cancelled { ran: false }),
+            None,
+        ),
+        Begin::Cancelled | Begin::GiveBack => (Completion::release(&task), None),
     };
     if consumers.outcomes.send(completion).await.is_err() {
         tracing::error!(
@@ -208,5 +216,5 @@ async fn run_one(consumers: &Consumers, held: Held, how: Begin) -> Option<OwnedS
         );
     }
     drop(place);
-    kept_slot
+    slot
 }
