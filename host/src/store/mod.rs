@@ -4,6 +4,7 @@
 
 pub mod flow;
 mod pg_flow;
+mod pg_kept;
 mod pg_leases;
 pub mod pg_schema;
 pub mod postgres;

@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 
 use super::flow::{self, FlowChange, QUEUES_SET, QueuesSeen, QueuesSet};
 use super::pg_flow::{self, PgFlow};
+use super::pg_kept::KeptConnection;
 use super::pg_leases::LeaseBook;
 use super::pg_schema::{self, SchemaName};
 use super::{
@@ -594,11 +596,14 @@ pub struct PgStore {
     /// the claim took 0.5–0.6 ms to make, a tenth of a full claim's time,
     /// and a keyed claim made four each time. The generic plans walk the
     /// same indexes (see the tests).
-    claims: PgPool,
+    ///
+    /// Kept checked out between claims (see [`KeptConnection`]).
+    claims: KeptConnection,
     /// Completions only: always the generic plan, which drives the join from
     /// the batch into the primary key. Custom plans trust statistics taken
-    /// when nothing was running and scan the whole table instead.
-    completions: PgPool,
+    /// when nothing was running and scan the whole table instead. Kept
+    /// checked out between batches, as the claims' is.
+    completions: KeptConnection,
     /// Heartbeats only (see [`HEARTBEAT_CONNECTIONS`]).
     heartbeats: PgPool,
     /// The LISTEN connection only: sqlx's listener keeps its pooled
@@ -657,8 +662,8 @@ impl PgStore {
         let listen = kept(LISTENER_CONNECTIONS).connect_lazy_with(options.clone());
         Ok(PgStore {
             pool,
-            claims,
-            completions,
+            claims: KeptConnection::kept(claims),
+            completions: KeptConnection::kept(completions),
             heartbeats,
             listen,
             target: target(&options),
@@ -691,8 +696,8 @@ impl PgStore {
     pub fn on_pool(pool: PgPool, schema: &SchemaName) -> Self {
         let options = (*pool.connect_options()).clone();
         PgStore {
-            claims: pool.clone(),
-            completions: pool.clone(),
+            claims: KeptConnection::shared(pool.clone()),
+            completions: KeptConnection::shared(pool.clone()),
             heartbeats: pool.clone(),
             listen: pool.clone(),
             target: target(&options),
@@ -792,19 +797,23 @@ impl PgStore {
     /// Whether any queue is limited, or paused (looked up at most once per
     /// [`flow::FLOW_RECHECK`]). Only the claim's plan depends on it: each
     /// claim statement leaves paused and limited queues out by itself.
-    async fn queues_set(&self) -> StoreResult<QueuesSet> {
+    async fn queues_set(&self, conn: &mut PgConnection) -> StoreResult<QueuesSet> {
         if let Some(set) = self.queues_seen.fresh() {
             return Ok(set);
         }
-        let set: QueuesSet = sqlx::query_as(QUEUES_SET).fetch_one(&self.claims).await?;
+        let set: QueuesSet = sqlx::query_as(QUEUES_SET).fetch_one(conn).await?;
         self.queues_seen.note(set);
         Ok(set)
     }
 
     /// Claim from the limited queues in scope, in one transaction that
     /// holds their rows; the leases are noted once it commits.
-    async fn claim_limited(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
-        let mut tx = self.claims.begin().await?;
+    async fn claim_limited(
+        &self,
+        conn: &mut PgConnection,
+        request: &ClaimRequest<'_>,
+    ) -> StoreResult<Vec<ClaimedTask>> {
+        let mut tx = conn.begin().await?;
         let mut flow = PgFlow {
             conn: &mut tx,
             token: new_claim_token(),
@@ -956,14 +965,16 @@ impl TaskStore for PgStore {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> StoreResult<Vec<ClaimedTask>> {
         self.explain(async {
-            let set = self.queues_set().await?;
+            let mut conn = self.claims.acquire().await?;
+            let set = self.queues_set(&mut conn).await?;
             let mut claimed = if set.limited {
-                self.claim_limited(request).await?
+                self.claim_limited(&mut conn, request).await?
             } else {
                 Vec::new()
             };
             let limit = request.limit.saturating_sub(claimed.len());
             if limit == 0 {
+                conn.keep();
                 return Ok(claimed);
             }
             let scope = &request.scope;
@@ -978,7 +989,8 @@ impl TaskStore for PgStore {
                 .bind(refused_timeout_reason())
                 .bind(scope.plugins)
                 .bind(new_claim_token());
-            let mut rows = query.fetch_all(&self.claims).await?;
+            let mut rows = query.fetch_all(&mut *conn).await?;
+            conn.keep();
             rows.sort_unstable_by_key(ClaimedRow::claim_order);
             // One claim, one lease: every row of the batch carries it.
             if let Some(first) = rows.first() {
@@ -994,10 +1006,11 @@ impl TaskStore for PgStore {
     async fn complete(&self, completions: &[Completion]) -> StoreResult<u64> {
         self.explain(async {
             let columns = CompletionColumns::of(completions);
+            let mut conn = self.completions.acquire().await?;
             let taken = self.leases.take(columns.ids.iter().copied());
             let written = columns
                 .bind(COMPLETE, &taken.ends, &self.schema)
-                .fetch_one(&self.completions)
+                .fetch_one(&mut *conn)
                 .await;
             let (written, _told, _freed): (i64, i64, i64) = match written {
                 Ok(counts) => counts,
@@ -1013,9 +1026,10 @@ impl TaskStore for PgStore {
                     .bind(columns.ids)
                     .bind(columns.tokens)
                     .bind(notes)
-                    .execute(&self.completions)
+                    .execute(&mut *conn)
                     .await?;
             }
+            conn.keep();
             Ok(written as u64)
         })
         .await
@@ -1401,6 +1415,7 @@ mod tests {
         )
         .await;
         let plugins = vec!["add".to_owned(), "puts".to_owned()];
+        let mut conn = store.claims.acquire().await.unwrap();
         let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", *CLAIM))
             .bind(512i64)
             .bind("w")
@@ -1410,9 +1425,10 @@ mod tests {
             .bind("refused")
             .bind(Some(&plugins))
             .bind(0i64)
-            .fetch_all(&store.claims)
+            .fetch_all(&mut *conn)
             .await
             .unwrap();
+        drop(conn);
         assert_walks(&plan.join("\n"), "Index Scan using tasks_claim");
 
         // The worker's own plan: the claims pool's generic one.
@@ -1571,7 +1587,10 @@ mod walk_tests {
         queues: Option<Vec<String>>,
         case: &str,
     ) {
-        let statement = plain_claim(queues.is_some(), store.queues_set().await.unwrap());
+        let mut conn = store.claims.acquire().await.unwrap();
+        let set = store.queues_set(&mut conn).await.unwrap();
+        drop(conn);
+        let statement = plain_claim(queues.is_some(), set);
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("SET LOCAL search_path = taskbox")
             .execute(&mut *tx)
