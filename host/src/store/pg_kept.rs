@@ -54,13 +54,17 @@ impl KeptConnection {
         KeptConnection { pool, slot: None }
     }
 
-    /// The kept connection (uses wait for each other), or a fresh one from
-    /// the pool. Call [`KeptUse::keep`] once the use went through.
+    /// The kept connection (uses wait for each other, as long as the pool
+    /// would wait for a connection), or a fresh one from the pool. Call
+    /// [`KeptUse::keep`] once the use went through.
     pub async fn acquire(&self) -> Result<KeptUse<'_>, sqlx::Error> {
         let Some(slot) = &self.slot else {
             return Ok(KeptUse::Pooled(self.pool.acquire().await?));
         };
-        let mut slot = slot.lock().await;
+        let waiting = self.pool.options().get_acquire_timeout();
+        let mut slot = tokio::time::timeout(waiting, slot.lock())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
         if slot.is_none() {
             *slot = Some(Kept {
                 conn: self.pool.acquire().await?,
@@ -201,6 +205,24 @@ mod tests {
         assert_eq!(one, 1);
         next.keep();
         assert!(holding(&kept).await);
+    }
+
+    /// A use waits for the kept connection only as long as the pool would
+    /// wait for a connection, then fails as the pool would.
+    #[sqlx::test(migrations = false)]
+    async fn a_use_waits_for_the_kept_connection_as_long_as_for_the_pool(pool: PgPool) {
+        let patient = sqlx::pool::PoolOptions::<Postgres>::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(100))
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .unwrap();
+        let kept = KeptConnection::kept(patient);
+        let held = kept.acquire().await.unwrap();
+        let waited = kept.acquire().await;
+        assert!(matches!(waited, Err(sqlx::Error::PoolTimedOut)));
+        held.keep();
+        kept.acquire().await.unwrap().keep();
     }
 
     /// A shared pool's connections go back after each use: on a pool of
