@@ -32,6 +32,8 @@ pub(super) struct KeptConnection {
     pool: PgPool,
     /// `None` for a shared pool.
     slot: Option<Arc<Mutex<Option<Kept>>>>,
+    /// How long a connection is kept ([`KEEP_FOR`]).
+    keep_for: Duration,
 }
 
 #[derive(Debug)]
@@ -43,15 +45,24 @@ pub(super) struct Kept {
 impl KeptConnection {
     /// Keep `pool`'s connection (a pool of its own, of one connection).
     pub fn kept(pool: PgPool) -> Self {
+        Self::kept_for(pool, KEEP_FOR)
+    }
+
+    fn kept_for(pool: PgPool, keep_for: Duration) -> Self {
         KeptConnection {
             pool,
             slot: Some(Arc::default()),
+            keep_for,
         }
     }
 
     /// Take a connection of `pool` for each use and give it back after.
     pub fn shared(pool: PgPool) -> Self {
-        KeptConnection { pool, slot: None }
+        KeptConnection {
+            pool,
+            slot: None,
+            keep_for: Duration::ZERO,
+        }
     }
 
     /// The kept connection (uses wait for each other, as long as the pool
@@ -61,10 +72,16 @@ impl KeptConnection {
         let Some(slot) = &self.slot else {
             return Ok(KeptUse::Pooled(self.pool.acquire().await?));
         };
-        let waiting = self.pool.options().get_acquire_timeout();
-        let mut slot = tokio::time::timeout(waiting, slot.lock())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        // Uncontended (one claim loop, one completer) without a timer.
+        let mut slot = match slot.try_lock() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let waiting = self.pool.options().get_acquire_timeout();
+                tokio::time::timeout(waiting, slot.lock())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?
+            }
+        };
         if slot.is_none() {
             *slot = Some(Kept {
                 conn: self.pool.acquire().await?,
@@ -73,6 +90,7 @@ impl KeptConnection {
         }
         Ok(KeptUse::Kept {
             slot,
+            keep_for: self.keep_for,
             went_through: false,
         })
     }
@@ -83,6 +101,7 @@ impl KeptConnection {
 pub(super) enum KeptUse<'a> {
     Kept {
         slot: MutexGuard<'a, Option<Kept>>,
+        keep_for: Duration,
         went_through: bool,
     },
     Pooled(PoolConnection<Postgres>),
@@ -119,10 +138,15 @@ impl DerefMut for KeptUse<'_> {
 
 impl Drop for KeptUse<'_> {
     fn drop(&mut self) {
-        if let KeptUse::Kept { slot, went_through } = self {
+        if let KeptUse::Kept {
+            slot,
+            keep_for,
+            went_through,
+        } = self
+        {
             let expired = slot
                 .as_ref()
-                .is_some_and(|kept| kept.since.elapsed() >= KEEP_FOR);
+                .is_some_and(|kept| kept.since.elapsed() >= *keep_for);
             if !*went_through || expired {
                 // Back to the pool, which tests it on the way (see above).
                 slot.take();
@@ -138,6 +162,17 @@ mod tests {
     async fn backend_of(conn: &mut PgConnection) -> i32 {
         sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    /// A pool of one connection to `pool`'s database, whose acquire waits
+    /// `waiting` at most.
+    async fn pool_of_one(pool: &PgPool, waiting: Duration) -> PgPool {
+        sqlx::pool::PoolOptions::<Postgres>::new()
+            .max_connections(1)
+            .acquire_timeout(waiting)
+            .connect_with((*pool.connect_options()).clone())
             .await
             .unwrap()
     }
@@ -211,13 +246,7 @@ mod tests {
     /// wait for a connection, then fails as the pool would.
     #[sqlx::test(migrations = false)]
     async fn a_use_waits_for_the_kept_connection_as_long_as_for_the_pool(pool: PgPool) {
-        let patient = sqlx::pool::PoolOptions::<Postgres>::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_millis(100))
-            .connect_with((*pool.connect_options()).clone())
-            .await
-            .unwrap();
-        let kept = KeptConnection::kept(patient);
+        let kept = KeptConnection::kept(pool_of_one(&pool, Duration::from_millis(100)).await);
         let held = kept.acquire().await.unwrap();
         let waited = kept.acquire().await;
         assert!(matches!(waited, Err(sqlx::Error::PoolTimedOut)));
@@ -225,17 +254,28 @@ mod tests {
         kept.acquire().await.unwrap().keep();
     }
 
+    /// A connection kept for its time goes back to the pool after the use
+    /// that outlived it, went through or not.
+    #[sqlx::test(migrations = false)]
+    async fn a_connection_kept_for_its_time_goes_back_to_the_pool(pool: PgPool) {
+        let kept = KeptConnection::kept_for(pool.clone(), Duration::ZERO);
+        let mut conn = kept.acquire().await.unwrap();
+        backend_of(&mut conn).await;
+        conn.keep();
+        assert!(!holding(&kept).await, "kept past its time");
+        let lasting = KeptConnection::kept_for(pool.clone(), Duration::from_secs(3600));
+        let mut conn = lasting.acquire().await.unwrap();
+        backend_of(&mut conn).await;
+        conn.keep();
+        assert!(holding(&lasting).await, "given back before its time");
+    }
+
     /// A shared pool's connections go back after each use: on a pool of
     /// one, each use after the first gets the connection the one before
     /// gave back.
     #[sqlx::test(migrations = false)]
     async fn a_shared_pool_gets_each_connection_back(pool: PgPool) {
-        let one = sqlx::pool::PoolOptions::<Postgres>::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with((*pool.connect_options()).clone())
-            .await
-            .unwrap();
+        let one = pool_of_one(&pool, Duration::from_secs(5)).await;
         let shared = KeptConnection::shared(one.clone());
         let mut backends = Vec::new();
         for _ in 0..3 {
